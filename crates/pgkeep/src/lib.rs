@@ -1,1 +1,161 @@
+//! pgkeep: application-consistent, verified backup and point-in-time recovery for PostgreSQL.
+//!
+//! The library never prints and never exits: commands return typed reports, [`run`] turns a
+//! parsed command line into an [`Outcome`] (text, JSON, success), and `src/main.rs` renders it.
+//! Layout (kept in docs/architecture.md): `repo` (storage, framing, manifests, catalog, locks),
+//! `pg` (connections, backup session, data-directory rules, local instances), `backup`,
+//! `archive`, `restore`, `report`, `command` (init, check, demo).
 
+pub mod archive;
+pub mod backup;
+pub mod cli;
+pub mod command;
+pub mod config;
+pub mod error;
+pub mod fsutil;
+pub mod pg;
+pub mod progress;
+pub mod render;
+pub mod repo;
+pub mod report;
+pub mod restore;
+
+use std::sync::Arc;
+
+pub use error::{Error, Result};
+
+use cli::{Cli, Command};
+use config::Config;
+use pg::ConnParams;
+use progress::Progress;
+use repo::Repository;
+
+/// What a command produced: the binary prints `json` with --json, else `text`.
+pub struct Outcome {
+    pub text: String,
+    pub json: serde_json::Value,
+    /// False when the command ran but found problems (check, archive-get of a missing file).
+    pub ok: bool,
+    /// Exit status when not ok (default 1).
+    pub exit_code: u8,
+}
+
+impl Outcome {
+    fn new<T: serde::Serialize>(report: &T, text: String, ok: bool) -> Outcome {
+        Outcome { text, json: serde_json::to_value(report).unwrap_or(serde_json::Value::Null), ok, exit_code: if ok { 0 } else { 1 } }
+    }
+}
+
+/// The machine's host name (for lock files and backup markers).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "localhost".into())
+}
+
+/// Run one parsed command.
+pub fn run(cli: &Cli, progress: Arc<dyn Progress>, rt: tokio::runtime::Handle) -> Result<Outcome> {
+    let cfg = Config::load(&cli.global)?;
+    let conn = || ConnParams::resolve(cfg.pg.as_deref());
+    let open_repo = || -> Result<Repository> { Repository::open(&cfg.repo_location()?, rt.clone()) };
+    match &cli.command {
+        Command::Init(_) => {
+            let loc = cfg.repo_location()?;
+            let c = conn()?;
+            let r = command::init::init(&loc, Some(&c), cfg.pgdata.as_deref(), rt.clone())?;
+            Ok(Outcome::new(&r, render::init(&r), true))
+        }
+        Command::Check(a) => {
+            let loc = cfg.repo_location()?;
+            let timeout = a.archive_timeout.map(std::time::Duration::from_secs).unwrap_or(cfg.archive_timeout);
+            let r = command::check::check(&loc, &conn()?, cfg.pgdata.as_deref(), timeout, rt.clone());
+            Ok(Outcome::new(&r, render::check(&r), r.ok))
+        }
+        Command::ArchivePush(a) => {
+            let repo = open_repo()?;
+            let r = archive::push(&repo, &a.path)?;
+            Ok(Outcome::new(&r, render::push(&r), true))
+        }
+        Command::ArchiveGet(a) => {
+            let repo = open_repo()?;
+            let r = archive::get(&repo, &a.name, &a.dest)?;
+            let ok = matches!(r, archive::GetOutcome::Restored { .. });
+            Ok(Outcome::new(&r, render::get(&r), ok))
+        }
+        Command::Backup(a) => {
+            let repo = open_repo()?;
+            let c = conn()?;
+            let max_rate = match &a.max_rate {
+                Some(s) => Some(config::parse_rate(s)?),
+                None => cfg.max_rate,
+            };
+            let opts = backup::BackupOptions {
+                label: a.label.clone(),
+                jobs: a.jobs.unwrap_or(cfg.jobs).max(1),
+                max_rate,
+                archive_timeout: a.archive_timeout.map(std::time::Duration::from_secs).unwrap_or(cfg.archive_timeout),
+                compress_level: a.compress_level.unwrap_or(cfg.compress_level),
+                fast_checkpoint: !a.spread_checkpoint,
+            };
+            let r = backup::run(backup::run::BackupInputs {
+                repo: &repo,
+                conn: &c,
+                pgdata: cfg.pgdata.as_deref(),
+                options: &opts,
+                progress,
+            })?;
+            Ok(Outcome::new(&r, render::backup(&r), true))
+        }
+        Command::Restore(a) => {
+            let repo = open_repo()?;
+            let opts = restore_options(a, &cfg)?;
+            let plan = restore::RestorePlan::build(&repo, &opts)?;
+            let r = plan.run(&repo, progress)?;
+            Ok(Outcome::new(&r, render::restore(&r), true))
+        }
+        Command::List(_) => {
+            let repo = open_repo()?;
+            let r = report::list::list(&repo)?;
+            Ok(Outcome::new(&r, render::list(&r), true))
+        }
+        Command::Demo(a) => {
+            let r = command::demo::demo(a, progress, rt.clone())?;
+            Ok(Outcome::new(&r, render::demo(&r), r.ok))
+        }
+    }
+}
+
+fn restore_options(a: &cli::RestoreArgs, cfg: &Config) -> Result<restore::RestoreOptions> {
+    use restore::target::{parse_lsn, parse_time, parse_xid};
+    use restore::{RecoveryTarget, TargetAction};
+    let target = if let Some(t) = &a.target_time {
+        RecoveryTarget::Time(parse_time(t)?)
+    } else if let Some(l) = &a.target_lsn {
+        RecoveryTarget::Lsn(parse_lsn(l)?)
+    } else if let Some(x) = &a.target_xid {
+        RecoveryTarget::Xid(parse_xid(x)?)
+    } else if let Some(n) = &a.target_name {
+        RecoveryTarget::Name(n.clone())
+    } else if a.target.is_some() {
+        RecoveryTarget::Immediate
+    } else {
+        RecoveryTarget::End
+    };
+    let action = a.target_action.map(|t| match t {
+        cli::TargetActionArg::Pause => TargetAction::Pause,
+        cli::TargetActionArg::Promote => TargetAction::Promote,
+        cli::TargetActionArg::Shutdown => TargetAction::Shutdown,
+    });
+    let mut map = Vec::new();
+    for m in &a.tablespace_map {
+        map.push(restore::plan::parse_tablespace_map(m)?);
+    }
+    Ok(restore::RestoreOptions {
+        to: a.to.clone(),
+        backup: a.backup.clone(),
+        target,
+        action,
+        inclusive: !a.target_exclusive,
+        timeline: a.target_timeline.clone(),
+        tablespace_map: map,
+        jobs: a.jobs.unwrap_or(cfg.jobs).max(1),
+    })
+}

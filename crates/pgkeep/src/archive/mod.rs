@@ -1,0 +1,23 @@
+//! The WAL archive: `archive-push` (validate, store once, never replace) and `archive-get`.
+
+pub mod get;
+pub mod push;
+
+pub use get::{get, GetOutcome};
+pub use push::{push, PushOutcome, PushReport};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error("{name} is not a WAL segment, .partial, .history or .backup file name; refusing to archive it; hint: archive_command must pass %p")]
+    UnknownName { name: String },
+    #[error("cannot read {path}: {detail}")]
+    Read { path: String, detail: String },
+    #[error("refusing to archive {name}: {detail}; the archive is unchanged; hint: {hint}")]
+    Invalid { name: String, detail: String, hint: String },
+    #[error("refusing to archive {name}: the archive already holds a different {name} (stored sha256 {stored}, this file {new}); the stored copy is kept; hint: two servers may be archiving into one repository, or this server's WAL diverged (e.g. restored without a new timeline); investigate before changing anything")]
+    Conflict { name: String, stored: String, new: String },
+    #[error("cannot write {dest}: {detail}")]
+    Write { dest: String, detail: String },
+    #[error("archive copy of {name} is unusable: {detail}; hint: recovery is stopped rather than ended early; repair the archive from another copy")]
+    Damaged { name: String, detail: String },
+}

@@ -1,0 +1,138 @@
+//! `archive-push`: nothing foreign or damaged enters the archive (invariant 3), nothing stored
+//! is ever replaced (invariant 2), and success means durable.
+
+use std::path::Path;
+
+use bytes::Bytes;
+use pgkeep_wal::{parse_wal_file_name, SegmentExpectations, WalFileName};
+use serde::Serialize;
+
+use super::ArchiveError;
+use crate::repo::frame::{self, Compression};
+use crate::repo::{layout, PutOutcome, Repository};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PushOutcome {
+    /// Stored now.
+    Stored,
+    /// An identical copy was already in the archive.
+    AlreadyArchived,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PushReport {
+    pub file: String,
+    pub outcome: PushOutcome,
+    pub size: u64,
+    pub stored_size: u64,
+    pub sha256: String,
+}
+
+/// Compression for WAL: level 1 keeps archive_command fast; WAL compresses well anyway.
+const WAL_COMPRESSION: Compression = Compression::Zstd(1);
+
+pub fn push(repo: &Repository, path: &Path) -> crate::Result<PushReport> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or_else(|| ArchiveError::UnknownName { name: path.display().to_string() })?;
+    let info = repo.info();
+    let seg_size = info.wal_segment_size;
+    let kind = parse_wal_file_name(&name, seg_size).ok_or_else(|| ArchiveError::UnknownName { name: name.clone() })?;
+    let data = std::fs::read(path).map_err(|e| ArchiveError::Read { path: path.display().to_string(), detail: e.to_string() })?;
+    validate(repo, &name, kind, &data)?;
+
+    let key = layout::wal_key(&name);
+    let (framed, summary) = frame::encode(&data, WAL_COMPRESSION);
+    let sha = hex::encode(summary.sha256);
+    let report = |outcome| PushReport {
+        file: name.clone(),
+        outcome,
+        size: data.len() as u64,
+        stored_size: summary.framed_size,
+        sha256: sha.clone(),
+    };
+    if let Some(stored) = stored_sha(repo, &key, &name)? {
+        return if stored == summary.sha256 {
+            Ok(report(PushOutcome::AlreadyArchived))
+        } else {
+            Err(ArchiveError::Conflict { name: name.clone(), stored: hex::encode(stored), new: sha.clone() }.into())
+        };
+    }
+    match repo.storage().put_new(&key, Bytes::from(framed))? {
+        PutOutcome::Created => Ok(report(PushOutcome::Stored)),
+        // Someone stored it between our check and our write: same rules.
+        PutOutcome::AlreadyExists => match stored_sha(repo, &key, &name)? {
+            Some(s) if s == summary.sha256 => Ok(report(PushOutcome::AlreadyArchived)),
+            Some(s) => Err(ArchiveError::Conflict { name, stored: hex::encode(s), new: sha }.into()),
+            None => Err(ArchiveError::Write { dest: key, detail: "object vanished while archiving".into() }.into()),
+        },
+    }
+}
+
+/// SHA-256 recorded in a stored object's trailer, if the object exists.
+fn stored_sha(repo: &Repository, key: &str, name: &str) -> crate::Result<Option<[u8; 32]>> {
+    let Some(head) = repo.storage().head(key)? else { return Ok(None) };
+    if head.size < frame::FRAME_OVERHEAD {
+        return Err(ArchiveError::Damaged { name: name.to_string(), detail: "stored object is truncated".into() }.into());
+    }
+    let tail = repo.storage().get_range(key, head.size - frame::TRAILER_LEN as u64..head.size)?;
+    let t = frame::parse_trailer(&tail, &format!("archived {name}"))?;
+    Ok(Some(t.sha256))
+}
+
+fn validate(repo: &Repository, name: &str, kind: WalFileName, data: &[u8]) -> crate::Result<()> {
+    let info = repo.info();
+    let invalid = |detail: String, hint: &str| ArchiveError::Invalid { name: name.to_string(), detail, hint: hint.to_string() };
+    const DAMAGED_HINT: &str = "the file is damaged or truncated; keep it for investigation and check the server's storage";
+    match kind {
+        WalFileName::Segment { tli, segno } | WalFileName::Partial { tli, segno } => {
+            let expect = SegmentExpectations {
+                tli,
+                segno,
+                seg_size: info.wal_segment_size,
+                system_identifier: Some(info.system_identifier_u64()),
+                pg_major: Some(info.pg_major),
+            };
+            let previous = previous_segment(repo, tli, segno, data);
+            let res = if matches!(kind, WalFileName::Partial { .. }) {
+                pgkeep_wal::validate_partial_segment(data, &expect, previous.as_deref())
+            } else {
+                pgkeep_wal::validate_segment(data, &expect, previous.as_deref())
+            };
+            if let Err(e) = res {
+                let hint = match e {
+                    pgkeep_wal::SegmentError::SystemIdentifier { .. } => {
+                        "this WAL comes from another cluster; archive_command must point at this cluster's own repository"
+                    }
+                    _ => DAMAGED_HINT,
+                };
+                return Err(invalid(e.to_string(), hint).into());
+            }
+        }
+        WalFileName::History { .. } => {
+            let text = std::str::from_utf8(data).map_err(|_| invalid("history file is not text".into(), DAMAGED_HINT))?;
+            pgkeep_wal::parse_timeline_history(text).map_err(|e| invalid(e.to_string(), DAMAGED_HINT))?;
+        }
+        WalFileName::BackupHistory { .. } => {
+            let text = std::str::from_utf8(data).map_err(|_| invalid("backup history file is not text".into(), DAMAGED_HINT))?;
+            if !text.starts_with("START WAL LOCATION:") {
+                return Err(invalid("backup history file does not start with START WAL LOCATION".into(), DAMAGED_HINT).into());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// When a segment begins with the tail of a record started in the previous segment, the
+/// previous segment (if archived) lets that record's CRC be checked too.
+fn previous_segment(repo: &Repository, tli: u32, segno: u64, data: &[u8]) -> Option<Vec<u8>> {
+    // xlp_info (access/xlog_internal.h) bit XLP_FIRST_IS_CONTRECORD = 0x0001
+    let info = u16::from_le_bytes([*data.get(2)?, *data.get(3)?]);
+    if info & 0x0001 == 0 || segno == 0 {
+        return None;
+    }
+    let prev = pgkeep_wal::xlog_file_name(tli, segno - 1, repo.info().wal_segment_size);
+    repo.get_framed(&layout::wal_key(&prev)).ok()
+}

@@ -1,0 +1,207 @@
+//! The files driver's worker: stream each file through a frame (zstd + SHA-256) into the
+//! repository. Small files are appended to per-worker bundles (one durable object per ~64 MiB
+//! instead of one per file); large files get an object of their own.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use super::plan::FileTask;
+use super::throttle::Throttle;
+use super::BackupError;
+use crate::progress::Progress;
+use crate::repo::frame::{Compression, FrameWriter};
+use crate::repo::storage::{ObjectWriter, Storage};
+use crate::repo::layout;
+
+/// Files at or below this size go into bundles.
+pub const BUNDLE_FILE_LIMIT: u64 = 4 * 1024 * 1024;
+/// A bundle is closed once it holds this many stored bytes.
+pub const BUNDLE_TARGET: u64 = 64 * 1024 * 1024;
+const READ_CHUNK: usize = 1024 * 1024;
+
+/// One stored file.
+#[derive(Debug, Clone)]
+pub struct StoredFile {
+    pub rel: String,
+    pub size: u64,
+    pub mode: u32,
+    pub mtime: i64,
+    pub sha256: [u8; 32],
+    pub object: String,
+    pub offset: u64,
+    pub length: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct CopyOutcome {
+    pub files: Vec<StoredFile>,
+    /// (object name, stored size)
+    pub objects: Vec<(String, u64)>,
+    /// Files that disappeared before we could open them (dropped relations): WAL replay agrees.
+    pub vanished: Vec<String>,
+}
+
+pub struct CopyParams<'a> {
+    pub storage: &'a Storage,
+    pub backup_id: &'a str,
+    pub compression: Compression,
+    pub jobs: usize,
+    pub throttle: Option<&'a Throttle>,
+    pub progress: &'a dyn Progress,
+}
+
+struct Shared<'a> {
+    params: &'a CopyParams<'a>,
+    tasks: &'a [FileTask],
+    next_task: AtomicUsize,
+    next_object: AtomicU32,
+    failed: AtomicBool,
+    out: Mutex<CopyOutcome>,
+}
+
+/// Copy `tasks` with `params.jobs` worker threads.
+pub fn copy_files(params: &CopyParams<'_>, tasks: &[FileTask]) -> crate::Result<CopyOutcome> {
+    let shared = Shared {
+        params,
+        tasks,
+        next_task: AtomicUsize::new(0),
+        next_object: AtomicU32::new(0),
+        failed: AtomicBool::new(false),
+        out: Mutex::new(CopyOutcome::default()),
+    };
+    let jobs = params.jobs.clamp(1, tasks.len().max(1));
+    let results: Vec<crate::Result<()>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..jobs).map(|_| s.spawn(|| worker(&shared))).collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(crate::Error::other("a backup worker panicked"))))
+            .collect()
+    });
+    for r in results {
+        r?;
+    }
+    Ok(shared.out.into_inner().unwrap_or_else(|p| p.into_inner()))
+}
+
+fn new_object(shared: &Shared<'_>) -> crate::Result<ObjectWriter> {
+    let n = shared.next_object.fetch_add(1, Ordering::Relaxed);
+    let key = layout::data_key(shared.params.backup_id, &format!("{n:06}"));
+    Ok(shared.params.storage.create_writer(&key)?)
+}
+
+fn object_name(w: &ObjectWriter) -> String {
+    w.key().rsplit('/').next().unwrap_or_default().to_string()
+}
+
+fn worker(shared: &Shared<'_>) -> crate::Result<()> {
+    let mut bundle: Option<ObjectWriter> = None;
+    let mut buf = vec![0u8; READ_CHUNK];
+    let res = (|| -> crate::Result<()> {
+        loop {
+            if shared.failed.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            let i = shared.next_task.fetch_add(1, Ordering::Relaxed);
+            let Some(task) = shared.tasks.get(i) else { break };
+            if task.size > BUNDLE_FILE_LIMIT {
+                let mut own = new_object(shared)?;
+                let stored = store_file(task, &mut own, shared.params, &mut buf)?;
+                if stored.is_none() {
+                    drop(own); // nothing written: the object is abandoned, never created
+                    shared.out.lock().unwrap_or_else(|p| p.into_inner()).vanished.push(task.rel.clone());
+                    continue;
+                }
+                let object = object_name(&own);
+                let length = own.written();
+                let size = own.finish()?;
+                let mut out = shared.out.lock().unwrap_or_else(|p| p.into_inner());
+                record(&mut out, task, stored, object.clone(), 0, length);
+                out.objects.push((object, size));
+            } else {
+                if bundle.is_none() {
+                    bundle = Some(new_object(shared)?);
+                }
+                let sink = bundle.as_mut().expect("bundle was just opened");
+                let offset = sink.written();
+                let stored = store_file(task, sink, shared.params, &mut buf)?;
+                let length = sink.written() - offset;
+                let object = object_name(sink);
+                record(&mut shared.out.lock().unwrap_or_else(|p| p.into_inner()), task, stored, object, offset, length);
+                if sink.written() >= BUNDLE_TARGET {
+                    finish_bundle(shared, bundle.take())?;
+                }
+            }
+        }
+        finish_bundle(shared, bundle.take())
+    })();
+    if res.is_err() {
+        shared.failed.store(true, Ordering::Relaxed);
+    }
+    res
+}
+
+fn record(out: &mut CopyOutcome, task: &FileTask, stored: Option<(u64, [u8; 32])>, object: String, offset: u64, length: u64) {
+    match stored {
+        Some((size, sha256)) => out.files.push(StoredFile {
+            rel: task.rel.clone(),
+            size,
+            mode: task.mode,
+            mtime: task.mtime,
+            sha256,
+            object,
+            offset,
+            length,
+        }),
+        None => out.vanished.push(task.rel.clone()),
+    }
+}
+
+fn finish_bundle(shared: &Shared<'_>, bundle: Option<ObjectWriter>) -> crate::Result<()> {
+    if let Some(b) = bundle {
+        let name = object_name(&b);
+        if b.written() == 0 {
+            return Ok(()); // every file in it vanished: nothing to store
+        }
+        let size = b.finish()?;
+        shared.out.lock().unwrap_or_else(|p| p.into_inner()).objects.push((name, size));
+    }
+    Ok(())
+}
+
+/// Stream one file into `sink` as a frame. None when the file vanished before it was opened.
+pub fn store_file(
+    task: &FileTask,
+    sink: &mut ObjectWriter,
+    params: &CopyParams<'_>,
+    buf: &mut [u8],
+) -> crate::Result<Option<(u64, [u8; 32])>> {
+    let read_err = |e: io::Error| BackupError::Read { path: task.abs.display().to_string(), detail: e.to_string() };
+    let mut f = match File::open(&task.abs) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(read_err(e).into()),
+    };
+    let mut fw = FrameWriter::new(&mut *sink, params.compression).map_err(|e| write_err(params, &e))?;
+    loop {
+        let n = match f.read(buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(read_err(e).into()),
+        };
+        fw.write_all(&buf[..n]).map_err(|e| write_err(params, &e))?;
+        if let Some(t) = params.throttle {
+            t.consume(n as u64);
+        }
+        params.progress.advance(n as u64);
+    }
+    let (_, summary) = fw.finish().map_err(|e| write_err(params, &e))?;
+    Ok(Some((summary.plain_size, summary.sha256)))
+}
+
+fn write_err(params: &CopyParams<'_>, e: &io::Error) -> crate::Error {
+    // ObjectWriter wraps storage errors in io::Error::other; surface the storage message.
+    crate::Error::other(format!("repository {}: write failed: {e}", params.storage.location()))
+}

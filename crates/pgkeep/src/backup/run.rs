@@ -1,0 +1,410 @@
+//! `pgkeep backup` with the files driver.
+//!
+//! Order matters (invariants 1 and 5): start marker → pg_backup_start (session held) → copy
+//! files → pg_control last → pg_backup_stop → backup_label/tablespace_map stored → every WAL
+//! segment start..stop confirmed in the archive and verified → manifest (the commit).
+//! Any error before the manifest leaves no usable backup; dropping the session aborts the
+//! server-side backup.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use pgkeep_wal::{xlog_file_name, Lsn};
+use serde::Serialize;
+
+use super::files::{copy_files, store_file, CopyParams, StoredFile};
+use super::plan::BackupPlan;
+use super::throttle::Throttle;
+use super::{id, BackupError};
+use crate::pg::session::parse_backup_label;
+use crate::pg::{BackupSession, ConnParams, PgClient, ServerInfo};
+use crate::progress::Progress;
+use crate::repo::catalog::{self, BackupState};
+use crate::repo::frame::Compression;
+use crate::repo::lock::RepoLock;
+use crate::repo::manifest::{DataObject, Entry, EntryKind, Manifest, StartedMarker, Tablespace, MANIFEST_FORMAT};
+use crate::repo::{layout, Repository};
+
+#[derive(Debug, Clone)]
+pub struct BackupOptions {
+    pub label: Option<String>,
+    pub jobs: usize,
+    pub max_rate: Option<u64>,
+    pub archive_timeout: Duration,
+    pub compress_level: i32,
+    pub fast_checkpoint: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupReport {
+    pub id: String,
+    pub driver: String,
+    pub timeline: u32,
+    pub start_lsn: Lsn,
+    pub stop_lsn: Lsn,
+    pub start_wal: String,
+    pub stop_wal: String,
+    pub start_time: DateTime<Utc>,
+    pub stop_time: DateTime<Utc>,
+    pub duration_seconds: f64,
+    pub backup_window_seconds: f64,
+    pub files: u64,
+    pub size: u64,
+    pub stored_size: u64,
+    pub tablespaces: Vec<Tablespace>,
+    pub removed_incomplete: Vec<String>,
+}
+
+/// Everything a backup needs, resolved by the command entry point.
+pub struct BackupInputs<'a> {
+    pub repo: &'a Repository,
+    pub conn: &'a ConnParams,
+    pub pgdata: Option<&'a Path>,
+    pub options: &'a BackupOptions,
+    pub progress: Arc<dyn Progress>,
+}
+
+pub fn run(inputs: BackupInputs<'_>) -> crate::Result<BackupReport> {
+    let began = Instant::now();
+    let repo = inputs.repo;
+    let rt = repo.runtime().clone();
+    let progress = inputs.progress.clone();
+
+    let client = rt.block_on(inputs.conn.connect())?;
+    let server = rt.block_on(ServerInfo::read(&client))?;
+    repo.check_cluster(server.system_identifier, server.major)?;
+    check_server(&server)?;
+    let pgdata = resolve_pgdata(inputs.pgdata, &server, inputs.conn)?;
+
+    let _lock = RepoLock::acquire(repo, "backup")?;
+    let removed_incomplete = remove_stale(repo)?;
+
+    let taken: Vec<String> = repo.storage().list_dirs(layout::BACKUP_PREFIX)?;
+    let backup_id = id::new_id(Utc::now(), &taken);
+    let marker = StartedMarker {
+        id: backup_id.clone(),
+        started_at: Utc::now(),
+        host: crate::hostname(),
+        pid: std::process::id(),
+        driver: "files".into(),
+    };
+    repo.put_json(&layout::backup_started_key(&backup_id), &marker)?;
+
+    let result = take(repo, &server, client, &pgdata, &backup_id, inputs.options, progress.as_ref());
+    match result {
+        Ok(mut report) => {
+            report.removed_incomplete = removed_incomplete;
+            report.duration_seconds = began.elapsed().as_secs_f64();
+            Ok(report)
+        }
+        Err(e) => {
+            // A failed (not killed) backup cleans up after itself; nothing usable was listed.
+            let _ = repo.storage().delete_prefix(&layout::backup_dir(&backup_id));
+            Err(e)
+        }
+    }
+}
+
+fn check_server(server: &ServerInfo) -> Result<(), BackupError> {
+    if server.in_recovery {
+        return Err(BackupError::Standby);
+    }
+    if server.wal_level != "replica" && server.wal_level != "logical" {
+        return Err(BackupError::WalLevel { level: server.wal_level.clone() });
+    }
+    if server.archive_mode != "on" && server.archive_mode != "always" {
+        return Err(BackupError::ArchivingOff { detail: format!("archive_mode = {}", server.archive_mode) });
+    }
+    let cmd = server.archive_command.as_deref().unwrap_or("").trim();
+    if server.archive_library.is_none() && (cmd.is_empty() || cmd == "(disabled)") {
+        return Err(BackupError::ArchivingOff { detail: "archive_command is empty".into() });
+    }
+    Ok(())
+}
+
+/// PGDATA as given (checked against the server) or the server's data_directory.
+fn resolve_pgdata(given: Option<&Path>, server: &ServerInfo, conn: &ConnParams) -> Result<PathBuf, BackupError> {
+    let pgdata = match (given, &server.data_directory) {
+        (Some(p), _) => p.to_path_buf(),
+        (None, Some(d)) => PathBuf::from(d),
+        (None, None) => {
+            return Err(BackupError::Other(
+                "the data directory is unknown (the role cannot read data_directory); hint: pass --pgdata or set PGDATA".into(),
+            ))
+        }
+    };
+    let control = pgdata.join("global/pg_control");
+    let bytes = std::fs::read(&control)
+        .map_err(|e| BackupError::Read { path: control.display().to_string(), detail: e.to_string() })?;
+    // ControlFileData starts with system_identifier (catalog/pg_control.h).
+    let sysid = bytes.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes"))).unwrap_or(0);
+    if sysid != server.system_identifier {
+        return Err(BackupError::WrongPgdata {
+            pgdata: pgdata.display().to_string(),
+            server: conn.describe(),
+            detail: format!("its system identifier is {sysid}, the server's is {}", server.system_identifier),
+        });
+    }
+    Ok(pgdata)
+}
+
+/// Remove backups left incomplete by killed runs. Safe: we hold the backup lock, so none of
+/// them is running.
+fn remove_stale(repo: &Repository) -> crate::Result<Vec<String>> {
+    let mut removed = Vec::new();
+    for e in catalog::list(repo)? {
+        if e.state == BackupState::Incomplete {
+            repo.storage().delete_prefix(&layout::backup_dir(&e.id))?;
+            removed.push(e.id);
+        }
+    }
+    Ok(removed)
+}
+
+fn take(
+    repo: &Repository,
+    server: &ServerInfo,
+    client: PgClient,
+    pgdata: &Path,
+    backup_id: &str,
+    opts: &BackupOptions,
+    progress: &dyn Progress,
+) -> crate::Result<BackupReport> {
+    let rt = repo.runtime().clone();
+    let label = opts.label.clone().unwrap_or_else(|| format!("pgkeep backup {backup_id}"));
+    let tablespaces_sql = rt.block_on(ServerInfo::tablespaces(&client))?;
+    progress.phase("checkpoint (pg_backup_start)", None);
+    let (session, start) = rt.block_on(BackupSession::start(client, server.major, &label, opts.fast_checkpoint))?;
+    let window_start = Instant::now();
+    progress.finish_phase();
+
+    // From here on, returning early drops `session`, which ends the server-side backup.
+    let plan = BackupPlan::build(pgdata).map_err(|e| BackupError::Read { path: pgdata.display().to_string(), detail: e.to_string() })?;
+    let throttle = opts.max_rate.map(Throttle::new);
+    let compression = Compression::Zstd(opts.compress_level);
+    let params = CopyParams {
+        storage: repo.storage(),
+        backup_id,
+        compression,
+        jobs: opts.jobs,
+        throttle: throttle.as_ref(),
+        progress,
+    };
+    progress.phase("copy files", Some(plan.total_bytes));
+    let mut outcome = copy_files(&params, &plan.files)?;
+    // pg_control goes last, in an object of its own.
+    let control_key = layout::data_key(backup_id, "pg_control");
+    let mut w = repo.storage().create_writer(&control_key)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let (size, sha256) = store_file(&plan.pg_control, &mut w, &params, &mut buf)?
+        .ok_or_else(|| BackupError::Read { path: plan.pg_control.abs.display().to_string(), detail: "vanished".into() })?;
+    let length = w.written();
+    let stored = w.finish()?;
+    outcome.objects.push(("pg_control".into(), stored));
+    outcome.files.push(StoredFile {
+        rel: plan.pg_control.rel.clone(),
+        size,
+        mode: plan.pg_control.mode,
+        mtime: plan.pg_control.mtime,
+        sha256,
+        object: "pg_control".into(),
+        offset: 0,
+        length,
+    });
+    progress.finish_phase();
+
+    progress.phase("pg_backup_stop", None);
+    let window = window_start.elapsed().as_secs_f64();
+    let stop = rt.block_on(session.stop(true, opts.archive_timeout))?;
+    progress.finish_phase();
+
+    let label_summary = repo.put_framed(&layout::backup_label_key(backup_id), stop.backup_label.as_bytes())?;
+    let map_summary = match &stop.tablespace_map {
+        Some(m) => Some(repo.put_framed(&layout::tablespace_map_key(backup_id), m.as_bytes())?),
+        None => None,
+    };
+
+    let parsed = parse_backup_label(&stop.backup_label);
+    let timeline = parsed.start_timeline.unwrap_or(server.timeline);
+    let seg = server.wal_segment_size;
+    let start_segno = start.lsn.segment_number(seg);
+    let start_wal = parsed.start_wal.clone().unwrap_or_else(|| xlog_file_name(timeline, start_segno, seg));
+    let stop_timeline = server.timeline;
+    let stop_segno = Lsn(stop.lsn.0.saturating_sub(1)).segment_number(seg);
+    let stop_wal = xlog_file_name(stop_timeline, stop_segno, seg);
+
+    progress.phase("confirm WAL in archive", None);
+    confirm_wal(repo, backup_id, timeline, start_segno, stop_segno, seg, opts.archive_timeout)?;
+    progress.finish_phase();
+
+    let tablespaces: Vec<Tablespace> = tablespaces_sql
+        .into_iter()
+        .map(|(oid, name, location)| Tablespace { oid, name, location })
+        .collect();
+    let manifest = build_manifest(ManifestParts {
+        id: backup_id,
+        label: &label,
+        server,
+        timeline,
+        stop_timeline,
+        start_lsn: start.lsn,
+        stop_lsn: stop.lsn,
+        start_wal: &start_wal,
+        stop_wal: &stop_wal,
+        start_time: start.time,
+        stop_time: stop.time,
+        window,
+        label_sha: hex::encode(label_summary.sha256),
+        map_sha: map_summary.map(|s| hex::encode(s.sha256)),
+        tablespaces: tablespaces.clone(),
+        plan: &plan,
+        outcome: &outcome,
+        extra_stored: label_summary.framed_size + map_summary.map(|s| s.framed_size).unwrap_or(0),
+    });
+    repo.put_json(&layout::manifest_key(backup_id), &manifest)?;
+
+    Ok(BackupReport {
+        id: backup_id.to_string(),
+        driver: "files".into(),
+        timeline,
+        start_lsn: start.lsn,
+        stop_lsn: stop.lsn,
+        start_wal,
+        stop_wal,
+        start_time: start.time,
+        stop_time: stop.time,
+        duration_seconds: 0.0,
+        backup_window_seconds: window,
+        files: manifest.file_count,
+        size: manifest.size,
+        stored_size: manifest.stored_size,
+        tablespaces,
+        removed_incomplete: Vec::new(),
+    })
+}
+
+/// Wait until every segment from start to stop is in the archive, then read each back and
+/// verify it (invariant 1: the backup is committed only with its WAL).
+pub fn confirm_wal(
+    repo: &Repository,
+    backup_id: &str,
+    timeline: u32,
+    start_segno: u64,
+    stop_segno: u64,
+    seg_size: u32,
+    timeout: Duration,
+) -> crate::Result<()> {
+    let deadline = Instant::now() + timeout;
+    for segno in start_segno..=stop_segno {
+        let name = xlog_file_name(timeline, segno, seg_size);
+        let key = layout::wal_key(&name);
+        loop {
+            if repo.storage().head(&key)?.is_some() {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(BackupError::WalMissing { id: backup_id.into(), segment: name, secs: timeout.as_secs() }.into());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        repo.get_framed(&key)
+            .map_err(|e| BackupError::WalDamaged { id: backup_id.into(), segment: name.clone(), detail: e.to_string() })?;
+    }
+    Ok(())
+}
+
+struct ManifestParts<'a> {
+    id: &'a str,
+    label: &'a str,
+    server: &'a ServerInfo,
+    timeline: u32,
+    stop_timeline: u32,
+    start_lsn: Lsn,
+    stop_lsn: Lsn,
+    start_wal: &'a str,
+    stop_wal: &'a str,
+    start_time: DateTime<Utc>,
+    stop_time: DateTime<Utc>,
+    window: f64,
+    label_sha: String,
+    map_sha: Option<String>,
+    tablespaces: Vec<Tablespace>,
+    plan: &'a BackupPlan,
+    outcome: &'a super::files::CopyOutcome,
+    extra_stored: u64,
+}
+
+fn build_manifest(p: ManifestParts<'_>) -> Manifest {
+    let mut objects: Vec<DataObject> =
+        p.outcome.objects.iter().map(|(name, size)| DataObject { name: name.clone(), size: *size }).collect();
+    objects.sort_by(|a, b| a.name.cmp(&b.name));
+    let index = |name: &str| objects.iter().position(|o| o.name == name).map(|i| i as u32);
+    let mut entries: Vec<Entry> = Vec::new();
+    for s in &p.plan.structure {
+        entries.push(Entry {
+            path: s.rel.clone(),
+            kind: match s.kind {
+                crate::pg::datadir::Kind::Dir => EntryKind::Dir,
+                _ => EntryKind::Link,
+            },
+            mode: s.mode,
+            size: 0,
+            mtime: s.mtime,
+            sha256: None,
+            object: None,
+            offset: 0,
+            length: 0,
+            target: s.target.clone(),
+        });
+    }
+    for f in &p.outcome.files {
+        entries.push(Entry {
+            path: f.rel.clone(),
+            kind: EntryKind::File,
+            mode: f.mode,
+            size: f.size,
+            mtime: f.mtime,
+            sha256: Some(hex::encode(f.sha256)),
+            object: index(&f.object),
+            offset: f.offset,
+            length: f.length,
+            target: None,
+        });
+    }
+    entries.sort_by(|a, b| a.path.cmp(&b.path));
+    let size = p.outcome.files.iter().map(|f| f.size).sum();
+    let stored_size = objects.iter().map(|o| o.size).sum::<u64>() + p.extra_stored;
+    Manifest {
+        format: MANIFEST_FORMAT,
+        id: p.id.to_string(),
+        label: p.label.to_string(),
+        kind: "full".into(),
+        driver: "files".into(),
+        pgkeep_version: env!("CARGO_PKG_VERSION").into(),
+        system_identifier: p.server.system_identifier.to_string(),
+        pg_version_num: p.server.version_num,
+        pg_major: p.server.major,
+        wal_segment_size: p.server.wal_segment_size,
+        data_checksums: p.server.data_checksums,
+        timeline: p.timeline,
+        stop_timeline: p.stop_timeline,
+        start_lsn: p.start_lsn,
+        stop_lsn: p.stop_lsn,
+        start_wal: p.start_wal.to_string(),
+        stop_wal: p.stop_wal.to_string(),
+        start_time: p.start_time,
+        stop_time: p.stop_time,
+        backup_window_seconds: p.window,
+        backup_label_sha256: p.label_sha,
+        tablespace_map_sha256: p.map_sha,
+        tablespaces: p.tablespaces,
+        size,
+        stored_size,
+        file_count: p.outcome.files.len() as u64,
+        objects,
+        entries,
+        snapshots: Vec::new(),
+    }
+}

@@ -1,0 +1,185 @@
+//! Command-line definitions. The doc comments are the `--help` text.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Application-consistent, verified backup and point-in-time recovery for PostgreSQL.
+///
+/// Connection: libpq environment (PGHOST, PGPORT, PGUSER, PGDATABASE, PGPASSWORD) or --pg.
+/// Repository: --repo or PGKEEP_REPO. Data directory: --pgdata or PGDATA. Everything can also
+/// live in a TOML config file (--config, PGKEEP_CONFIG, or /etc/pgkeep/pgkeep.toml).
+/// Flags beat environment beat file.
+#[derive(Debug, Parser)]
+#[command(name = "pgkeep", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Args, Default)]
+pub struct GlobalArgs {
+    /// TOML configuration file.
+    #[arg(long, global = true, env = "PGKEEP_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Repository: a local path (s3://bucket/prefix in builds with S3 support).
+    #[arg(long, global = true, env = "PGKEEP_REPO", value_name = "REPO")]
+    pub repo: Option<String>,
+    /// libpq connection string or URI (e.g. "host=/var/run/postgresql user=postgres").
+    #[arg(long, global = true, value_name = "CONNINFO")]
+    pub pg: Option<String>,
+    /// The cluster's data directory.
+    #[arg(long, global = true, env = "PGDATA", value_name = "DIR")]
+    pub pgdata: Option<PathBuf>,
+    /// Machine-readable JSON on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More detail on stderr (-v info, -vv debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors on stderr.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the repository and bind it to this cluster's system identifier.
+    Init(InitArgs),
+    /// Check settings, connectivity and a WAL archive round-trip; one line per problem.
+    Check(CheckArgs),
+    /// Archive one WAL file (for archive_command = 'pgkeep archive-push %p').
+    ArchivePush(ArchivePushArgs),
+    /// Fetch one WAL file from the archive (for restore_command = 'pgkeep archive-get %f "%p"').
+    ArchiveGet(ArchiveGetArgs),
+    /// Take a backup (files driver by default).
+    Backup(BackupArgs),
+    /// Restore a backup into an empty directory, optionally to a point in time.
+    Restore(RestoreArgs),
+    /// List backups with their LSNs, times, sizes and state.
+    List(ListArgs),
+    /// The whole story on a throw-away cluster: load, back up under writes, restore to a point in time.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Seconds to wait for a switched WAL segment to arrive in the archive.
+    #[arg(long, value_name = "SECONDS")]
+    pub archive_timeout: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct ArchivePushArgs {
+    /// Path of the WAL file (%p); relative paths are resolved against the current directory.
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ArchiveGetArgs {
+    /// WAL file name (%f), e.g. 000000010000000000000003 or 00000002.history.
+    pub name: String,
+    /// Where to write it (%p).
+    pub dest: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// Parallel file workers (default: number of cores).
+    #[arg(long, short = 'j', value_name = "N")]
+    pub jobs: Option<usize>,
+    /// Label passed to pg_backup_start.
+    #[arg(long)]
+    pub label: Option<String>,
+    /// Limit the read rate, e.g. 50M or 1G (bytes per second, suffixes K, M, G).
+    #[arg(long, value_name = "RATE")]
+    pub max_rate: Option<String>,
+    /// Seconds to wait for the WAL of the backup to be archived.
+    #[arg(long, value_name = "SECONDS")]
+    pub archive_timeout: Option<u64>,
+    /// zstd level for data objects (1 = fastest).
+    #[arg(long, value_name = "LEVEL")]
+    pub compress_level: Option<i32>,
+    /// Let the starting checkpoint spread out instead of forcing it now.
+    #[arg(long)]
+    pub spread_checkpoint: bool,
+    /// Backup driver: files copies PGDATA through pgkeep.
+    #[arg(long, value_enum)]
+    pub driver: Option<DriverArg>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum DriverArg {
+    Files,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// Target data directory; must be absent or empty.
+    #[arg(long, value_name = "DIR")]
+    pub to: PathBuf,
+    /// Backup id, or `latest` (default: the newest backup that can reach the target).
+    #[arg(long, value_name = "ID")]
+    pub backup: Option<String>,
+    /// Recover up to this time (e.g. "2026-11-21 10:15:00+00"); without a zone, local time.
+    #[arg(long, value_name = "TIME", group = "target_kind")]
+    pub target_time: Option<String>,
+    /// Recover up to this WAL location (X/Y).
+    #[arg(long, value_name = "LSN", group = "target_kind")]
+    pub target_lsn: Option<String>,
+    /// Recover up to this transaction id.
+    #[arg(long, value_name = "XID", group = "target_kind")]
+    pub target_xid: Option<String>,
+    /// Recover up to this restore point (pg_create_restore_point).
+    #[arg(long, value_name = "NAME", group = "target_kind")]
+    pub target_name: Option<String>,
+    /// `immediate`: stop as soon as the backup is consistent.
+    #[arg(long, value_enum, group = "target_kind")]
+    pub target: Option<TargetArg>,
+    /// What the server does at the target (PostgreSQL's default: pause).
+    #[arg(long, value_enum)]
+    pub target_action: Option<TargetActionArg>,
+    /// Stop just before the target instead of just after it.
+    #[arg(long)]
+    pub target_exclusive: bool,
+    /// Timeline to recover along (`latest`, `current` or a number).
+    #[arg(long, value_name = "TLI")]
+    pub target_timeline: Option<String>,
+    /// Restore tablespace OID into DIR instead of its original location (repeatable).
+    #[arg(long = "tablespace-map", value_name = "OID=DIR")]
+    pub tablespace_map: Vec<String>,
+    /// Parallel file workers (default: number of cores).
+    #[arg(long, short = 'j', value_name = "N")]
+    pub jobs: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum TargetArg {
+    Immediate,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetActionArg {
+    Pause,
+    Promote,
+    Shutdown,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Keep the demo's directory (clusters stopped) for inspection.
+    #[arg(long)]
+    pub keep: bool,
+    /// Seconds of write load during the backup.
+    #[arg(long, default_value_t = 3)]
+    pub load_seconds: u64,
+}

@@ -1,0 +1,121 @@
+//! The thin binary: parse, run, render, map errors to exit codes.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use pgkeep::cli::Cli;
+use pgkeep::progress::Progress;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = if cli.global.quiet {
+        "error"
+    } else {
+        match cli.global.verbose {
+            0 => "warn",
+            1 => "info",
+            _ => "debug",
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("PGKEEP_LOG").unwrap_or_else(|_| level.into()))
+        .init();
+    match run(&cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("pgkeep: error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn run(cli: &Cli) -> Result<ExitCode, pgkeep::Error> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| pgkeep::Error::other(format!("cannot start the async runtime: {e}")))?;
+    let progress: Arc<dyn Progress> = if cli.global.quiet || cli.global.json {
+        pgkeep::progress::none()
+    } else if std::io::stderr().is_terminal() {
+        Arc::new(Bar::default())
+    } else {
+        Arc::new(Lines)
+    };
+    let outcome = pgkeep::run(cli, progress, rt.handle().clone())?;
+    if cli.global.json {
+        println!("{}", serde_json::to_string_pretty(&outcome.json).unwrap_or_default());
+    } else if !outcome.text.is_empty() && !(cli.global.quiet && outcome.ok) {
+        println!("{}", outcome.text);
+    }
+    // Let the connection tasks wind down without blocking on them.
+    rt.shutdown_background();
+    Ok(if outcome.ok { ExitCode::SUCCESS } else { ExitCode::from(outcome.exit_code) })
+}
+
+/// Progress bars on a terminal.
+#[derive(Default)]
+struct Bar {
+    bar: Mutex<Option<ProgressBar>>,
+}
+
+impl Progress for Bar {
+    fn phase(&self, name: &str, total: Option<u64>) {
+        let pb = match total {
+            Some(t) => {
+                let pb = ProgressBar::new(t);
+                pb.set_style(
+                    ProgressStyle::with_template("{msg:28} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+                        .unwrap_or_else(|_| ProgressStyle::default_bar())
+                        .progress_chars("=> "),
+                );
+                pb
+            }
+            None => {
+                let pb = ProgressBar::new_spinner();
+                pb.enable_steady_tick(std::time::Duration::from_millis(120));
+                pb
+            }
+        };
+        pb.set_message(name.to_string());
+        if let Some(old) = self.bar.lock().unwrap_or_else(|p| p.into_inner()).replace(pb) {
+            old.finish_and_clear();
+        }
+    }
+    fn advance(&self, bytes: u64) {
+        if let Some(b) = self.bar.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            b.inc(bytes);
+        }
+    }
+    fn note(&self, msg: &str) {
+        match self.bar.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            Some(b) => b.println(msg),
+            None => eprintln!("{msg}"),
+        }
+    }
+    fn finish_phase(&self) {
+        if let Some(b) = self.bar.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
+/// Plain phase lines when stderr is not a terminal (cron, systemd, CI logs).
+struct Lines;
+
+impl Progress for Lines {
+    fn phase(&self, name: &str, _: Option<u64>) {
+        eprintln!("pgkeep: {name}");
+    }
+    fn advance(&self, _: u64) {}
+    fn note(&self, msg: &str) {
+        eprintln!("pgkeep: {msg}");
+    }
+    fn finish_phase(&self) {}
+}

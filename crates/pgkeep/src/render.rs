@@ -1,0 +1,147 @@
+//! Human-readable text for each report (the binary prints it; --json prints the report).
+
+use std::fmt::Write;
+
+use crate::archive::{GetOutcome, PushOutcome, PushReport};
+use crate::backup::BackupReport;
+use crate::command::check::CheckReport;
+use crate::command::demo::DemoReport;
+use crate::command::init::InitReport;
+use crate::fsutil::human_bytes;
+use crate::report::list::ListedBackup;
+use crate::restore::RestoreReport;
+
+pub fn init(r: &InitReport) -> String {
+    let verb = if r.created { "initialized" } else { "already initialized" };
+    let mut s = format!(
+        "repository {} {verb} for system identifier {} (PostgreSQL {}, WAL segments of {})",
+        r.repo,
+        r.system_identifier,
+        r.pg_major,
+        human_bytes(r.wal_segment_size as u64)
+    );
+    if let Some(o) = &r.owner {
+        let _ = write!(s, "; owned by {o} so archive_command can write to it");
+    }
+    s
+}
+
+pub fn check(r: &CheckReport) -> String {
+    let mut s = String::new();
+    for c in &r.checks {
+        if c.ok {
+            let _ = writeln!(s, "ok      {}: {}", c.name, c.detail);
+        } else {
+            let _ = writeln!(s, "FAILED  {}: {}; change: {}", c.name, c.detail, c.hint.clone().unwrap_or_default());
+        }
+    }
+    let failed = r.checks.iter().filter(|c| !c.ok).count();
+    if failed == 0 {
+        s.push_str("all checks passed");
+    } else {
+        let _ = write!(s, "{failed} check(s) failed");
+    }
+    s
+}
+
+pub fn push(r: &PushReport) -> String {
+    match r.outcome {
+        PushOutcome::Stored => format!("archived {} ({} → {})", r.file, human_bytes(r.size), human_bytes(r.stored_size)),
+        PushOutcome::AlreadyArchived => format!("{} was already archived with identical content", r.file),
+    }
+}
+
+pub fn get(r: &GetOutcome) -> String {
+    match r {
+        GetOutcome::Restored { file, size } => format!("restored {file} ({})", human_bytes(*size)),
+        GetOutcome::NotFound { file } => format!("{file} is not in the archive"),
+    }
+}
+
+pub fn backup(r: &BackupReport) -> String {
+    let mut s = format!(
+        "backup {} complete: {} files, {} (stored {}), timeline {}, WAL {} .. {} ({} .. {})\n",
+        r.id,
+        r.files,
+        human_bytes(r.size),
+        human_bytes(r.stored_size),
+        r.timeline,
+        r.start_lsn,
+        r.stop_lsn,
+        r.start_wal,
+        r.stop_wal
+    );
+    let mb = r.size as f64 / 1_048_576.0;
+    let _ = write!(
+        s,
+        "took {:.1}s ({:.0} MiB/s); pg_backup_start..pg_backup_stop window {:.1}s",
+        r.duration_seconds,
+        if r.duration_seconds > 0.0 { mb / r.duration_seconds } else { 0.0 },
+        r.backup_window_seconds
+    );
+    for t in &r.tablespaces {
+        let _ = write!(s, "\ntablespace {} (oid {}) at {}", t.name, t.oid, t.location);
+    }
+    if !r.removed_incomplete.is_empty() {
+        let _ = write!(s, "\nremoved interrupted backup(s): {}", r.removed_incomplete.join(", "));
+    }
+    s
+}
+
+pub fn restore(r: &RestoreReport) -> String {
+    let mut s = format!(
+        "restored backup {} into {}: {} files, {} in {:.1}s\nrecovery target: {}\n",
+        r.backup,
+        r.pgdata,
+        r.files,
+        human_bytes(r.size),
+        r.duration_seconds,
+        r.target
+    );
+    for t in &r.tablespaces {
+        let _ = writeln!(s, "tablespace {} (oid {}) → {}", t.name, t.oid, t.path);
+    }
+    let _ = write!(s, "next: start the server on it, e.g. pg_ctl -D {} start", r.pgdata);
+    s
+}
+
+pub fn list(r: &[ListedBackup]) -> String {
+    if r.is_empty() {
+        return "no backups".into();
+    }
+    let mut s = format!(
+        "{:<17} {:<10} {:>3} {:<12} {:<12} {:<20} {:<20} {:>10} {:>10}  {}\n",
+        "id", "state", "tli", "start lsn", "stop lsn", "start (UTC)", "stop (UTC)", "size", "stored", "verified"
+    );
+    for b in r {
+        let t = |x: Option<chrono::DateTime<chrono::Utc>>| x.map(|d| d.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_else(|| "-".into());
+        let _ = writeln!(
+            s,
+            "{:<17} {:<10} {:>3} {:<12} {:<12} {:<20} {:<20} {:>10} {:>10}  {}",
+            b.id,
+            format!("{:?}", b.state).to_lowercase(),
+            b.timeline.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
+            b.start_lsn.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
+            b.stop_lsn.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
+            t(b.start_time),
+            t(b.stop_time),
+            b.size.map(human_bytes).unwrap_or_else(|| "-".into()),
+            b.stored_size.map(human_bytes).unwrap_or_else(|| "-".into()),
+            match b.verified {
+                Some(true) => "verified",
+                Some(false) => "FAILED",
+                None => "never",
+            }
+        );
+    }
+    s.trim_end().to_string()
+}
+
+pub fn demo(r: &DemoReport) -> String {
+    let mut s = String::new();
+    for step in &r.steps {
+        let _ = writeln!(s, "• {step}");
+    }
+    let _ = write!(s, "{}", if r.ok { "demo passed: the restored rows match the source exactly" } else { "demo FAILED" });
+    s
+}

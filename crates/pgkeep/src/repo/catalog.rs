@@ -1,0 +1,50 @@
+//! The backup catalog: which backups exist and in what state, read from the repository itself
+//! (no separate index that could disagree with the objects).
+
+use serde::Serialize;
+
+use super::layout;
+use super::manifest::{ManifestSummary, StartedMarker};
+use super::Repository;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupState {
+    /// Manifest committed: usable.
+    Complete,
+    /// Started but never committed (interrupted, failed, or still running): never restored.
+    Incomplete,
+}
+
+#[derive(Debug, Clone)]
+pub struct CatalogEntry {
+    pub id: String,
+    pub state: BackupState,
+    pub summary: Option<ManifestSummary>,
+    pub started: Option<StartedMarker>,
+}
+
+/// Every backup directory in the repository, oldest first (ids sort by time).
+pub fn list(repo: &Repository) -> crate::Result<Vec<CatalogEntry>> {
+    let ids = repo.storage().list_dirs(layout::BACKUP_PREFIX)?;
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let summary: Option<ManifestSummary> = match repo.get_json(&layout::manifest_key(&id)) {
+            Ok(s) => Some(s),
+            Err(crate::Error::Storage(e)) if e.is_not_found() => None,
+            Err(e) => return Err(e),
+        };
+        let started: Option<StartedMarker> = match repo.get_json(&layout::backup_started_key(&id)) {
+            Ok(s) => Some(s),
+            Err(_) => None,
+        };
+        let state = if summary.is_some() { BackupState::Complete } else { BackupState::Incomplete };
+        out.push(CatalogEntry { id, state, summary, started });
+    }
+    Ok(out)
+}
+
+/// Complete backups only, oldest first.
+pub fn complete(repo: &Repository) -> crate::Result<Vec<ManifestSummary>> {
+    Ok(list(repo)?.into_iter().filter_map(|e| e.summary).collect())
+}

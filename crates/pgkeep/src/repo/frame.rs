@@ -1,0 +1,381 @@
+//! Object framing: every object in a repository is `header | payload | trailer`.
+//!
+//! ```text
+//! header  16 bytes  "PGKF" | version u8 (1) | compression u8 (0 none, 1 zstd) | encryption u8 (0)
+//!                   | reserved u8 | reserved u64
+//! payload           the (compressed) content
+//! trailer 56 bytes  plain_size u64 LE | payload_size u64 LE | sha256(plain) [32]
+//!                   | crc32c(previous 48 bytes) u32 LE | "PGKT"
+//! ```
+//! The trailer comes last so objects can be written in one streaming pass. The SHA-256 of the
+//! plain content is checked on every read (invariant 4); it is also what manifests record, so a
+//! restored file can be re-checked with `sha256sum`. Frames may be concatenated (bundles); a
+//! frame is then located by offset and length from the manifest.
+//! The format is versioned in docs/repo-format.md.
+
+use std::io::{self, Read, Write};
+
+use sha2::{Digest, Sha256};
+
+pub const HEADER_LEN: usize = 16;
+pub const TRAILER_LEN: usize = 56;
+pub const FRAME_OVERHEAD: u64 = (HEADER_LEN + TRAILER_LEN) as u64;
+const MAGIC: &[u8; 4] = b"PGKF";
+const TRAILER_MAGIC: &[u8; 4] = b"PGKT";
+const VERSION: u8 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Zstd(i32),
+}
+
+impl Compression {
+    fn code(self) -> u8 {
+        match self {
+            Compression::None => 0,
+            Compression::Zstd(_) => 1,
+        }
+    }
+}
+
+/// What a finished frame holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameSummary {
+    pub plain_size: u64,
+    pub framed_size: u64,
+    pub sha256: [u8; 32],
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("{what} is damaged: {detail}; hint: the stored copy cannot be trusted, use another backup or archive copy")]
+    Damaged { what: String, detail: String },
+    #[error("{what}: read failed: {source}")]
+    Io { what: String, source: io::Error },
+}
+
+impl FrameError {
+    fn damaged(what: &str, detail: impl Into<String>) -> Self {
+        FrameError::Damaged { what: what.to_string(), detail: detail.into() }
+    }
+}
+
+fn header(c: Compression) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[..4].copy_from_slice(MAGIC);
+    h[4] = VERSION;
+    h[5] = c.code();
+    h
+}
+
+fn trailer(plain: u64, payload: u64, sha: &[u8; 32]) -> [u8; TRAILER_LEN] {
+    let mut t = [0u8; TRAILER_LEN];
+    t[0..8].copy_from_slice(&plain.to_le_bytes());
+    t[8..16].copy_from_slice(&payload.to_le_bytes());
+    t[16..48].copy_from_slice(sha);
+    let crc = crc32c::crc32c(&t[..48]);
+    t[48..52].copy_from_slice(&crc.to_le_bytes());
+    t[52..56].copy_from_slice(TRAILER_MAGIC);
+    t
+}
+
+/// The decoded trailer of a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Trailer {
+    pub plain_size: u64,
+    pub payload_size: u64,
+    pub sha256: [u8; 32],
+}
+
+pub fn parse_trailer(t: &[u8], what: &str) -> Result<Trailer, FrameError> {
+    if t.len() != TRAILER_LEN {
+        return Err(FrameError::damaged(what, "truncated (no trailer)"));
+    }
+    if &t[52..56] != TRAILER_MAGIC {
+        return Err(FrameError::damaged(what, "truncated or overwritten (trailer magic missing)"));
+    }
+    let crc = u32::from_le_bytes([t[48], t[49], t[50], t[51]]);
+    if crc32c::crc32c(&t[..48]) != crc {
+        return Err(FrameError::damaged(what, "trailer checksum mismatch"));
+    }
+    let mut sha = [0u8; 32];
+    sha.copy_from_slice(&t[16..48]);
+    Ok(Trailer {
+        plain_size: u64::from_le_bytes(t[0..8].try_into().expect("8 bytes")),
+        payload_size: u64::from_le_bytes(t[8..16].try_into().expect("8 bytes")),
+        sha256: sha,
+    })
+}
+
+fn parse_header(h: &[u8], what: &str) -> Result<u8, FrameError> {
+    if h.len() < HEADER_LEN || &h[..4] != MAGIC {
+        return Err(FrameError::damaged(what, "not a pgkeep object (header magic missing)"));
+    }
+    if h[4] != VERSION {
+        return Err(FrameError::damaged(
+            what,
+            format!("object format version {} is not supported by this pgkeep", h[4]),
+        ));
+    }
+    if h[6] != 0 {
+        return Err(FrameError::damaged(what, "object is encrypted; this pgkeep cannot decrypt it"));
+    }
+    if h[7..].iter().any(|&b| b != 0) {
+        return Err(FrameError::damaged(what, "reserved header bytes are not zero"));
+    }
+    match h[5] {
+        0 | 1 => Ok(h[5]),
+        c => Err(FrameError::damaged(what, format!("unknown compression code {c}"))),
+    }
+}
+
+/// Counts bytes passing to the inner writer.
+struct Counting<W> {
+    inner: W,
+    count: u64,
+}
+
+impl<W: Write> Write for Counting<W> {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(b)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+enum Sink<W: Write> {
+    Raw(Counting<W>),
+    Zstd(zstd::stream::write::Encoder<'static, Counting<W>>),
+}
+
+/// Streaming frame writer: write plain bytes, `finish` appends the trailer.
+pub struct FrameWriter<W: Write> {
+    sink: Sink<W>,
+    hasher: Sha256,
+    plain: u64,
+}
+
+impl<W: Write> FrameWriter<W> {
+    pub fn new(mut inner: W, compression: Compression) -> io::Result<Self> {
+        inner.write_all(&header(compression))?;
+        let counting = Counting { inner, count: 0 };
+        let sink = match compression {
+            Compression::None => Sink::Raw(counting),
+            Compression::Zstd(level) => {
+                let mut enc = zstd::stream::write::Encoder::new(counting, level)?;
+                enc.include_checksum(false)?;
+                Sink::Zstd(enc)
+            }
+        };
+        Ok(FrameWriter { sink, hasher: Sha256::new(), plain: 0 })
+    }
+
+    pub fn finish(self) -> io::Result<(W, FrameSummary)> {
+        let counting = match self.sink {
+            Sink::Raw(c) => c,
+            Sink::Zstd(enc) => enc.finish()?,
+        };
+        let sha: [u8; 32] = self.hasher.finalize().into();
+        let Counting { mut inner, count } = counting;
+        inner.write_all(&trailer(self.plain, count, &sha))?;
+        Ok((inner, FrameSummary { plain_size: self.plain, framed_size: count + FRAME_OVERHEAD, sha256: sha }))
+    }
+}
+
+impl<W: Write> Write for FrameWriter<W> {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        let n = match &mut self.sink {
+            Sink::Raw(c) => c.write(b)?,
+            Sink::Zstd(e) => e.write(b)?,
+        };
+        self.hasher.update(&b[..n]);
+        self.plain += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Frame a small in-memory object.
+pub fn encode(plain: &[u8], compression: Compression) -> (Vec<u8>, FrameSummary) {
+    let cap = match compression {
+        Compression::None => plain.len(),
+        Compression::Zstd(_) => plain.len() / 2,
+    } + FRAME_OVERHEAD as usize;
+    let mut w = FrameWriter::new(Vec::with_capacity(cap), compression).expect("writing to a Vec cannot fail");
+    w.write_all(plain).expect("writing to a Vec cannot fail");
+    w.finish().expect("writing to a Vec cannot fail")
+}
+
+/// Decode and verify a whole frame held in memory.
+pub fn decode(framed: &[u8], what: &str) -> Result<Vec<u8>, FrameError> {
+    let mut out = Vec::new();
+    let summary = copy(framed, framed.len() as u64, &mut out, what)?;
+    debug_assert_eq!(summary.plain_size as usize, out.len());
+    Ok(out)
+}
+
+/// Read just the trailer of an in-memory frame (no payload check).
+pub fn trailer_of(framed: &[u8], what: &str) -> Result<Trailer, FrameError> {
+    if framed.len() < FRAME_OVERHEAD as usize {
+        return Err(FrameError::damaged(what, "truncated"));
+    }
+    parse_header(framed, what)?;
+    let t = parse_trailer(&framed[framed.len() - TRAILER_LEN..], what)?;
+    if t.payload_size + FRAME_OVERHEAD != framed.len() as u64 {
+        return Err(FrameError::damaged(what, "length does not match its trailer (truncated?)"));
+    }
+    Ok(t)
+}
+
+/// Hashes and counts what the decoder produces before handing it on.
+struct Verify<'a, W: Write> {
+    out: &'a mut W,
+    hasher: Sha256,
+    n: u64,
+}
+
+impl<W: Write> Write for Verify<'_, W> {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        let n = self.out.write(b)?;
+        self.hasher.update(&b[..n]);
+        self.n += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// Stream-decode a frame of `framed_len` bytes from `r` into `out`, verifying size and SHA-256.
+/// `what` names the object (and the file it holds) in errors.
+pub fn copy<R: Read, W: Write>(
+    mut r: R,
+    framed_len: u64,
+    out: &mut W,
+    what: &str,
+) -> Result<FrameSummary, FrameError> {
+    if framed_len < FRAME_OVERHEAD {
+        return Err(FrameError::damaged(what, format!("truncated ({framed_len} bytes)")));
+    }
+    let mut h = [0u8; HEADER_LEN];
+    read_exact(&mut r, &mut h, what)?;
+    let compression = parse_header(&h, what)?;
+    let payload_len = framed_len - FRAME_OVERHEAD;
+    let mut payload = (&mut r).take(payload_len);
+    let mut v = Verify { out, hasher: Sha256::new(), n: 0 };
+    match compression {
+        0 => {
+            io::copy(&mut payload, &mut v).map_err(|e| io_or_damaged(e, what))?;
+        }
+        _ => {
+            let mut dec = zstd::stream::read::Decoder::with_buffer(io::BufReader::with_capacity(128 * 1024, &mut payload))
+                .map_err(|e| io_or_damaged(e, what))?
+                .single_frame();
+            io::copy(&mut dec, &mut v).map_err(|e| io_or_damaged(e, what))?;
+            // Bytes after the zstd frame end inside the payload mean a damaged object.
+            let mut rest = dec.finish();
+            let mut extra = [0u8; 1];
+            if rest.read(&mut extra).map_err(|e| FrameError::Io { what: what.into(), source: e })? != 0 {
+                return Err(FrameError::damaged(what, "payload has trailing bytes after its compressed stream"));
+            }
+        }
+    }
+    if payload.limit() != 0 {
+        return Err(FrameError::damaged(what, "truncated payload"));
+    }
+    let plain_n = v.n;
+    let sha: [u8; 32] = v.hasher.finalize().into();
+    let mut t = [0u8; TRAILER_LEN];
+    read_exact(&mut r, &mut t, what)?;
+    let t = parse_trailer(&t, what)?;
+    if t.payload_size != payload_len {
+        return Err(FrameError::damaged(what, "payload length does not match its trailer"));
+    }
+    if t.plain_size != plain_n {
+        return Err(FrameError::damaged(
+            what,
+            format!("size mismatch: {} bytes decoded, {} recorded", plain_n, t.plain_size),
+        ));
+    }
+    if t.sha256 != sha {
+        return Err(FrameError::damaged(what, "checksum mismatch (SHA-256 of the content differs from the one recorded)"));
+    }
+    Ok(FrameSummary { plain_size: plain_n, framed_size: framed_len, sha256: sha })
+}
+
+fn read_exact<R: Read>(r: &mut R, buf: &mut [u8], what: &str) -> Result<(), FrameError> {
+    r.read_exact(buf).map_err(|e| {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            FrameError::damaged(what, "truncated")
+        } else {
+            FrameError::Io { what: what.to_string(), source: e }
+        }
+    })
+}
+
+/// zstd reports corrupt input as InvalidData/Other io errors; treat those as damage, not I/O.
+fn io_or_damaged(e: io::Error, what: &str) -> FrameError {
+    match e.kind() {
+        io::ErrorKind::InvalidData | io::ErrorKind::Other | io::ErrorKind::UnexpectedEof => {
+            FrameError::damaged(what, format!("cannot decompress: {e}"))
+        }
+        _ => FrameError::Io { what: what.to_string(), source: e },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_both_compressions() {
+        let data: Vec<u8> = (0..200_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        for c in [Compression::None, Compression::Zstd(1)] {
+            let (f, s) = encode(&data, c);
+            assert_eq!(s.framed_size as usize, f.len());
+            assert_eq!(decode(&f, "t").unwrap(), data);
+            assert_eq!(trailer_of(&f, "t").unwrap().sha256, s.sha256);
+        }
+    }
+
+    #[test]
+    fn every_flipped_byte_is_detected() {
+        let data = b"hello pgkeep, every stored object carries a checksum".repeat(50);
+        for c in [Compression::None, Compression::Zstd(3)] {
+            let (f, _) = encode(&data, c);
+            for i in 0..f.len() {
+                let mut g = f.clone();
+                g[i] ^= 0x20;
+                assert!(decode(&g, "obj").is_err(), "flip at {i} of {} ({c:?}) went unnoticed", f.len());
+            }
+        }
+    }
+
+    #[test]
+    fn truncation_is_detected() {
+        let (f, _) = encode(&[7u8; 5000], Compression::Zstd(1));
+        for cut in [0, 1, 15, 16, 30, f.len() - 56, f.len() - 1] {
+            assert!(decode(&f[..cut], "obj").is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn concatenated_frames_decode_by_offset() {
+        let (a, sa) = encode(b"first", Compression::Zstd(1));
+        let (b, sb) = encode(b"second file", Compression::Zstd(1));
+        let mut bundle = a.clone();
+        bundle.extend_from_slice(&b);
+        let mut out = Vec::new();
+        copy(&bundle[a.len()..], sb.framed_size, &mut out, "b").unwrap();
+        assert_eq!(out, b"second file");
+        out.clear();
+        copy(&bundle[..], sa.framed_size, &mut out, "a").unwrap();
+        assert_eq!(out, b"first");
+    }
+}

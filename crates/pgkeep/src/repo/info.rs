@@ -1,0 +1,27 @@
+//! The repository's identity: which cluster it belongs to. Written by `init`, read by every
+//! command; `archive-push` refuses WAL whose system identifier differs (invariant 3).
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+pub const REPO_FORMAT: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RepoInfo {
+    /// Repository format version (docs/repo-format.md).
+    pub format: u32,
+    /// pg_control's system identifier, as a decimal string (u64 does not survive JSON readers
+    /// that use doubles).
+    pub system_identifier: String,
+    pub pg_major: u32,
+    pub pg_version_num: u32,
+    pub wal_segment_size: u32,
+    pub created_at: DateTime<Utc>,
+    pub created_by: String,
+}
+
+impl RepoInfo {
+    pub fn system_identifier_u64(&self) -> u64 {
+        self.system_identifier.parse().unwrap_or(0)
+    }
+}

@@ -1,0 +1,53 @@
+//! Object keys: the one place that knows where things live in a repository
+//! (documented in docs/repo-format.md).
+
+/// Repository identity and format version, written once by `init`.
+pub const INFO_KEY: &str = "pgkeep.info";
+
+pub const BACKUP_PREFIX: &str = "backup";
+pub const WAL_PREFIX: &str = "wal";
+
+/// `wal/<timeline+log, 16 hex>/<segment name>`: at most 256 (16 MiB segments) per directory.
+pub fn wal_key(file_name: &str) -> String {
+    if file_name.ends_with(".history") {
+        format!("{WAL_PREFIX}/history/{file_name}")
+    } else {
+        let dir = file_name.get(..16).unwrap_or(file_name);
+        format!("{WAL_PREFIX}/{dir}/{file_name}")
+    }
+}
+
+pub fn backup_dir(id: &str) -> String {
+    format!("{BACKUP_PREFIX}/{id}")
+}
+
+/// Written first: a backup directory with this and no manifest is incomplete.
+pub fn backup_started_key(id: &str) -> String {
+    format!("{BACKUP_PREFIX}/{id}/started")
+}
+
+/// Written last: its presence is what makes a backup usable (invariant 1).
+pub fn manifest_key(id: &str) -> String {
+    format!("{BACKUP_PREFIX}/{id}/manifest")
+}
+
+pub fn backup_label_key(id: &str) -> String {
+    format!("{BACKUP_PREFIX}/{id}/backup_label")
+}
+
+pub fn tablespace_map_key(id: &str) -> String {
+    format!("{BACKUP_PREFIX}/{id}/tablespace_map")
+}
+
+pub fn data_key(id: &str, name: &str) -> String {
+    format!("{BACKUP_PREFIX}/{id}/data/{name}")
+}
+
+/// Verification verdicts, one object per drill, never rewriting the manifest.
+pub fn verdict_key(id: &str, stamp: &str) -> String {
+    format!("{BACKUP_PREFIX}/{id}/verify/{stamp}")
+}
+
+pub fn verdict_prefix(id: &str) -> String {
+    format!("{BACKUP_PREFIX}/{id}/verify")
+}

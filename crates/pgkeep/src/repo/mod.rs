@@ -1,0 +1,170 @@
+//! The repository: identity (`pgkeep.info`), framed objects over a [`Storage`] backend,
+//! backup manifests, the backup catalog and locks.
+
+pub mod catalog;
+pub mod frame;
+pub mod info;
+pub mod layout;
+pub mod lock;
+pub mod manifest;
+pub mod storage;
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::runtime::Handle;
+
+pub use frame::{Compression, FrameError, FrameSummary};
+pub use info::RepoInfo;
+pub use manifest::Manifest;
+pub use storage::{ObjectInfo, PutOutcome, RepoLocation, Storage, StorageError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error("repository {location} is not initialized; hint: run `pgkeep init` with --repo {location} for this cluster")]
+    NotInitialized { location: String },
+    #[error("repository {location} belongs to another cluster (system identifier {repo}, this cluster {cluster}); hint: use a separate --repo per cluster")]
+    ForeignCluster { location: String, repo: String, cluster: String },
+    #[error("repository {location} holds PostgreSQL {repo} backups but the server runs PostgreSQL {cluster}; hint: initialize a new repository after a major upgrade")]
+    MajorMismatch { location: String, repo: u32, cluster: u32 },
+    #[error("repository {location}: {what} is not valid JSON ({detail}); hint: the object is damaged, restore it from a copy of the repository")]
+    BadJson { location: String, what: String, detail: String },
+    #[error("repository {location} has format {found}, this pgkeep reads format {supported}; hint: use a matching pgkeep version")]
+    Format { location: String, found: u32, supported: u32 },
+    #[error("another pgkeep {what} holds the lock {path} ({holder}); hint: wait for it to finish")]
+    Locked { what: String, path: String, holder: String },
+    #[error("cannot take the lock {path}: {detail}")]
+    Lock { path: String, detail: String },
+    #[error("backup {id} is not in repository {location}; hint: `pgkeep list` shows the backups")]
+    NoSuchBackup { location: String, id: String },
+    #[error("backup {id} in repository {location} is incomplete (no manifest: it was interrupted or is still running) and cannot be used")]
+    Incomplete { location: String, id: String },
+}
+
+/// An opened, initialized repository.
+#[derive(Clone)]
+pub struct Repository {
+    storage: Storage,
+    info: RepoInfo,
+    location: RepoLocation,
+}
+
+impl Repository {
+    /// Open an initialized repository.
+    pub fn open(location: &RepoLocation, rt: Handle) -> crate::Result<Repository> {
+        let storage = Storage::open(location, rt, false).map_err(|e| match e {
+            StorageError::Io { op: "open", .. } => {
+                crate::Error::Repo(RepoError::NotInitialized { location: location.to_string() })
+            }
+            other => other.into(),
+        })?;
+        let info = read_info(&storage)?
+            .ok_or_else(|| RepoError::NotInitialized { location: location.to_string() })?;
+        if info.format != info::REPO_FORMAT {
+            return Err(RepoError::Format {
+                location: location.to_string(),
+                found: info.format,
+                supported: info::REPO_FORMAT,
+            }
+            .into());
+        }
+        Ok(Repository { storage, info, location: location.clone() })
+    }
+
+    /// Wrap storage and info that are already known (used by `init`).
+    pub fn from_parts(storage: Storage, info: RepoInfo, location: RepoLocation) -> Repository {
+        Repository { storage, info, location }
+    }
+
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    pub fn info(&self) -> &RepoInfo {
+        &self.info
+    }
+
+    pub fn location(&self) -> &RepoLocation {
+        &self.location
+    }
+
+    pub fn runtime(&self) -> &Handle {
+        self.storage.runtime()
+    }
+
+    /// Refuse to work for a cluster this repository does not belong to.
+    pub fn check_cluster(&self, system_identifier: u64, pg_major: u32) -> Result<(), RepoError> {
+        if self.info.system_identifier_u64() != system_identifier {
+            return Err(RepoError::ForeignCluster {
+                location: self.location.to_string(),
+                repo: self.info.system_identifier.clone(),
+                cluster: system_identifier.to_string(),
+            });
+        }
+        if self.info.pg_major != pg_major {
+            return Err(RepoError::MajorMismatch {
+                location: self.location.to_string(),
+                repo: self.info.pg_major,
+                cluster: pg_major,
+            });
+        }
+        Ok(())
+    }
+
+    /// Store a small framed object (replaces atomically).
+    pub fn put_framed(&self, key: &str, plain: &[u8]) -> crate::Result<FrameSummary> {
+        let (framed, summary) = frame::encode(plain, Compression::Zstd(3));
+        self.storage.put(key, Bytes::from(framed))?;
+        Ok(summary)
+    }
+
+    /// Read and verify a small framed object.
+    pub fn get_framed(&self, key: &str) -> crate::Result<Vec<u8>> {
+        let framed = self.storage.get(key)?;
+        Ok(frame::decode(&framed, &format!("repository object '{key}'"))?)
+    }
+
+    pub fn put_json<T: Serialize>(&self, key: &str, value: &T) -> crate::Result<FrameSummary> {
+        let json = serde_json::to_vec_pretty(value).map_err(|e| crate::Error::other(e.to_string()))?;
+        self.put_framed(key, &json)
+    }
+
+    pub fn get_json<T: DeserializeOwned>(&self, key: &str) -> crate::Result<T> {
+        let plain = self.get_framed(key)?;
+        serde_json::from_slice(&plain).map_err(|e| {
+            RepoError::BadJson { location: self.location.to_string(), what: key.to_string(), detail: e.to_string() }
+                .into()
+        })
+    }
+
+    /// Load a committed backup's manifest.
+    pub fn manifest(&self, id: &str) -> crate::Result<Manifest> {
+        match self.get_json(&layout::manifest_key(id)) {
+            Ok(m) => Ok(m),
+            Err(crate::Error::Storage(StorageError::NotFound { .. })) => {
+                if self.storage.head(&layout::backup_started_key(id))?.is_some() {
+                    Err(RepoError::Incomplete { location: self.location.to_string(), id: id.to_string() }.into())
+                } else {
+                    Err(RepoError::NoSuchBackup { location: self.location.to_string(), id: id.to_string() }.into())
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Read `pgkeep.info` if present.
+pub fn read_info(storage: &Storage) -> crate::Result<Option<RepoInfo>> {
+    let framed = match storage.get(layout::INFO_KEY) {
+        Ok(b) => b,
+        Err(StorageError::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let plain = frame::decode(&framed, "repository info (pgkeep.info)")?;
+    let info = serde_json::from_slice(&plain).map_err(|e| RepoError::BadJson {
+        location: storage.location().to_string(),
+        what: layout::INFO_KEY.to_string(),
+        detail: e.to_string(),
+    })?;
+    Ok(Some(info))
+}

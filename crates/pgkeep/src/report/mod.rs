@@ -1,0 +1,3 @@
+//! Reports over the repository: list (later: info, rpo, metrics).
+
+pub mod list;

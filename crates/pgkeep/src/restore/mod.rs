@@ -1,0 +1,33 @@
+//! Restore: choose the backup for a target, plan, materialise files (checksums verified),
+//! then write backup_label, tablespace_map and the recovery settings. pg_control is put in
+//! place last, so an interrupted restore leaves a directory PostgreSQL refuses to start.
+
+pub mod materialize;
+pub mod plan;
+pub mod recovery;
+pub mod target;
+
+pub use plan::{RestoreOptions, RestorePlan, RestoreReport};
+pub use target::{RecoveryTarget, TargetAction};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("{dir} is not empty; refusing to restore over existing files; hint: restore into a new or empty directory")]
+    TargetNotEmpty { dir: String },
+    #[error("no complete backup in repository {location}; hint: run `pgkeep backup` first (`pgkeep list` shows incomplete ones)")]
+    NoBackups { location: String },
+    #[error("no complete backup ended before the target {target} (the oldest usable ended at {oldest}); hint: pick a later target or an older repository")]
+    NoBackupForTarget { target: String, oldest: String },
+    #[error("invalid {what} {value:?}: {hint}")]
+    BadTarget { what: &'static str, value: String, hint: String },
+    #[error("invalid --tablespace-map {value:?}; hint: use OID=DIR with the OID from `pgkeep list --json` (tablespaces)")]
+    BadTablespaceMap { value: String },
+    #[error("backup {id} has no tablespace with OID {oid} (it has: {have})")]
+    UnknownTablespace { id: String, oid: u32, have: String },
+    #[error("tablespace {oid} would be restored to {dir}, which is not empty; hint: pass --tablespace-map {oid}=EMPTY_DIR")]
+    TablespaceNotEmpty { oid: u32, dir: String },
+    #[error("restoring {path} from backup {id} failed: {detail}; the target directory {dir} is incomplete (PostgreSQL will not start on it); hint: remove it, then restore again or from another backup")]
+    File { id: String, path: String, dir: String, detail: String },
+    #[error("cannot write {path}: {detail}")]
+    Write { path: String, detail: String },
+}

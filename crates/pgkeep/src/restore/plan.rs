@@ -1,0 +1,189 @@
+//! `pgkeep restore`: build a [`RestorePlan`] (which backup, where every tablespace goes, which
+//! recovery settings) and check it before touching the disk; then run it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::materialize::{self, PathMap};
+use super::recovery::{self, RecoverySettings};
+use super::target::{self, RecoveryTarget, TargetAction};
+use super::RestoreError;
+use crate::fsutil;
+use crate::progress::Progress;
+use crate::repo::catalog;
+use crate::repo::manifest::Manifest;
+use crate::repo::{layout, Repository};
+
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    pub to: PathBuf,
+    /// Backup id, `latest`, or None (choose by target).
+    pub backup: Option<String>,
+    pub target: RecoveryTarget,
+    pub action: Option<TargetAction>,
+    pub inclusive: bool,
+    pub timeline: Option<String>,
+    pub tablespace_map: Vec<(u32, PathBuf)>,
+    pub jobs: usize,
+}
+
+/// Parse `OID=DIR`.
+pub fn parse_tablespace_map(s: &str) -> Result<(u32, PathBuf), RestoreError> {
+    let bad = || RestoreError::BadTablespaceMap { value: s.to_string() };
+    let (oid, dir) = s.split_once('=').ok_or_else(bad)?;
+    let oid = oid.trim().parse().map_err(|_| bad())?;
+    if dir.is_empty() {
+        return Err(bad());
+    }
+    Ok((oid, PathBuf::from(dir)))
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoredTablespace {
+    pub oid: u32,
+    pub name: String,
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreReport {
+    pub backup: String,
+    pub pgdata: String,
+    pub target: RecoveryTarget,
+    pub files: u64,
+    pub size: u64,
+    pub duration_seconds: f64,
+    pub tablespaces: Vec<RestoredTablespace>,
+    pub recovery_settings: Vec<(String, String)>,
+}
+
+pub struct RestorePlan {
+    pub manifest: Manifest,
+    pub map: PathMap,
+    pub settings: RecoverySettings,
+    pub jobs: usize,
+}
+
+impl RestorePlan {
+    pub fn build(repo: &Repository, opts: &RestoreOptions) -> crate::Result<RestorePlan> {
+        let to = absolute(&opts.to);
+        if !fsutil::is_absent_or_empty(&to).map_err(|e| RestoreError::Write { path: to.display().to_string(), detail: e.to_string() })? {
+            return Err(RestoreError::TargetNotEmpty { dir: to.display().to_string() }.into());
+        }
+        let id = match opts.backup.as_deref() {
+            Some(id) if id != "latest" => id.to_string(),
+            choice => {
+                let complete = catalog::complete(repo)?;
+                if complete.is_empty() {
+                    return Err(RestoreError::NoBackups { location: repo.location().to_string() }.into());
+                }
+                if choice == Some("latest") {
+                    complete.last().map(|b| b.id.clone()).unwrap_or_default()
+                } else {
+                    target::choose(&complete, &opts.target)?.id.clone()
+                }
+            }
+        };
+        let manifest = repo.manifest(&id)?;
+        let mut tablespaces = BTreeMap::new();
+        for (oid, dir) in &opts.tablespace_map {
+            if !manifest.tablespaces.iter().any(|t| t.oid == *oid) {
+                let have: Vec<String> = manifest.tablespaces.iter().map(|t| format!("{} ({})", t.oid, t.name)).collect();
+                return Err(RestoreError::UnknownTablespace {
+                    id: id.clone(),
+                    oid: *oid,
+                    have: if have.is_empty() { "none".into() } else { have.join(", ") },
+                }
+                .into());
+            }
+            tablespaces.insert(*oid, absolute(dir));
+        }
+        for t in &manifest.tablespaces {
+            tablespaces.entry(t.oid).or_insert_with(|| PathBuf::from(&t.location));
+        }
+        for (oid, dir) in &tablespaces {
+            let empty = fsutil::is_absent_or_empty(dir).map_err(|e| RestoreError::Write { path: dir.display().to_string(), detail: e.to_string() })?;
+            if !empty {
+                return Err(RestoreError::TablespaceNotEmpty { oid: *oid, dir: dir.display().to_string() }.into());
+            }
+        }
+        let settings = RecoverySettings {
+            restore_command: recovery::restore_command(&repo.location().to_string()),
+            target: opts.target.clone(),
+            action: opts.action,
+            inclusive: opts.inclusive,
+            timeline: opts.timeline.clone(),
+        };
+        Ok(RestorePlan { manifest, map: PathMap { pgdata: to, tablespaces }, settings, jobs: opts.jobs })
+    }
+
+    pub fn run(&self, repo: &Repository, progress: Arc<dyn Progress>) -> crate::Result<RestoreReport> {
+        let began = Instant::now();
+        let m = &self.manifest;
+        materialize::create_structure(m, &self.map)?;
+        progress.phase("restore files", Some(m.size));
+        let stats = materialize::write_files(repo, m, &self.map, self.jobs, progress.as_ref())?;
+        progress.finish_phase();
+
+        let pgdata = &self.map.pgdata;
+        let label = repo.get_framed(&layout::backup_label_key(&m.id))?;
+        if hex::encode(sha256(&label)) != m.backup_label_sha256 {
+            return Err(RestoreError::File {
+                id: m.id.clone(),
+                path: "backup_label".into(),
+                dir: pgdata.display().to_string(),
+                detail: "does not match the checksum recorded in the manifest".into(),
+            }
+            .into());
+        }
+        materialize::write_small(&pgdata.join("backup_label"), &label)?;
+        if m.tablespace_map_sha256.is_some() || !self.map.tablespaces.is_empty() {
+            let mut text = String::new();
+            for (oid, dir) in &self.map.tablespaces {
+                text.push_str(&format!("{oid} {}\n", dir.display()));
+            }
+            materialize::write_small(&pgdata.join("tablespace_map"), text.as_bytes())?;
+        }
+        let note = format!("recovery settings written by pgkeep restore of backup {} ({})", m.id, self.settings.target);
+        recovery::write(pgdata, &self.settings, &note)
+            .map_err(|e| RestoreError::Write { path: pgdata.join("postgresql.auto.conf").display().to_string(), detail: e.to_string() })?;
+        materialize::sync_dirs(m, &self.map)?;
+        materialize::publish_pg_control(&self.map)?;
+
+        Ok(RestoreReport {
+            backup: m.id.clone(),
+            pgdata: pgdata.display().to_string(),
+            target: self.settings.target.clone(),
+            files: stats.files,
+            size: stats.bytes,
+            duration_seconds: began.elapsed().as_secs_f64(),
+            tablespaces: m
+                .tablespaces
+                .iter()
+                .map(|t| RestoredTablespace {
+                    oid: t.oid,
+                    name: t.name.clone(),
+                    path: self.map.tablespaces.get(&t.oid).map(|p| p.display().to_string()).unwrap_or_default(),
+                })
+                .collect(),
+            recovery_settings: self.settings.pairs().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        })
+    }
+}
+
+fn sha256(b: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(b).into()
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf())
+    }
+}

@@ -1,0 +1,130 @@
+//! Recovery settings for a restored data directory (PostgreSQL 12+: postgresql.auto.conf plus
+//! recovery.signal). Settings a previous restore left behind are removed first: a stale
+//! recovery_target_time would silently stop the new recovery early.
+
+use std::fs;
+use std::io;
+use std::path::Path;
+
+use super::target::{pg_timestamp, RecoveryTarget, TargetAction};
+use crate::fsutil;
+
+/// Keys this module owns in postgresql.auto.conf.
+const RECOVERY_KEYS: &[&str] = &[
+    "restore_command",
+    "recovery_end_command",
+    "recovery_target",
+    "recovery_target_time",
+    "recovery_target_lsn",
+    "recovery_target_xid",
+    "recovery_target_name",
+    "recovery_target_action",
+    "recovery_target_inclusive",
+    "recovery_target_timeline",
+];
+
+#[derive(Debug, Clone)]
+pub struct RecoverySettings {
+    pub restore_command: String,
+    pub target: RecoveryTarget,
+    pub action: Option<TargetAction>,
+    pub inclusive: bool,
+    pub timeline: Option<String>,
+}
+
+impl RecoverySettings {
+    /// The name = value pairs, in the order written.
+    pub fn pairs(&self) -> Vec<(&'static str, String)> {
+        let mut v = vec![("restore_command", self.restore_command.clone())];
+        match &self.target {
+            RecoveryTarget::End => {}
+            RecoveryTarget::Immediate => v.push(("recovery_target", "immediate".into())),
+            RecoveryTarget::Time(t) => v.push(("recovery_target_time", pg_timestamp(t))),
+            RecoveryTarget::Lsn(l) => v.push(("recovery_target_lsn", l.to_string())),
+            RecoveryTarget::Xid(x) => v.push(("recovery_target_xid", x.clone())),
+            RecoveryTarget::Name(n) => v.push(("recovery_target_name", n.clone())),
+        }
+        let has_target = !matches!(self.target, RecoveryTarget::End);
+        if has_target {
+            if let Some(a) = self.action {
+                v.push(("recovery_target_action", a.as_str().into()));
+            }
+            if !self.inclusive && !matches!(self.target, RecoveryTarget::Immediate) {
+                v.push(("recovery_target_inclusive", "off".into()));
+            }
+        }
+        if let Some(t) = &self.timeline {
+            v.push(("recovery_target_timeline", t.clone()));
+        }
+        v
+    }
+}
+
+/// `"<pgkeep>" --repo "<repo>" archive-get %f "%p"`, with the absolute path of this binary.
+pub fn restore_command(repo_location: &str) -> String {
+    let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "pgkeep".into());
+    format!("\"{exe}\" --repo \"{repo_location}\" archive-get %f \"%p\"")
+}
+
+fn quote(v: &str) -> String {
+    format!("'{}'", v.replace('\'', "''"))
+}
+
+fn key_of(line: &str) -> Option<&str> {
+    let t = line.trim_start();
+    if t.starts_with('#') {
+        return None;
+    }
+    let end = t.find(|c: char| c == '=' || c.is_whitespace()).unwrap_or(t.len());
+    Some(&t[..end])
+}
+
+/// Rewrite postgresql.auto.conf and create recovery.signal.
+pub fn write(pgdata: &Path, s: &RecoverySettings, note: &str) -> io::Result<()> {
+    let auto = pgdata.join("postgresql.auto.conf");
+    let old = match fs::read_to_string(&auto) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e),
+    };
+    let mut out = String::new();
+    for line in old.lines() {
+        if key_of(line).is_some_and(|k| RECOVERY_KEYS.contains(&k)) {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push_str(&format!("# {note}\n"));
+    for (k, v) in s.pairs() {
+        out.push_str(&format!("{k} = {}\n", quote(&v)));
+    }
+    fsutil::write_atomic(&auto, out.as_bytes(), 0o600)?;
+    fsutil::write_atomic(&pgdata.join("recovery.signal"), b"", 0o600)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_settings_are_replaced() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("postgresql.auto.conf"), "work_mem = '8MB'\nrecovery_target_time = '2020-01-01'\nrestore_command='x'\n").unwrap();
+        let s = RecoverySettings {
+            restore_command: "pgkeep archive-get %f \"%p\"".into(),
+            target: RecoveryTarget::Name("before 'upgrade'".into()),
+            action: Some(TargetAction::Promote),
+            inclusive: false,
+            timeline: None,
+        };
+        write(d.path(), &s, "restored by test").unwrap();
+        let t = fs::read_to_string(d.path().join("postgresql.auto.conf")).unwrap();
+        assert!(t.contains("work_mem = '8MB'"));
+        assert!(!t.contains("2020-01-01"));
+        assert!(t.contains("recovery_target_name = 'before ''upgrade'''"));
+        assert!(t.contains("recovery_target_action = 'promote'"));
+        assert!(t.contains("recovery_target_inclusive = 'off'"));
+        assert!(d.path().join("recovery.signal").exists());
+    }
+}
