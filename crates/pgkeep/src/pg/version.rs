@@ -2,11 +2,8 @@
 
 /// `server_version_num` → major (150018 → 15, 90624 → 9).
 pub fn major_of(version_num: u32) -> u32 {
-    if version_num >= 100_000 {
-        version_num / 10_000
-    } else {
-        version_num / 100
-    }
+    // 9.6 is 90624 → 9 (pgkeep does not support it; the number only feeds the error message).
+    version_num / 10_000
 }
 
 pub const MIN_SUPPORTED_MAJOR: u32 = 13;

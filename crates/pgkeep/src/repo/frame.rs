@@ -4,9 +4,11 @@
 //! header  16 bytes  "PGKF" | version u8 (1) | compression u8 (0 none, 1 zstd) | encryption u8 (0)
 //!                   | reserved u8 | reserved u64
 //! payload           the (compressed) content
-//! trailer 56 bytes  plain_size u64 LE | payload_size u64 LE | sha256(plain) [32]
-//!                   | crc32c(previous 48 bytes) u32 LE | "PGKT"
+//! trailer 60 bytes  plain_size u64 LE | payload_size u64 LE | sha256(plain) [32]
+//!                   | crc32c(header and payload) u32 LE | crc32c(previous 52 bytes) u32 LE | "PGKT"
 //! ```
+//! The SHA-256 proves the content; the CRC over the stored bytes also catches damage that
+//! happens not to change the decoded content (e.g. in the compressed stream's own header).
 //! The trailer comes last so objects can be written in one streaming pass. The SHA-256 of the
 //! plain content is checked on every read (invariant 4); it is also what manifests record, so a
 //! restored file can be re-checked with `sha256sum`. Frames may be concatenated (bundles); a
@@ -18,7 +20,7 @@ use std::io::{self, Read, Write};
 use sha2::{Digest, Sha256};
 
 pub const HEADER_LEN: usize = 16;
-pub const TRAILER_LEN: usize = 56;
+pub const TRAILER_LEN: usize = 60;
 pub const FRAME_OVERHEAD: u64 = (HEADER_LEN + TRAILER_LEN) as u64;
 const MAGIC: &[u8; 4] = b"PGKF";
 const TRAILER_MAGIC: &[u8; 4] = b"PGKT";
@@ -69,14 +71,15 @@ fn header(c: Compression) -> [u8; HEADER_LEN] {
     h
 }
 
-fn trailer(plain: u64, payload: u64, sha: &[u8; 32]) -> [u8; TRAILER_LEN] {
+fn trailer(plain: u64, payload: u64, sha: &[u8; 32], stored_crc: u32) -> [u8; TRAILER_LEN] {
     let mut t = [0u8; TRAILER_LEN];
     t[0..8].copy_from_slice(&plain.to_le_bytes());
     t[8..16].copy_from_slice(&payload.to_le_bytes());
     t[16..48].copy_from_slice(sha);
-    let crc = crc32c::crc32c(&t[..48]);
-    t[48..52].copy_from_slice(&crc.to_le_bytes());
-    t[52..56].copy_from_slice(TRAILER_MAGIC);
+    t[48..52].copy_from_slice(&stored_crc.to_le_bytes());
+    let crc = crc32c::crc32c(&t[..52]);
+    t[52..56].copy_from_slice(&crc.to_le_bytes());
+    t[56..60].copy_from_slice(TRAILER_MAGIC);
     t
 }
 
@@ -86,17 +89,19 @@ pub struct Trailer {
     pub plain_size: u64,
     pub payload_size: u64,
     pub sha256: [u8; 32],
+    /// CRC-32C of the frame's header and payload as stored.
+    pub stored_crc: u32,
 }
 
 pub fn parse_trailer(t: &[u8], what: &str) -> Result<Trailer, FrameError> {
     if t.len() != TRAILER_LEN {
         return Err(FrameError::damaged(what, "truncated (no trailer)"));
     }
-    if &t[52..56] != TRAILER_MAGIC {
+    if &t[56..60] != TRAILER_MAGIC {
         return Err(FrameError::damaged(what, "truncated or overwritten (trailer magic missing)"));
     }
-    let crc = u32::from_le_bytes([t[48], t[49], t[50], t[51]]);
-    if crc32c::crc32c(&t[..48]) != crc {
+    let crc = u32::from_le_bytes([t[52], t[53], t[54], t[55]]);
+    if crc32c::crc32c(&t[..52]) != crc {
         return Err(FrameError::damaged(what, "trailer checksum mismatch"));
     }
     let mut sha = [0u8; 32];
@@ -105,6 +110,7 @@ pub fn parse_trailer(t: &[u8], what: &str) -> Result<Trailer, FrameError> {
         plain_size: u64::from_le_bytes(t[0..8].try_into().expect("8 bytes")),
         payload_size: u64::from_le_bytes(t[8..16].try_into().expect("8 bytes")),
         sha256: sha,
+        stored_crc: u32::from_le_bytes([t[48], t[49], t[50], t[51]]),
     })
 }
 
@@ -121,7 +127,7 @@ fn parse_header(h: &[u8], what: &str) -> Result<u8, FrameError> {
     if h[6] != 0 {
         return Err(FrameError::damaged(what, "object is encrypted; this pgkeep cannot decrypt it"));
     }
-    if h[7..].iter().any(|&b| b != 0) {
+    if h[7..HEADER_LEN].iter().any(|&b| b != 0) {
         return Err(FrameError::damaged(what, "reserved header bytes are not zero"));
     }
     match h[5] {
@@ -130,16 +136,18 @@ fn parse_header(h: &[u8], what: &str) -> Result<u8, FrameError> {
     }
 }
 
-/// Counts bytes passing to the inner writer.
+/// Counts and CRCs the bytes passing to the inner writer.
 struct Counting<W> {
     inner: W,
     count: u64,
+    crc: u32,
 }
 
 impl<W: Write> Write for Counting<W> {
     fn write(&mut self, b: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(b)?;
         self.count += n as u64;
+        self.crc = crc32c::crc32c_append(self.crc, &b[..n]);
         Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -161,8 +169,9 @@ pub struct FrameWriter<W: Write> {
 
 impl<W: Write> FrameWriter<W> {
     pub fn new(mut inner: W, compression: Compression) -> io::Result<Self> {
-        inner.write_all(&header(compression))?;
-        let counting = Counting { inner, count: 0 };
+        let h = header(compression);
+        inner.write_all(&h)?;
+        let counting = Counting { inner, count: 0, crc: crc32c::crc32c(&h) };
         let sink = match compression {
             Compression::None => Sink::Raw(counting),
             Compression::Zstd(level) => {
@@ -180,8 +189,8 @@ impl<W: Write> FrameWriter<W> {
             Sink::Zstd(enc) => enc.finish()?,
         };
         let sha: [u8; 32] = self.hasher.finalize().into();
-        let Counting { mut inner, count } = counting;
-        inner.write_all(&trailer(self.plain, count, &sha))?;
+        let Counting { mut inner, count, crc } = counting;
+        inner.write_all(&trailer(self.plain, count, &sha, crc))?;
         Ok((inner, FrameSummary { plain_size: self.plain, framed_size: count + FRAME_OVERHEAD, sha256: sha }))
     }
 }
@@ -267,7 +276,8 @@ pub fn copy<R: Read, W: Write>(
     read_exact(&mut r, &mut h, what)?;
     let compression = parse_header(&h, what)?;
     let payload_len = framed_len - FRAME_OVERHEAD;
-    let mut payload = (&mut r).take(payload_len);
+    let mut crc_reader = CrcReader { inner: &mut r, crc: crc32c::crc32c(&h) };
+    let mut payload = (&mut crc_reader).take(payload_len);
     let mut v = Verify { out, hasher: Sha256::new(), n: 0 };
     match compression {
         0 => {
@@ -289,6 +299,7 @@ pub fn copy<R: Read, W: Write>(
     if payload.limit() != 0 {
         return Err(FrameError::damaged(what, "truncated payload"));
     }
+    let stored_crc = crc_reader.crc;
     let plain_n = v.n;
     let sha: [u8; 32] = v.hasher.finalize().into();
     let mut t = [0u8; TRAILER_LEN];
@@ -303,10 +314,26 @@ pub fn copy<R: Read, W: Write>(
             format!("size mismatch: {} bytes decoded, {} recorded", plain_n, t.plain_size),
         ));
     }
+    if t.stored_crc != stored_crc {
+        return Err(FrameError::damaged(what, "stored bytes do not match their CRC"));
+    }
     if t.sha256 != sha {
         return Err(FrameError::damaged(what, "checksum mismatch (SHA-256 of the content differs from the one recorded)"));
     }
     Ok(FrameSummary { plain_size: plain_n, framed_size: framed_len, sha256: sha })
+}
+
+struct CrcReader<R> {
+    inner: R,
+    crc: u32,
+}
+
+impl<R: Read> Read for CrcReader<R> {
+    fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(b)?;
+        self.crc = crc32c::crc32c_append(self.crc, &b[..n]);
+        Ok(n)
+    }
 }
 
 fn read_exact<R: Read>(r: &mut R, buf: &mut [u8], what: &str) -> Result<(), FrameError> {

@@ -1,0 +1,15 @@
+//! pgkeep's integration tests: one binary, one module per area. Every test runs real
+//! PostgreSQL clusters (started by pgkeep-testkit) and the real pgkeep binary.
+//! Tests that need root (loop devices, btrfs) say so in their names and doc comments; CI runs
+//! as root.
+
+mod common;
+
+mod archive;
+mod backup_restore;
+mod check;
+mod corruption;
+mod demo;
+mod interrupted;
+mod pitr;
+mod tablespace;
