@@ -66,6 +66,6 @@ pub use page::{PageError, XLogLongPageHeaderData, XLogPageHeaderData, XLOG_BLCKS
 pub use record::{DecodedBkpBlock, RecordError, RelFileNode, XLogRecord};
 pub use rmgr::{CheckPoint, RecordKind};
 pub use validate::{
-    validate_partial_segment, validate_segment, LeadingContinuation, RestorePointInfo,
+    validate_partial_segment, validate_segment, LeadingContinuation, PartialEnd, RestorePointInfo,
     SegmentError, SegmentExpectations, SegmentSummary,
 };

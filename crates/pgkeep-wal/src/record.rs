@@ -337,6 +337,17 @@ pub fn decode_body(
     blocks: &mut Vec<DecodedBkpBlock>,
 ) -> Result<RecordLayout, RecordError> {
     blocks.clear();
+    let stated = XLogRecord::parse(rec)
+        .ok_or(RecordError::ShortHeaders {
+            tot_len: rec.len() as u32,
+        })?
+        .xl_tot_len;
+    if stated as usize != rec.len() {
+        return Err(RecordError::LengthMismatch {
+            sum: rec.len() as u64,
+            tot_len: stated,
+        });
+    }
     let tot_len =
         u32::try_from(rec.len()).map_err(|_| RecordError::ShortHeaders { tot_len: u32::MAX })?;
     let (h, header_end) = match parse_headers(rec, tot_len, version, false, |b| blocks.push(b))? {

@@ -114,8 +114,25 @@ pub struct SegmentSummary {
     pub full_page_images: u64,
     /// Validated as a `.partial` (early end allowed).
     pub partial: bool,
-    /// For a `.partial` or a damaged previous segment: why less could be verified.
+    /// For a `.partial`: where and why its WAL stops (`None` when it runs to the end).
+    pub partial_end: Option<PartialEnd>,
+    /// Why the previous segment could not be used to verify the leading record.
     pub note: Option<String>,
+}
+
+/// Where the WAL of a `.partial` segment stops.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct PartialEnd {
+    /// End of the last complete record.
+    pub end_of_wal: Lsn,
+    /// Where reading stopped (the start of the first record that is not there).
+    pub stopped_at: Lsn,
+    /// True when it stops at zero-filled space, the normal end of a `.partial`. False when
+    /// it stops at data that is not valid WAL (a torn last write, stale bytes of a recycled
+    /// file, or damage to the last record, which cannot be told apart).
+    pub zero_filled: bool,
+    pub reason: String,
 }
 
 fn expected_magic(e: &Option<u16>) -> String {
@@ -491,23 +508,23 @@ fn check_after_switch(
     Ok(())
 }
 
-/// For a `.partial`: once the WAL stopped at `end`, nothing after it may look like WAL
-/// written for this position — that would mean the stop was damage, not the end.
+/// For a `.partial`: once the WAL stopped (reading failed on `fail_page`), nothing after it
+/// may look like WAL written for this position — that would make the stop damage, not the
+/// end of what was written.
 fn check_nothing_after(
     data: &[u8],
     seg_start: u64,
-    end: Lsn,
+    fail_page: Lsn,
     err: &DecodeError,
     version: &PgVersion,
 ) -> Result<(), SegmentError> {
-    let stop = end.0.saturating_sub(seg_start) as usize;
-    let stop_page = stop - stop % XLOG_BLCKSZ;
+    let stop_page = fail_page.0.saturating_sub(seg_start) as usize;
     // A record wholly on its page that fails its CRC, followed by more data on that page.
     if let DecodeError::Crc { lsn } = err {
         let off = lsn.0.saturating_sub(seg_start) as usize;
         if let Some(tot) = u32_at(data, off) {
             let rec_end = off + tot as usize;
-            let page_end = stop_page + XLOG_BLCKSZ;
+            let page_end = off - off % XLOG_BLCKSZ + XLOG_BLCKSZ;
             if rec_end <= page_end {
                 let after = maxalign(rec_end as u64) as usize;
                 let rest = data.get(after..page_end.min(data.len())).unwrap_or(&[]);
@@ -527,7 +544,7 @@ fn check_nothing_after(
             {
                 return Err(SegmentError::DataAfterEnd {
                     offset: page as u32,
-                    end,
+                    end: err.lsn(),
                 });
             }
         }
@@ -666,6 +683,7 @@ fn validate(
             bytes: reader.skipped,
         };
     }
+    let mut partial_end = None;
     let pending_start = match reader.pending() {
         Pending::Record { start, .. } => Some(start),
         _ => None,
@@ -675,13 +693,26 @@ fn validate(
             return Err(full_segment_error(e, data, seg_start, pending_start));
         }
         let stop = pending_start.map(Lsn).unwrap_or(e.lsn());
-        check_nothing_after(data, seg_start, stop, &e, version)?;
-        if note.is_none() {
-            note = Some(format!(
-                "wal stops at {}: {e}",
-                Lsn(last_end.unwrap_or(seg_start))
-            ));
-        }
+        // The page the reader was on when it gave up (for a record spanning pages, the
+        // page where it failed, not where it began).
+        let fail_page = Lsn(reader.min_needed().max(e.lsn().0)).page_start();
+        check_nothing_after(data, seg_start, fail_page, &e, version)?;
+        let stop_off = (stop.0 - seg_start) as usize;
+        let page_end = (stop_off / XLOG_BLCKSZ + 1) * XLOG_BLCKSZ;
+        let zero_filled = e.is_end_of_wal()
+            && match pending_start {
+                // A record cut short at a page that was never written.
+                Some(_) => true,
+                None => data
+                    .get(stop_off..page_end.min(data.len()))
+                    .is_some_and(is_zero),
+            };
+        partial_end = Some(PartialEnd {
+            end_of_wal: Lsn(last_end.unwrap_or(seg_start).max(seg_start)),
+            stopped_at: stop,
+            zero_filled,
+            reason: e.to_string(),
+        });
     } else if let Some((lsn, end)) = switch {
         check_after_switch(data, seg_start, lsn, end, version)?;
     } else {
@@ -704,7 +735,20 @@ fn validate(
                 }
             }
             Pending::Skipping if data.len() == seg_size as usize => continues_into_next = true,
-            _ => {}
+            Pending::None if reader.next >= seg_end => {}
+            pending => {
+                // A .partial file shorter than a segment ends here.
+                let stopped_at = match pending {
+                    Pending::Record { start, .. } => Lsn(start),
+                    _ => Lsn(reader.next.min(seg_start + data.len() as u64)),
+                };
+                partial_end = Some(PartialEnd {
+                    end_of_wal: Lsn(last_end.unwrap_or(seg_start).max(seg_start)),
+                    stopped_at,
+                    zero_filled: false,
+                    reason: format!("the file ends at offset {}", data.len()),
+                });
+            }
         }
     }
     let end_of_valid_wal = if continues_into_next {
@@ -737,6 +781,7 @@ fn validate(
         restore_points: stats.restore_points,
         full_page_images: stats.fpis,
         partial,
+        partial_end,
         note,
     })
 }
