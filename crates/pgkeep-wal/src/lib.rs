@@ -11,32 +11,57 @@
 //!
 //! # API at a glance
 //!
-//! Positions and names:
-//! - [`Lsn`] (`XLogRecPtr`): `Display`/`FromStr` as `X/Y`, `Lsn::INVALID`,
-//!   [`Lsn::segment_number`], [`Lsn::segment_offset`], [`Lsn::segment_start`].
-//! - [`xlog_file_name`], [`history_file_name`], [`backup_history_file_name`],
-//!   [`parse_wal_file_name`] → [`WalFileName`] (`Segment`, `Partial`, `History`, `BackupHistory`).
+//! Positions and names ([`lsn`], [`file_name`]):
+//! - `pub struct Lsn(pub u64)` (`XLogRecPtr`): `Display`/`FromStr` as `X/Y` (`0/16B3740`),
+//!   `Ord`, `Hash`, `Copy`, `Lsn::INVALID`, `fn segment_number(self, seg_size: u32) -> XLogSegNo`,
+//!   `fn segment_offset(self, seg_size: u32) -> u32`,
+//!   `fn segment_start(segno: XLogSegNo, seg_size: u32) -> Lsn`.
+//! - `type TimeLineID = u32`, `type XLogSegNo = u64`, [`TimestampTz`] (µs since 2000-01-01,
+//!   displayed like PostgreSQL in UTC).
+//! - `fn xlog_file_name(tli: TimeLineID, segno: XLogSegNo, seg_size: u32) -> String`,
+//!   [`history_file_name`], [`backup_history_file_name`],
+//!   `fn parse_wal_file_name(name: &str, seg_size: u32) -> Option<WalFileName>` with
+//!   [`WalFileName`] `Segment{tli, segno}`, `Partial{tli, segno}`, `History{tli}`,
+//!   `BackupHistory{tli, segno, offset}`.
 //!
-//! Validating a segment before it is acknowledged (`archive-push`):
-//! - [`validate_segment`]`(data, &`[`SegmentExpectations`]`, previous_segment) ->
-//!   Result<`[`SegmentSummary`]`, `[`SegmentError`]`>` for a complete segment;
-//! - [`validate_partial_segment`] for a `.partial` (the WAL may stop early).
+//! Validating a segment before it is acknowledged ([`validate`]):
+//! - `fn validate_segment(data: &[u8], expect: &SegmentExpectations, previous_segment:
+//!   Option<&[u8]>) -> Result<SegmentSummary, SegmentError>` for a complete segment;
+//! - `fn validate_partial_segment(..same..) -> Result<SegmentSummary, SegmentError>` for a
+//!   `.partial`, where the WAL may stop early ([`SegmentSummary::partial_end`] says where and
+//!   whether the rest is zero-filled).
+//! - [`SegmentExpectations`] `{ tli, segno, seg_size, system_identifier: Option<u64>,
+//!   pg_major: Option<u32> }` (or `SegmentExpectations::from_file_name(name, seg_size)`).
+//! - [`SegmentError`] names the offset or LSN: `BadMagic`, `PageAddress`, `Timeline`,
+//!   `SystemIdentifier`, `SegmentSize`, `WrongLength`, `RecordCrc`, `InvalidRecord`,
+//!   `UnexpectedEnd`, `AfterSwitch`, `DataAfterEnd`, ...
 //!
-//! Reading records:
-//! - [`WalDecoder`]: `new(start, seg_size)`, `feed(&[u8])`, `next_record() ->
-//!   Result<Option<`[`DecodedRecord`]`>, `[`DecodeError`]`>`; handles records crossing pages and
-//!   segments, switch records, and overwritten continuation records.
-//! - [`DecodedRecord::kind`] → [`RecordKind`] (`Commit`, `Abort`, `CommitPrepared`,
-//!   `AbortPrepared`, `Prepare`, `Checkpoint`, `RestorePoint`, `Switch`, `EndOfRecovery`,
-//!   `OverwriteContrecord`, `BackupEnd`, `Other`).
+//! Reading records ([`decoder`], [`rmgr`]):
+//! - [`WalDecoder`]: `fn new(start: Lsn, seg_size: u32) -> Result<WalDecoder, DecodeError>`,
+//!   `fn with_options(start, seg_size, DecoderOptions)`, `fn feed(&mut self, bytes: &[u8])`,
+//!   `fn next_record(&mut self) -> Result<Option<DecodedRecord>, DecodeError>`. Handles records
+//!   crossing pages and segments, switch records, and overwritten continuation records.
+//! - [`DecodedRecord`] `{ lsn, end_lsn, header: XLogRecord, blocks: Vec<DecodedBkpBlock>, .. }`
+//!   with `main_data()`, `block_data(i)`, `block_image(i)`, `raw()`, `rmgr_name()`, and
+//!   `fn kind(&self) -> Result<RecordKind, RmgrDataError>`.
+//! - [`RecordKind`]: `Commit{xid, commit_time, subxacts}`, `Abort{..}`, `CommitPrepared{..}`,
+//!   `AbortPrepared{..}`, `Prepare{xid}`, `Checkpoint{online, redo, tli, prev_tli, next_xid,
+//!   checkpoint}`, `RestorePoint{name, time}`, `Switch`, `EndOfRecovery{tli, prev_tli, time}`,
+//!   `OverwriteContrecord{..}`, `BackupEnd{start}`, `Other{rmid, info}`.
 //!
-//! Other files:
-//! - [`parse_pg_control`] → [`ControlFileData`] (CRC-checked; control versions 1300 and 1700).
-//! - [`parse_timeline_history`] → `Vec<`[`TimeLineHistoryEntry`]`>`; [`parse_backup_label`]
-//!   for `backup_label` and `.backup` files.
+//! Other files ([`control`], [`history`]):
+//! - `fn parse_pg_control(bytes: &[u8]) -> Result<ControlFileData, ControlError>`
+//!   (CRC-32C checked; control versions 1300 = PostgreSQL 13–16 and 1700 = 17).
+//! - `fn parse_timeline_history(text: &str) -> Result<Vec<TimeLineHistoryEntry>, HistoryError>`,
+//!   [`timeline_of`], and `fn parse_backup_label(text: &str) -> Result<BackupLabel,
+//!   BackupLabelError>` for `backup_label` and `.backup` files.
 //!
-//! With the `serde` feature, report types implement `Serialize`; [`Lsn`] and
-//! [`TimestampTz`] serialize as their display strings.
+//! Lower layers are public too: [`page`] (page headers and their validation), [`record`]
+//! (`XLogRecord`, [`record::record_crc`], [`record::decode_body`]) and [`version`] (what
+//! differs per major).
+//!
+//! With the `serde` feature, report types implement `Serialize`; [`Lsn`] (also
+//! `Deserialize`) and [`TimestampTz`] serialize as their display strings.
 
 mod bytes;
 pub mod control;
@@ -64,7 +89,7 @@ pub use history::{
 pub use lsn::{Lsn, Oid, ParseLsnError, TimeLineID, TimestampTz, TransactionId, XLogSegNo};
 pub use page::{PageError, XLogLongPageHeaderData, XLogPageHeaderData, XLOG_BLCKSZ};
 pub use record::{DecodedBkpBlock, RecordError, RelFileNode, XLogRecord};
-pub use rmgr::{CheckPoint, RecordKind};
+pub use rmgr::{CheckPoint, RecordKind, RmgrDataError};
 pub use validate::{
     validate_partial_segment, validate_segment, LeadingContinuation, PartialEnd, RestorePointInfo,
     SegmentError, SegmentExpectations, SegmentSummary,

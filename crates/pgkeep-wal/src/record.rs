@@ -444,7 +444,7 @@ pub(crate) mod tests {
         body.extend_from_slice(&16384u32.to_le_bytes());
         body.extend_from_slice(&7u32.to_le_bytes());
         body.extend_from_slice(&[XLR_BLOCK_ID_DATA_SHORT, 1]);
-        body.extend(std::iter::repeat(0xAA).take(100));
+        body.extend(std::iter::repeat_n(0xAA, 100));
         body.extend_from_slice(&[1, 2]);
         body.push(0x55);
         let r = make_record(10, 0, 9, 0, &body);

@@ -477,7 +477,7 @@ fn check_after_switch(
         switch,
     };
     let first_nonzero = |from: usize, b: &[u8]| b.iter().position(|&x| x != 0).map(|p| from + p);
-    let from = (maxalign(switch_end) - seg_start) as usize;
+    let from = maxalign(switch_end).saturating_sub(seg_start) as usize;
     if from >= data.len() {
         return Ok(());
     }
@@ -697,7 +697,7 @@ fn validate(
         // page where it failed, not where it began).
         let fail_page = Lsn(reader.min_needed().max(e.lsn().0)).page_start();
         check_nothing_after(data, seg_start, fail_page, &e, version)?;
-        let stop_off = (stop.0 - seg_start) as usize;
+        let stop_off = stop.0.saturating_sub(seg_start) as usize;
         let page_end = (stop_off / XLOG_BLCKSZ + 1) * XLOG_BLCKSZ;
         let zero_filled = e.is_end_of_wal()
             && match pending_start {

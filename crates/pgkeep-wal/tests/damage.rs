@@ -314,8 +314,7 @@ fn previous_segment_problems() {
     let b_start = seg_start("00000001000000000000000B");
     let before = decode_files(&["00000001000000000000000B"])
         .into_iter()
-        .filter(|r| r.lsn < crossing)
-        .last()
+        .rfind(|r| r.lsn < crossing)
         .unwrap();
     let mut switch = Vec::new();
     switch.extend_from_slice(&24u32.to_le_bytes());
@@ -416,13 +415,8 @@ fn no_panic_on(data: &[u8], e: &SegmentExpectations, rng: &mut Rng) {
         let n = (1 + rng.below(20_000)).min(data.len() - pos);
         dec.feed(&data[pos..pos + n]);
         pos += n;
-        loop {
-            match dec.next_record() {
-                Ok(Some(r)) => {
-                    let _ = r.kind();
-                }
-                _ => break,
-            }
+        while let Ok(Some(r)) = dec.next_record() {
+            let _ = r.kind();
         }
     }
 }
@@ -456,6 +450,23 @@ fn garbage_never_panics() {
             d.truncate(rng.below(d.len()));
         }
         no_panic_on(&d, &e, &mut rng);
+    }
+    // Mutated pairs of previous and current segment (reassembly across the boundary).
+    let (b, c) = (
+        read("00000001000000000000000B"),
+        read("00000001000000000000000C"),
+    );
+    let ec = strict("00000001000000000000000C");
+    for _ in 0..60 {
+        let (mut pb, mut pc) = (b.clone(), c.clone());
+        for _ in 0..1 + rng.below(8) {
+            let off = pb.len() - 1 - rng.below(3 * XLOG_BLCKSZ);
+            pb[off] = rng.next() as u8;
+            let off = rng.below(2 * XLOG_BLCKSZ);
+            pc[off] = rng.next() as u8;
+        }
+        let _ = validate_segment(&pc, &ec, Some(&pb));
+        let _ = validate_partial_segment(&pc, &ec, Some(&pb));
     }
     // The other parsers.
     for _ in 0..2000 {
@@ -491,4 +502,22 @@ fn garbage_never_panics() {
         pgc[off] ^= rng.byte_nonzero();
         let _ = pgkeep_wal::parse_pg_control(&pgc);
     }
+}
+
+/// A .partial whose leading record (begun in the previous segment) breaks off inside it.
+#[test]
+fn partial_segment_cut_inside_the_leading_record() {
+    let nine = read(SEG9);
+    let a = "00000001000000000000000A";
+    let mut d = read(a);
+    d[5 * XLOG_BLCKSZ..].fill(0);
+    let s = validate_partial_segment(&d, &strict(a), Some(&nine)).unwrap();
+    let end = s.partial_end.expect("partial end");
+    assert!(end.stopped_at < Lsn(seg_start(a)), "{end:?}");
+    assert!(end.zero_filled);
+    assert_eq!(s.records, 0);
+    assert!(matches!(
+        validate_segment(&d, &strict(a), Some(&nine)),
+        Err(SegmentError::UnexpectedEnd { .. })
+    ));
 }

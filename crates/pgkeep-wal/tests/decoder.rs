@@ -268,7 +268,7 @@ fn block_headers_that_do_not_add_up() {
     b.seek(b.start + SEG as u64 - 3 * BLCKSZ);
     let mut body = vec![254];
     body.extend_from_slice(&100_000u32.to_le_bytes());
-    body.extend(std::iter::repeat(9).take(50_000 - 5));
+    body.extend(std::iter::repeat_n(9, 50_000 - 5));
     b.record(21, 0, 0, &body);
     let e = validate_segment(&b.data, &strict_synth(10), None).unwrap_err();
     assert!(matches!(e, SegmentError::InvalidRecord { .. }), "{e}");

@@ -407,8 +407,7 @@ fn record_crossing_into_next_segment_is_verified_with_previous_segment() {
     let c_start = Lsn::segment_start(0xC, SEG);
     let crossing = theirs
         .iter()
-        .filter(|d| d.lsn < c_start)
-        .last()
+        .rfind(|d| d.lsn < c_start)
         .expect("record before C");
     let b = read("00000001000000000000000B");
     let c = read("00000001000000000000000C");
