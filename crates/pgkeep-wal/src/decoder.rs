@@ -169,6 +169,9 @@ impl DecodedRecord {
 }
 
 /// What the decoder checks WAL pages against; unset fields are learnt from the first page.
+/// A decoder started in the middle of a page has not seen that page's header: give
+/// `pg_major` then, or records before the next page are decoded with the tested major's
+/// (15) block-image flags.
 #[derive(Clone, Debug, Default)]
 pub struct DecoderOptions {
     /// Required major (its page magic is enforced); `None` accepts any known one, then

@@ -26,12 +26,19 @@ pub const XLOG_XACT_HAS_INFO: u8 = 0x80;
 
 /// `xinfo` bits saying which optional parts follow, in this order. // access/xact.h
 pub const XACT_XINFO_HAS_DBINFO: u32 = 1 << 0;
+/// // access/xact.h
 pub const XACT_XINFO_HAS_SUBXACTS: u32 = 1 << 1;
+/// // access/xact.h
 pub const XACT_XINFO_HAS_RELFILENODES: u32 = 1 << 2;
+/// // access/xact.h
 pub const XACT_XINFO_HAS_INVALS: u32 = 1 << 3;
+/// // access/xact.h
 pub const XACT_XINFO_HAS_TWOPHASE: u32 = 1 << 4;
+/// // access/xact.h
 pub const XACT_XINFO_HAS_ORIGIN: u32 = 1 << 5;
+/// // access/xact.h
 pub const XACT_XINFO_HAS_AE_LOCKS: u32 = 1 << 6;
+/// // access/xact.h
 pub const XACT_XINFO_HAS_GID: u32 = 1 << 7;
 /// 15+. // access/xact.h
 pub const XACT_XINFO_HAS_DROPPED_STATS: u32 = 1 << 8;

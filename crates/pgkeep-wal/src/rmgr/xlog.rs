@@ -10,17 +10,29 @@ use crate::version::{ControlLayout, PgVersion};
 
 /// // catalog/pg_control.h
 pub const XLOG_CHECKPOINT_SHUTDOWN: u8 = 0x00;
+/// // catalog/pg_control.h
 pub const XLOG_CHECKPOINT_ONLINE: u8 = 0x10;
+/// // catalog/pg_control.h
 pub const XLOG_NOOP: u8 = 0x20;
+/// // catalog/pg_control.h
 pub const XLOG_NEXTOID: u8 = 0x30;
+/// // catalog/pg_control.h
 pub const XLOG_SWITCH: u8 = 0x40;
+/// // catalog/pg_control.h
 pub const XLOG_BACKUP_END: u8 = 0x50;
+/// // catalog/pg_control.h
 pub const XLOG_PARAMETER_CHANGE: u8 = 0x60;
+/// // catalog/pg_control.h
 pub const XLOG_RESTORE_POINT: u8 = 0x70;
+/// // catalog/pg_control.h
 pub const XLOG_FPW_CHANGE: u8 = 0x80;
+/// // catalog/pg_control.h
 pub const XLOG_END_OF_RECOVERY: u8 = 0x90;
+/// // catalog/pg_control.h
 pub const XLOG_FPI_FOR_HINT: u8 = 0xA0;
+/// // catalog/pg_control.h
 pub const XLOG_FPI: u8 = 0xB0;
+/// // catalog/pg_control.h
 pub const XLOG_OVERWRITE_CONTRECORD: u8 = 0xD0;
 /// 17+. // catalog/pg_control.h
 pub const XLOG_CHECKPOINT_REDO: u8 = 0xE0;
