@@ -113,7 +113,12 @@ impl TestCluster {
 
     /// libpq conninfo for `--pg`.
     pub fn conninfo(&self) -> String {
-        format!("host={} port={} user={} dbname=postgres", self.inst.socket_dir.display(), self.inst.port, self.inst.superuser)
+        format!(
+            "host={} port={} user={} dbname=postgres",
+            self.inst.socket_dir.display(),
+            self.inst.port,
+            self.inst.superuser
+        )
     }
 
     fn client(&self) -> PgClient {
@@ -135,7 +140,8 @@ impl TestCluster {
     /// First column of every row, as text (NULL → "").
     pub fn column(&self, sql: &str) -> Vec<String> {
         let c = self.client();
-        let msgs = self.rt.block_on(c.client.simple_query(sql)).unwrap_or_else(|e| panic!("{sql} on {}: {e}", self.name));
+        let msgs =
+            self.rt.block_on(c.client.simple_query(sql)).unwrap_or_else(|e| panic!("{sql} on {}: {e}", self.name));
         msgs.into_iter()
             .filter_map(|m| match m {
                 tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("").to_string()),
@@ -186,7 +192,12 @@ impl TestCluster {
     /// Run a PostgreSQL client tool (pgbench, psql, …) against this cluster.
     pub fn tool(&self, name: &str) -> Command {
         let mut cmd = Command::new(self.inst.bin.tool(name));
-        cmd.arg("-h").arg(&self.inst.socket_dir).arg("-p").arg(self.inst.port.to_string()).arg("-U").arg(&self.inst.superuser);
+        cmd.arg("-h")
+            .arg(&self.inst.socket_dir)
+            .arg("-p")
+            .arg(self.inst.port.to_string())
+            .arg("-U")
+            .arg(&self.inst.superuser);
         cmd
     }
 

@@ -73,14 +73,21 @@ impl PgkeepCmd {
     /// Run and require a failure.
     pub fn fails(self) -> CmdOutput {
         let o = self.run();
-        assert!(o.code.is_some() && o.code != Some(0), "`{}` should have failed:\nstdout: {}\nstderr: {}", o.line, o.stdout, o.stderr);
+        assert!(
+            o.code.is_some() && o.code != Some(0),
+            "`{}` should have failed:\nstdout: {}\nstderr: {}",
+            o.line,
+            o.stdout,
+            o.stderr
+        );
         o
     }
 
     /// Run with --json and parse stdout.
     pub fn json(self) -> serde_json::Value {
         let o = self.arg("--json").ok();
-        serde_json::from_str(&o.stdout).unwrap_or_else(|e| panic!("`{}` did not print JSON ({e}): {}", o.line, o.stdout))
+        serde_json::from_str(&o.stdout)
+            .unwrap_or_else(|e| panic!("`{}` did not print JSON ({e}): {}", o.line, o.stdout))
     }
 }
 

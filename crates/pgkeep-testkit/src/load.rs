@@ -36,7 +36,12 @@ impl Load {
     }
 
     /// Inserts, and every `delete_every`-th transaction deletes the oldest live row.
-    pub fn inserts_and_deletes(cluster: &TestCluster, rt: &tokio::runtime::Runtime, table: &str, delete_every: u64) -> Load {
+    pub fn inserts_and_deletes(
+        cluster: &TestCluster,
+        rt: &tokio::runtime::Runtime,
+        table: &str,
+        delete_every: u64,
+    ) -> Load {
         Self::start(cluster, rt, table, delete_every)
     }
 
@@ -55,7 +60,11 @@ impl Load {
             let mut n: u64 = 0;
             while !s.load(Ordering::Relaxed) {
                 n += 1;
-                let (sql, op) = if delete_every > 0 && n % delete_every == 0 { (&del, Op::Delete) } else { (&ins, Op::Insert) };
+                let (sql, op) = if delete_every > 0 && n.is_multiple_of(delete_every) {
+                    (&del, Op::Delete)
+                } else {
+                    (&ins, Op::Insert)
+                };
                 let rows = c.client.query(sql.as_str(), &[]).await.map_err(|e| e.to_string())?;
                 if let Some(r) = rows.first() {
                     let id: i64 = r.get(0);

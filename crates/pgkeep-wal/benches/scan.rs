@@ -35,58 +35,38 @@ fn main() {
         let name = entry.unwrap().file_name().into_string().unwrap();
         if let Some(e) = SegmentExpectations::from_file_name(&name, seg) {
             if !name.ends_with(".partial") {
-                segments.push((
-                    name.clone(),
-                    e,
-                    std::fs::read(fixture_dir().join(&name)).unwrap(),
-                ));
+                segments.push((name.clone(), e, std::fs::read(fixture_dir().join(&name)).unwrap()));
             }
         }
     }
     segments.sort_by(|a, b| a.0.cmp(&b.0));
     // Segments full of records (no long zero tail after a switch) are the honest measure.
-    let busy: Vec<_> = segments
-        .iter()
-        .filter(|(n, _, _)| ["9", "B", "C"].iter().any(|s| n.ends_with(s)))
-        .collect();
+    let busy: Vec<_> = segments.iter().filter(|(n, _, _)| ["9", "B", "C"].iter().any(|s| n.ends_with(s))).collect();
     let busy_bytes: usize = busy.iter().map(|(_, _, d)| d.len()).sum();
-    measure(
-        "validate_segment, busy fixture segments",
-        busy_bytes,
-        || {
-            for (_, e, d) in &busy {
-                black_box(validate_segment(d, e, None).unwrap());
-            }
-        },
-    );
+    measure("validate_segment, busy fixture segments", busy_bytes, || {
+        for (_, e, d) in &busy {
+            black_box(validate_segment(d, e, None).unwrap());
+        }
+    });
     let all_bytes: usize = segments.iter().map(|(_, _, d)| d.len()).sum();
     measure("validate_segment, all fixture segments", all_bytes, || {
         for (_, e, d) in &segments {
             black_box(validate_segment(d, e, None).unwrap());
         }
     });
-    measure(
-        "WalDecoder (records decoded and copied), busy",
-        busy_bytes,
-        || {
-            for (_, e, d) in &busy {
-                let mut dec = WalDecoder::new(Lsn::segment_start(e.segno, seg), seg).unwrap();
-                dec.feed(d);
-                while let Some(r) = dec.next_record().unwrap() {
-                    black_box(r);
-                }
+    measure("WalDecoder (records decoded and copied), busy", busy_bytes, || {
+        for (_, e, d) in &busy {
+            let mut dec = WalDecoder::new(Lsn::segment_start(e.segno, seg), seg).unwrap();
+            dec.feed(d);
+            while let Some(r) = dec.next_record().unwrap() {
+                black_box(r);
             }
-        },
-    );
+        }
+    });
     if let Ok(path) = std::env::var("PGKEEP_BENCH_SEGMENT") {
         let data = std::fs::read(&path).expect("PGKEEP_BENCH_SEGMENT");
-        let name = PathBuf::from(&path)
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .into_owned();
-        let e = SegmentExpectations::from_file_name(&name, data.len() as u32)
-            .expect("a segment file name");
+        let name = PathBuf::from(&path).file_name().unwrap().to_string_lossy().into_owned();
+        let e = SegmentExpectations::from_file_name(&name, data.len() as u32).expect("a segment file name");
         let s = validate_segment(&data, &e, None).expect("a valid segment");
         println!("{name}: {} records", s.records);
         measure(&format!("validate_segment, {name}"), data.len(), || {

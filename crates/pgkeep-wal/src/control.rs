@@ -88,10 +88,7 @@ impl DBState {
 
     /// True when the server stopped cleanly (no crash recovery needed on start).
     pub fn is_clean_shutdown(self) -> bool {
-        matches!(
-            self,
-            DBState::DB_SHUTDOWNED | DBState::DB_SHUTDOWNED_IN_RECOVERY
-        )
+        matches!(self, DBState::DB_SHUTDOWNED | DBState::DB_SHUTDOWNED_IN_RECOVERY)
     }
 }
 
@@ -159,9 +156,7 @@ impl ControlFileData {
     pub fn pg_major(&self) -> Option<u32> {
         match ControlLayout::from_pg_control_version(self.pg_control_version)? {
             ControlLayout::V1700 => Some(17),
-            ControlLayout::V1300 => {
-                version::by_catalog_version(self.catalog_version_no).map(|v| v.major)
-            }
+            ControlLayout::V1300 => version::by_catalog_version(self.catalog_version_no).map(|v| v.major),
         }
     }
 
@@ -197,10 +192,7 @@ pub enum ControlError {
 /// Parses a pg_control file (its first bytes at least), checking version and CRC-32C.
 pub fn parse_pg_control(bytes: &[u8]) -> Result<ControlFileData, ControlError> {
     let need = off::CRC + 4;
-    let short = |n| ControlError::TooShort {
-        len: bytes.len(),
-        need: n,
-    };
+    let short = |n| ControlError::TooShort { len: bytes.len(), need: n };
     let version = u32_at(bytes, off::PG_CONTROL_VERSION).ok_or(short(need))?;
     let layout = match ControlLayout::from_pg_control_version(version) {
         Some(l) => l,
@@ -225,9 +217,7 @@ pub fn parse_pg_control(bytes: &[u8]) -> Result<ControlFileData, ControlError> {
         b.get(off::MOCK_AUTHENTICATION_NONCE..off::MOCK_AUTHENTICATION_NONCE + MOCK_AUTH_NONCE_LEN)
             .ok_or(short(need))?,
     );
-    let cp_bytes = b
-        .get(off::CHECKPOINT_COPY..off::UNLOGGED_LSN)
-        .ok_or(short(need))?;
+    let cp_bytes = b.get(off::CHECKPOINT_COPY..off::UNLOGGED_LSN).ok_or(short(need))?;
     Ok(ControlFileData {
         system_identifier: u64f(off::SYSTEM_IDENTIFIER)?,
         pg_control_version: version,
@@ -299,18 +289,9 @@ mod tests {
         let mut bad = synthetic(1300);
         bad[100] ^= 1;
         let e = parse_pg_control(&bad).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "pg_control checksum mismatch (the file is damaged)"
-        );
-        assert_eq!(
-            parse_pg_control(&synthetic(1201)),
-            Err(ControlError::UnknownVersion { found: 1201 })
-        );
-        assert_eq!(
-            parse_pg_control(&synthetic(1300u32.swap_bytes())),
-            Err(ControlError::BigEndian)
-        );
+        assert_eq!(e.to_string(), "pg_control checksum mismatch (the file is damaged)");
+        assert_eq!(parse_pg_control(&synthetic(1201)), Err(ControlError::UnknownVersion { found: 1201 }));
+        assert_eq!(parse_pg_control(&synthetic(1300u32.swap_bytes())), Err(ControlError::BigEndian));
         for n in 0..292 {
             assert!(parse_pg_control(&synthetic(1300)[..n]).is_err());
         }

@@ -2,9 +2,7 @@
 
 use crate::file_name::is_valid_wal_seg_size;
 use crate::lsn::{Lsn, TransactionId};
-use crate::page::{
-    PageError, PageRules, SIZE_OF_XLOG_LONG_PHD, SIZE_OF_XLOG_SHORT_PHD, XLOG_BLCKSZ,
-};
+use crate::page::{PageError, PageRules, SIZE_OF_XLOG_LONG_PHD, SIZE_OF_XLOG_SHORT_PHD, XLOG_BLCKSZ};
 use crate::reader::{Reader, Source, Step};
 use crate::record::{decode_body, DecodedBkpBlock, RecordError, RecordLayout, XLogRecord};
 use crate::rmgr::{self, RecordKind, RmgrDataError};
@@ -36,22 +34,13 @@ pub enum DecodeError {
     #[error("record at {lsn} has invalid resource manager id {rmid}")]
     ResourceManager { lsn: Lsn, rmid: u8 },
     #[error("record at {lsn} has prev-link {found} ({})", expected_prev(.expected))]
-    PrevLink {
-        lsn: Lsn,
-        found: Lsn,
-        expected: Option<Lsn>,
-    },
+    PrevLink { lsn: Lsn, found: Lsn, expected: Option<Lsn> },
     #[error("page at {lsn} begins with the rest of a record where a new record should start")]
     UnexpectedContrecord { lsn: Lsn },
     #[error("page at {lsn} does not continue {}", record_of(.record))]
     MissingContrecord { lsn: Lsn, record: Option<Lsn> },
     #[error("page at {lsn} says {found} bytes of {} remain (expected {expected})", record_of(.record))]
-    ContrecordLength {
-        lsn: Lsn,
-        record: Option<Lsn>,
-        found: u32,
-        expected: u32,
-    },
+    ContrecordLength { lsn: Lsn, record: Option<Lsn>, found: u32, expected: u32 },
     #[error("record at {lsn} fails its CRC check")]
     Crc { lsn: Lsn },
     #[error("invalid record at {lsn}: {reason}")]
@@ -116,18 +105,12 @@ impl DecodedRecord {
 
     /// Payload of block reference `i` (not its image).
     pub fn block_data(&self, i: usize) -> &[u8] {
-        self.blocks
-            .get(i)
-            .and_then(|b| self.raw.get(b.data.clone()))
-            .unwrap_or(&[])
+        self.blocks.get(i).and_then(|b| self.raw.get(b.data.clone())).unwrap_or(&[])
     }
 
     /// Stored (possibly compressed, hole removed) page image of block reference `i`.
     pub fn block_image(&self, i: usize) -> &[u8] {
-        self.blocks
-            .get(i)
-            .and_then(|b| self.raw.get(b.bkp_image.clone()))
-            .unwrap_or(&[])
+        self.blocks.get(i).and_then(|b| self.raw.get(b.bkp_image.clone())).unwrap_or(&[])
     }
 
     pub fn rmid(&self) -> u8 {
@@ -158,13 +141,7 @@ impl DecodedRecord {
 
     /// What the record means (commits, checkpoints, ...).
     pub fn kind(&self) -> Result<RecordKind, RmgrDataError> {
-        rmgr::record_kind(
-            self.header.xl_rmid,
-            self.header.xl_info,
-            self.header.xl_xid,
-            self.main_data(),
-            self.version,
-        )
+        rmgr::record_kind(self.header.xl_rmid, self.header.xl_info, self.header.xl_xid, self.main_data(), self.version)
     }
 }
 
@@ -215,30 +192,19 @@ impl WalDecoder {
         WalDecoder::with_options(start, seg_size, DecoderOptions::default())
     }
 
-    pub fn with_options(
-        start: Lsn,
-        seg_size: u32,
-        opts: DecoderOptions,
-    ) -> Result<WalDecoder, DecodeError> {
+    pub fn with_options(start: Lsn, seg_size: u32, opts: DecoderOptions) -> Result<WalDecoder, DecodeError> {
         if !is_valid_wal_seg_size(seg_size) {
-            return Err(DecodeError::InvalidStart {
-                lsn: start,
-                reason: "invalid wal segment size",
-            });
+            return Err(DecodeError::InvalidStart { lsn: start, reason: "invalid wal segment size" });
         }
         let version = match opts.pg_major {
-            Some(m) => Some(version::by_major(m).ok_or(DecodeError::InvalidStart {
-                lsn: start,
-                reason: "unknown PostgreSQL major",
-            })?),
+            Some(m) => Some(
+                version::by_major(m)
+                    .ok_or(DecodeError::InvalidStart { lsn: start, reason: "unknown PostgreSQL major" })?,
+            ),
             None => None,
         };
-        let rules = PageRules {
-            seg_size,
-            version,
-            system_identifier: opts.system_identifier,
-            max_tli: opts.max_timeline,
-        };
+        let rules =
+            PageRules { seg_size, version, system_identifier: opts.system_identifier, max_tli: opts.max_timeline };
         let off = start.page_offset() as usize;
         let reader = if off == 0 {
             Reader::at_page(rules, start.0)
@@ -256,13 +222,7 @@ impl WalDecoder {
             }
             Reader::idle(rules, start.0)
         };
-        Ok(WalDecoder {
-            reader,
-            buf: Vec::new(),
-            buf_start: start.0,
-            failed: None,
-            blocks: Vec::new(),
-        })
+        Ok(WalDecoder { reader, buf: Vec::new(), buf_start: start.0, failed: None, blocks: Vec::new() })
     }
 
     /// Appends the next bytes of WAL.
@@ -273,9 +233,7 @@ impl WalDecoder {
             // are never looked at.
             let need = self.reader.min_needed();
             if need > self.buf_start {
-                let skip = usize::try_from(need - self.buf_start)
-                    .unwrap_or(usize::MAX)
-                    .min(bytes.len());
+                let skip = usize::try_from(need - self.buf_start).unwrap_or(usize::MAX).min(bytes.len());
                 bytes = &bytes[skip..];
                 self.buf_start += skip as u64;
             }
@@ -285,9 +243,7 @@ impl WalDecoder {
 
     fn compact(&mut self) {
         let need = self.reader.min_needed();
-        let drop = usize::try_from(need.saturating_sub(self.buf_start))
-            .unwrap_or(usize::MAX)
-            .min(self.buf.len());
+        let drop = usize::try_from(need.saturating_sub(self.buf_start)).unwrap_or(usize::MAX).min(self.buf.len());
         if drop > 0 && (drop >= self.buf.len() / 2 || drop >= 1 << 20) {
             self.buf.drain(..drop);
             self.buf_start += drop as u64;
@@ -308,21 +264,14 @@ impl WalDecoder {
     }
 
     fn step(&mut self) -> Result<Option<DecodedRecord>, DecodeError> {
-        let src = Source {
-            start: self.buf_start,
-            data: &self.buf,
-        };
+        let src = Source { start: self.buf_start, data: &self.buf };
         let raw = match self.reader.next(&src)? {
             Step::NeedMore => return Ok(None),
             Step::Record(r) => r,
         };
         let version = raw.version;
-        let layout = decode_body(raw.bytes, version, &mut self.blocks).map_err(|reason| {
-            DecodeError::Record {
-                lsn: Lsn(raw.lsn),
-                reason,
-            }
-        })?;
+        let layout = decode_body(raw.bytes, version, &mut self.blocks)
+            .map_err(|reason| DecodeError::Record { lsn: Lsn(raw.lsn), reason })?;
         Ok(Some(DecodedRecord {
             lsn: Lsn(raw.lsn),
             end_lsn: Lsn(raw.end),

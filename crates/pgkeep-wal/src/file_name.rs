@@ -24,12 +24,7 @@ pub const fn segments_per_xlog_id(seg_size: u32) -> u64 {
 /// `XLogFileName`: `TTTTTTTTXXXXXXXXYYYYYYYY`. // access/xlog_internal.h
 pub fn xlog_file_name(tli: TimeLineID, segno: XLogSegNo, seg_size: u32) -> String {
     let per = segments_per_xlog_id(seg_size);
-    format!(
-        "{:08X}{:08X}{:08X}",
-        tli,
-        (segno / per) as u32,
-        (segno % per) as u32
-    )
+    format!("{:08X}{:08X}{:08X}", tli, (segno / per) as u32, (segno % per) as u32)
 }
 
 /// `TLHistoryFileName`: `TTTTTTTT.history`. // access/xlog_internal.h
@@ -49,11 +44,7 @@ pub fn backup_history_file_name(tli: TimeLineID, start: Lsn, seg_size: u32) -> S
 
 /// The kinds of file that appear in `pg_wal/` and in a WAL archive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[cfg_attr(
-    feature = "serde",
-    derive(serde::Serialize),
-    serde(tag = "kind", rename_all = "snake_case")
-)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize), serde(tag = "kind", rename_all = "snake_case"))]
 pub enum WalFileName {
     /// A complete segment.
     Segment { tli: TimeLineID, segno: XLogSegNo },
@@ -63,11 +54,7 @@ pub enum WalFileName {
     /// A timeline history file (`.history`).
     History { tli: TimeLineID },
     /// A backup history file (`.backup`); `offset` is the backup start's offset in `segno`.
-    BackupHistory {
-        tli: TimeLineID,
-        segno: XLogSegNo,
-        offset: u32,
-    },
+    BackupHistory { tli: TimeLineID, segno: XLogSegNo, offset: u32 },
 }
 
 impl WalFileName {
@@ -89,10 +76,7 @@ impl WalFileName {
             }
             WalFileName::History { tli } => history_file_name(tli),
             WalFileName::BackupHistory { tli, segno, offset } => {
-                format!(
-                    "{}.{offset:08X}.backup",
-                    xlog_file_name(tli, segno, seg_size)
-                )
+                format!("{}.{offset:08X}.backup", xlog_file_name(tli, segno, seg_size))
             }
         }
     }
@@ -101,10 +85,7 @@ impl WalFileName {
 fn hex8(s: &str) -> Option<u32> {
     // PostgreSQL only ever writes uppercase and checks names with
     // strspn(.., "0123456789ABCDEF"), so lowercase is a foreign file.
-    if s.len() == 8
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
-    {
+    if s.len() == 8 && s.bytes().all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b)) {
         u32::from_str_radix(s, 16).ok()
     } else {
         None
@@ -174,35 +155,13 @@ mod tests {
         assert_eq!(xlog_file_name(1, 0x100, MB16), "000000010000000100000000");
         assert_eq!(xlog_file_name(2, 0x1000, MB1), "000000020000000100000000");
         assert_eq!(history_file_name(0x1A), "0000001A.history");
-        assert_eq!(
-            backup_history_file_name(1, Lsn(0x3000028), MB16),
-            "000000010000000000000003.00000028.backup"
-        );
+        assert_eq!(backup_history_file_name(1, Lsn(0x3000028), MB16), "000000010000000000000003.00000028.backup");
         let cases = [
-            (
-                "000000010000000000000003",
-                WalFileName::Segment { tli: 1, segno: 3 },
-            ),
-            (
-                "0000000A00000001000000FF",
-                WalFileName::Segment {
-                    tli: 10,
-                    segno: 0x1FF,
-                },
-            ),
-            (
-                "000000010000000000000003.partial",
-                WalFileName::Partial { tli: 1, segno: 3 },
-            ),
+            ("000000010000000000000003", WalFileName::Segment { tli: 1, segno: 3 }),
+            ("0000000A00000001000000FF", WalFileName::Segment { tli: 10, segno: 0x1FF }),
+            ("000000010000000000000003.partial", WalFileName::Partial { tli: 1, segno: 3 }),
             ("00000002.history", WalFileName::History { tli: 2 }),
-            (
-                "000000010000000000000003.00000028.backup",
-                WalFileName::BackupHistory {
-                    tli: 1,
-                    segno: 3,
-                    offset: 0x28,
-                },
-            ),
+            ("000000010000000000000003.00000028.backup", WalFileName::BackupHistory { tli: 1, segno: 3, offset: 0x28 }),
         ];
         for (name, want) in cases {
             assert_eq!(parse_wal_file_name(name, MB16), Some(want), "{name}");
@@ -235,10 +194,7 @@ mod tests {
         // With 1 MiB segments the low part may reach 0xFFF.
         assert_eq!(
             parse_wal_file_name("000000010000000000000FFF", MB1),
-            Some(WalFileName::Segment {
-                tli: 1,
-                segno: 0xFFF
-            })
+            Some(WalFileName::Segment { tli: 1, segno: 0xFFF })
         );
         assert_eq!(parse_wal_file_name("000000010000000000000003", 12345), None);
     }

@@ -19,24 +19,12 @@ pub struct TimeLineHistoryEntry {
 pub enum HistoryError {
     #[error("timeline history line {line}: expected a numeric timeline id, found \"{text}\"")]
     TimelineId { line: usize, text: String },
-    #[error(
-        "timeline history line {line}: expected a switch point like 0/3000000, found \"{text}\""
-    )]
+    #[error("timeline history line {line}: expected a switch point like 0/3000000, found \"{text}\"")]
     SwitchPoint { line: usize, text: String },
     #[error("timeline history line {line}: timeline {tli} does not follow {previous} (ids must increase)")]
-    NotIncreasing {
-        line: usize,
-        tli: TimeLineID,
-        previous: TimeLineID,
-    },
-    #[error(
-        "timeline history line {line}: switch point {lsn} is before the previous one {previous}"
-    )]
-    SwitchPointBackwards {
-        line: usize,
-        lsn: Lsn,
-        previous: Lsn,
-    },
+    NotIncreasing { line: usize, tli: TimeLineID, previous: TimeLineID },
+    #[error("timeline history line {line}: switch point {lsn} is before the previous one {previous}")]
+    SwitchPointBackwards { line: usize, lsn: Lsn, previous: Lsn },
 }
 
 /// Parses a history file: one `parentTLI<TAB>switchpoint<TAB>reason` line per ancestor,
@@ -51,41 +39,23 @@ pub fn parse_timeline_history(text: &str) -> Result<Vec<TimeLineHistoryEntry>, H
             continue;
         }
         let (tli_text, rest) = split_word(l);
-        let tli: TimeLineID = tli_text.parse().map_err(|_| HistoryError::TimelineId {
-            line,
-            text: tli_text.to_string(),
-        })?;
+        let tli: TimeLineID =
+            tli_text.parse().map_err(|_| HistoryError::TimelineId { line, text: tli_text.to_string() })?;
         let (lsn_text, reason) = split_word(rest);
-        let end: Lsn = lsn_text.parse().map_err(|_| HistoryError::SwitchPoint {
-            line,
-            text: lsn_text.to_string(),
-        })?;
+        let end: Lsn = lsn_text.parse().map_err(|_| HistoryError::SwitchPoint { line, text: lsn_text.to_string() })?;
         let begin = match out.last() {
             Some(prev) => {
                 if tli <= prev.tli {
-                    return Err(HistoryError::NotIncreasing {
-                        line,
-                        tli,
-                        previous: prev.tli,
-                    });
+                    return Err(HistoryError::NotIncreasing { line, tli, previous: prev.tli });
                 }
                 if end < prev.end {
-                    return Err(HistoryError::SwitchPointBackwards {
-                        line,
-                        lsn: end,
-                        previous: prev.end,
-                    });
+                    return Err(HistoryError::SwitchPointBackwards { line, lsn: end, previous: prev.end });
                 }
                 prev.end
             }
             None => Lsn::INVALID,
         };
-        out.push(TimeLineHistoryEntry {
-            tli,
-            begin,
-            end,
-            reason: reason.to_string(),
-        });
+        out.push(TimeLineHistoryEntry { tli, begin, end, reason: reason.to_string() });
     }
     Ok(out)
 }
@@ -102,11 +72,7 @@ fn split_word(s: &str) -> (&str, &str) {
 /// The timeline a position belongs to, given the history of `target` (the timeline the
 /// history file is named after).
 pub fn timeline_of(history: &[TimeLineHistoryEntry], target: TimeLineID, lsn: Lsn) -> TimeLineID {
-    history
-        .iter()
-        .find(|e| lsn < e.end)
-        .map(|e| e.tli)
-        .unwrap_or(target)
+    history.iter().find(|e| lsn < e.end).map(|e| e.tli).unwrap_or(target)
 }
 
 /// Contents of a backup history file (`.backup`) or of the `backup_label` returned by
@@ -147,21 +113,13 @@ pub fn parse_backup_label(text: &str) -> Result<BackupLabel, BackupLabelError> {
             return Err(BackupLabelError::BadLine(line.to_string()));
         };
         let bad = || BackupLabelError::BadLine(line.to_string());
-        let lsn_of = |v: &str| {
-            v.split_whitespace()
-                .next()
-                .and_then(|s| s.parse::<Lsn>().ok())
-                .ok_or_else(bad)
-        };
+        let lsn_of = |v: &str| v.split_whitespace().next().and_then(|s| s.parse::<Lsn>().ok()).ok_or_else(bad);
         match key {
             "START WAL LOCATION" => {
                 b.start_wal_location = lsn_of(value)?;
                 // "0/D00028 (file 00000001000000000000000D)"
-                b.start_wal_file = value
-                    .split_once("(file ")
-                    .and_then(|(_, f)| f.strip_suffix(')'))
-                    .ok_or_else(bad)?
-                    .to_string();
+                b.start_wal_file =
+                    value.split_once("(file ").and_then(|(_, f)| f.strip_suffix(')')).ok_or_else(bad)?.to_string();
                 have_start = true;
             }
             "STOP WAL LOCATION" => b.stop_wal_location = Some(lsn_of(value)?),
@@ -213,27 +171,14 @@ mod tests {
 
     #[test]
     fn history_errors() {
-        assert!(matches!(
-            parse_timeline_history("x\t0/1\tr"),
-            Err(HistoryError::TimelineId { line: 1, .. })
-        ));
-        assert!(matches!(
-            parse_timeline_history("1\n"),
-            Err(HistoryError::SwitchPoint { line: 1, .. })
-        ));
+        assert!(matches!(parse_timeline_history("x\t0/1\tr"), Err(HistoryError::TimelineId { line: 1, .. })));
+        assert!(matches!(parse_timeline_history("1\n"), Err(HistoryError::SwitchPoint { line: 1, .. })));
         assert!(matches!(
             parse_timeline_history("2\t0/1\ta\n1\t0/2\tb"),
-            Err(HistoryError::NotIncreasing {
-                line: 2,
-                tli: 1,
-                previous: 2
-            })
+            Err(HistoryError::NotIncreasing { line: 2, tli: 1, previous: 2 })
         ));
         let e = parse_timeline_history("1\t0/5\ta\n2\t0/2\tb").unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "timeline history line 2: switch point 0/2 is before the previous one 0/5"
-        );
+        assert_eq!(e.to_string(), "timeline history line 2: switch point 0/2 is before the previous one 0/5");
     }
 
     #[test]
@@ -246,10 +191,7 @@ mod tests {
         assert_eq!(b.checkpoint_location, Some(Lsn(0xD00060)));
         assert_eq!(b.label.as_deref(), Some("pg_basebackup base backup"));
         assert_eq!(b.stop_timeline, Some(1));
-        assert_eq!(
-            parse_backup_label("LABEL: x\n"),
-            Err(BackupLabelError::MissingStart)
-        );
+        assert_eq!(parse_backup_label("LABEL: x\n"), Err(BackupLabelError::MissingStart));
         assert!(parse_backup_label("START WAL LOCATION: nope").is_err());
     }
 }

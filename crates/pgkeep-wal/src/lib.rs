@@ -79,18 +79,18 @@ pub mod version;
 pub use control::{parse_pg_control, ControlError, ControlFileData, DBState};
 pub use decoder::{DecodeError, DecodedRecord, DecoderOptions, WalDecoder};
 pub use file_name::{
-    backup_history_file_name, history_file_name, is_valid_wal_seg_size, parse_wal_file_name,
-    xlog_file_name, WalFileName,
+    backup_history_file_name, history_file_name, is_valid_wal_seg_size, parse_wal_file_name, xlog_file_name,
+    WalFileName,
 };
 pub use history::{
-    parse_backup_label, parse_timeline_history, timeline_of, BackupLabel, BackupLabelError,
-    HistoryError, TimeLineHistoryEntry,
+    parse_backup_label, parse_timeline_history, timeline_of, BackupLabel, BackupLabelError, HistoryError,
+    TimeLineHistoryEntry,
 };
 pub use lsn::{Lsn, Oid, ParseLsnError, TimeLineID, TimestampTz, TransactionId, XLogSegNo};
 pub use page::{PageError, XLogLongPageHeaderData, XLogPageHeaderData, XLOG_BLCKSZ};
 pub use record::{DecodedBkpBlock, RecordError, RelFileNode, XLogRecord};
 pub use rmgr::{CheckPoint, RecordKind, RmgrDataError};
 pub use validate::{
-    validate_partial_segment, validate_segment, LeadingContinuation, PartialEnd, RestorePointInfo,
-    SegmentError, SegmentExpectations, SegmentSummary,
+    validate_partial_segment, validate_segment, LeadingContinuation, PartialEnd, RestorePointInfo, SegmentError,
+    SegmentExpectations, SegmentSummary,
 };

@@ -129,8 +129,7 @@ impl FromStr for Lsn {
     fn from_str(s: &str) -> Result<Lsn, ParseLsnError> {
         let err = || ParseLsnError(s.to_string());
         let (hi, lo) = s.split_once('/').ok_or_else(err)?;
-        let ok =
-            |p: &str| !p.is_empty() && p.len() <= 8 && p.bytes().all(|b| b.is_ascii_hexdigit());
+        let ok = |p: &str| !p.is_empty() && p.len() <= 8 && p.bytes().all(|b| b.is_ascii_hexdigit());
         if !ok(hi) || !ok(lo) {
             return Err(err());
         }
@@ -208,10 +207,7 @@ pub fn civil_from_unix(secs: i64) -> (String, String) {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = if m <= 2 { y + 1 } else { y };
-    (
-        format!("{y:04}-{m:02}-{d:02}"),
-        format!("{:02}:{:02}:{:02}", sod / 3600, (sod / 60) % 60, sod % 60),
-    )
+    (format!("{y:04}-{m:02}-{d:02}"), format!("{:02}:{:02}:{:02}", sod / 3600, (sod / 60) % 60, sod % 60))
 }
 
 #[cfg(test)]
@@ -232,17 +228,7 @@ mod tests {
             assert_eq!(s.parse::<Lsn>().unwrap().to_string(), s);
         }
         assert_eq!("0/16b3740".parse::<Lsn>().unwrap(), Lsn(0x16B3740));
-        for bad in [
-            "",
-            "/",
-            "0/",
-            "/0",
-            "0-1",
-            "123456789/0",
-            "0/g",
-            "0/1/2",
-            " 0/1",
-        ] {
+        for bad in ["", "/", "0/", "/0", "0-1", "123456789/0", "0/g", "0/1/2", " 0/1"] {
             assert!(bad.parse::<Lsn>().is_err(), "{bad:?} parsed");
         }
     }
@@ -253,10 +239,7 @@ mod tests {
         let l: Lsn = "1/2A000028".parse().unwrap();
         assert_eq!(l.segment_number(seg), 0x12A);
         assert_eq!(l.segment_offset(seg), 0x28);
-        assert_eq!(
-            Lsn::segment_start(0x12A, seg),
-            "1/2A000000".parse().unwrap()
-        );
+        assert_eq!(Lsn::segment_start(0x12A, seg), "1/2A000000".parse().unwrap());
         assert_eq!(Lsn(0x3000000).prev_segment_number(seg), 2);
         assert_eq!(Lsn(0x3000001).prev_segment_number(seg), 3);
         assert_eq!(Lsn(13).maxalign(), Lsn(16));
@@ -269,9 +252,6 @@ mod tests {
         // 2026-11-21 06:48:41.188271 UTC
         let t = TimestampTz::from_unix_micros(1_795_243_721_188_271);
         assert_eq!(t.to_string(), "2026-11-21 06:48:41.188271 UTC");
-        assert_eq!(
-            TimestampTz(-1).to_string(),
-            "1999-12-31 23:59:59.999999 UTC"
-        );
+        assert_eq!(TimestampTz(-1).to_string(), "1999-12-31 23:59:59.999999 UTC");
     }
 }

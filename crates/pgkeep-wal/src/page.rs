@@ -89,10 +89,7 @@ impl XLogLongPageHeaderData {
 fn expected_magic(e: &Option<u16>) -> String {
     match e {
         Some(m) => format!("expected {m:04X}"),
-        None => format!(
-            "not the magic of any known PostgreSQL major: {}",
-            version::known_majors()
-        ),
+        None => format!("not the magic of any known PostgreSQL major: {}", version::known_majors()),
     }
 }
 
@@ -102,11 +99,7 @@ pub enum PageError {
     #[error("wal page at {lsn} is cut short: {len} bytes where its header needs {need}")]
     Truncated { lsn: Lsn, len: usize, need: usize },
     #[error("invalid page magic {found:04X} at {lsn} ({})", expected_magic(.expected))]
-    BadMagic {
-        lsn: Lsn,
-        found: u16,
-        expected: Option<u16>,
-    },
+    BadMagic { lsn: Lsn, found: u16, expected: Option<u16> },
     #[error("invalid page info bits {info:04X} at {lsn}")]
     InfoBits { lsn: Lsn, info: u16 },
     #[error("first page of the segment at {lsn} lacks the long header (info bits {info:04X})")]
@@ -122,19 +115,9 @@ pub enum PageError {
     #[error("page at {lsn} carries page address {found} (a page from elsewhere in the wal)")]
     PageAddress { lsn: Lsn, found: Lsn },
     #[error("page at {lsn} has timeline {found}, newer than the file's timeline {max}")]
-    TimelineAhead {
-        lsn: Lsn,
-        found: TimeLineID,
-        max: TimeLineID,
-    },
-    #[error(
-        "page at {lsn} has timeline {found}, older than timeline {previous} of an earlier page"
-    )]
-    TimelineBackwards {
-        lsn: Lsn,
-        found: TimeLineID,
-        previous: TimeLineID,
-    },
+    TimelineAhead { lsn: Lsn, found: TimeLineID, max: TimeLineID },
+    #[error("page at {lsn} has timeline {found}, older than timeline {previous} of an earlier page")]
+    TimelineBackwards { lsn: Lsn, found: TimeLineID, previous: TimeLineID },
     #[error("page at {lsn} has timeline 0")]
     TimelineZero { lsn: Lsn },
     #[error("page at {lsn} has xlp_rem_len {rem_len} inconsistent with its info bits {info:04X}")]
@@ -223,11 +206,7 @@ impl PageValidator {
         let version = match self.rules.version {
             Some(v) if v.xlog_page_magic == hdr.xlp_magic => v,
             Some(v) => {
-                return Err(PageError::BadMagic {
-                    lsn,
-                    found: hdr.xlp_magic,
-                    expected: Some(v.xlog_page_magic),
-                })
+                return Err(PageError::BadMagic { lsn, found: hdr.xlp_magic, expected: Some(v.xlog_page_magic) })
             }
             None => version::by_page_magic(hdr.xlp_magic).ok_or(PageError::BadMagic {
                 lsn,
@@ -236,10 +215,7 @@ impl PageValidator {
             })?,
         };
         if hdr.xlp_info & !version.xlp_all_flags != 0 {
-            return Err(PageError::InfoBits {
-                lsn,
-                info: hdr.xlp_info,
-            });
+            return Err(PageError::InfoBits { lsn, info: hdr.xlp_info });
         }
         let at_segment_start = lsn.segment_offset(self.rules.seg_size) == 0;
         if hdr.is_long() {
@@ -253,70 +229,39 @@ impl PageValidator {
             })?;
             if let Some(expected) = self.rules.system_identifier {
                 if long.xlp_sysid != expected {
-                    return Err(PageError::SystemIdentifier {
-                        lsn,
-                        found: long.xlp_sysid,
-                        expected,
-                    });
+                    return Err(PageError::SystemIdentifier { lsn, found: long.xlp_sysid, expected });
                 }
             }
             if long.xlp_seg_size != self.rules.seg_size {
-                return Err(PageError::SegmentSize {
-                    lsn,
-                    found: long.xlp_seg_size,
-                    expected: self.rules.seg_size,
-                });
+                return Err(PageError::SegmentSize { lsn, found: long.xlp_seg_size, expected: self.rules.seg_size });
             }
             if long.xlp_xlog_blcksz as usize != XLOG_BLCKSZ {
-                return Err(PageError::BlockSize {
-                    lsn,
-                    found: long.xlp_xlog_blcksz,
-                });
+                return Err(PageError::BlockSize { lsn, found: long.xlp_xlog_blcksz });
             }
             self.rules.system_identifier = Some(long.xlp_sysid);
         } else if at_segment_start {
-            return Err(PageError::MissingLongHeader {
-                lsn,
-                info: hdr.xlp_info,
-            });
+            return Err(PageError::MissingLongHeader { lsn, info: hdr.xlp_info });
         }
         if hdr.xlp_pageaddr != lsn {
-            return Err(PageError::PageAddress {
-                lsn,
-                found: hdr.xlp_pageaddr,
-            });
+            return Err(PageError::PageAddress { lsn, found: hdr.xlp_pageaddr });
         }
         if hdr.xlp_tli == 0 {
             return Err(PageError::TimelineZero { lsn });
         }
         if let Some(max) = self.rules.max_tli {
             if hdr.xlp_tli > max {
-                return Err(PageError::TimelineAhead {
-                    lsn,
-                    found: hdr.xlp_tli,
-                    max,
-                });
+                return Err(PageError::TimelineAhead { lsn, found: hdr.xlp_tli, max });
             }
         }
         if hdr.xlp_tli < self.last_tli {
-            return Err(PageError::TimelineBackwards {
-                lsn,
-                found: hdr.xlp_tli,
-                previous: self.last_tli,
-            });
+            return Err(PageError::TimelineBackwards { lsn, found: hdr.xlp_tli, previous: self.last_tli });
         }
         let contrecord = hdr.is_contrecord();
         let overwrite = hdr.xlp_info & version.xlp_first_is_overwrite_contrecord != 0;
         // PostgreSQL sets xlp_rem_len exactly when it sets XLP_FIRST_IS_CONTRECORD, and a
         // page cannot both continue a record and replace a lost continuation.
-        if (contrecord && (hdr.xlp_rem_len == 0 || overwrite))
-            || (!contrecord && hdr.xlp_rem_len != 0)
-        {
-            return Err(PageError::RemainingLength {
-                lsn,
-                info: hdr.xlp_info,
-                rem_len: hdr.xlp_rem_len,
-            });
+        if (contrecord && (hdr.xlp_rem_len == 0 || overwrite)) || (!contrecord && hdr.xlp_rem_len != 0) {
+            return Err(PageError::RemainingLength { lsn, info: hdr.xlp_info, rem_len: hdr.xlp_rem_len });
         }
         self.last_tli = hdr.xlp_tli;
         self.rules.version = Some(version);
@@ -336,14 +281,7 @@ impl PageValidator {
 pub(crate) mod tests {
     use super::*;
 
-    pub(crate) fn long_page(
-        lsn: u64,
-        tli: u32,
-        info: u16,
-        rem: u32,
-        sysid: u64,
-        seg: u32,
-    ) -> Vec<u8> {
+    pub(crate) fn long_page(lsn: u64, tli: u32, info: u16, rem: u32, sysid: u64, seg: u32) -> Vec<u8> {
         let mut p = vec![0u8; XLOG_BLCKSZ];
         p[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
         p[2..4].copy_from_slice(&(info | XLP_LONG_HEADER).to_le_bytes());
@@ -357,20 +295,13 @@ pub(crate) mod tests {
     }
 
     fn rules() -> PageRules {
-        PageRules {
-            seg_size: 1 << 20,
-            version: None,
-            system_identifier: Some(42),
-            max_tli: Some(2),
-        }
+        PageRules { seg_size: 1 << 20, version: None, system_identifier: Some(42), max_tli: Some(2) }
     }
 
     #[test]
     fn accepts_a_good_first_page_and_learns_the_major() {
         let mut v = PageValidator::new(rules());
-        let info = v
-            .check(&long_page(0x100000, 1, 0, 0, 42, 1 << 20), Lsn(0x100000))
-            .unwrap();
+        let info = v.check(&long_page(0x100000, 1, 0, 0, 42, 1 << 20), Lsn(0x100000)).unwrap();
         assert_eq!(info.header_size, SIZE_OF_XLOG_LONG_PHD);
         assert_eq!(v.version().unwrap().major, 15);
     }
@@ -385,47 +316,26 @@ pub(crate) mod tests {
         p[1] = 0;
         let e = check(&p);
         assert!(e.is_zero_page());
-        assert!(
-            e.to_string()
-                .starts_with("invalid page magic 0000 at 0/100000 (not the magic"),
-            "{e}"
-        );
+        assert!(e.to_string().starts_with("invalid page magic 0000 at 0/100000 (not the magic"), "{e}");
         let mut p = good.clone();
         p[2] |= 0x10;
         assert!(matches!(check(&p), PageError::InfoBits { .. }));
         let mut p = good.clone();
         p[24] ^= 1;
-        assert_eq!(
-            check(&p),
-            PageError::SystemIdentifier {
-                lsn: at,
-                found: 43,
-                expected: 42
-            }
-        );
+        assert_eq!(check(&p), PageError::SystemIdentifier { lsn: at, found: 43, expected: 42 });
         let mut p = good.clone();
         p[8] = 0x20;
         assert!(matches!(check(&p), PageError::PageAddress { .. }));
         let mut p = good.clone();
         p[4] = 3;
-        assert!(matches!(
-            check(&p),
-            PageError::TimelineAhead {
-                found: 3,
-                max: 2,
-                ..
-            }
-        ));
+        assert!(matches!(check(&p), PageError::TimelineAhead { found: 3, max: 2, .. }));
         let mut p = good.clone();
         p[34] = 0x20;
         assert!(matches!(check(&p), PageError::SegmentSize { .. }));
         let mut p = good.clone();
         p[16] = 1;
         assert!(matches!(check(&p), PageError::RemainingLength { .. }));
-        assert!(matches!(
-            check(&good[..30]),
-            PageError::Truncated { need: 40, .. }
-        ));
+        assert!(matches!(check(&good[..30]), PageError::Truncated { need: 40, .. }));
         assert!(matches!(
             PageValidator::new(rules()).check(&good, Lsn(0x102000)),
             Err(PageError::UnexpectedLongHeader { .. })
@@ -433,9 +343,6 @@ pub(crate) mod tests {
         let mut want16 = rules();
         want16.version = crate::version::by_major(16);
         let e = PageValidator::new(want16).check(&good, at).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "invalid page magic D110 at 0/100000 (expected D113)"
-        );
+        assert_eq!(e.to_string(), "invalid page magic D110 at 0/100000 (expected D113)");
     }
 }

@@ -51,12 +51,7 @@ enum State {
     /// on the first page, where the page header says how much.
     Skip { page: u64, remaining: Option<u32> },
     /// Assembling a record that crosses pages; `buf` holds what we have.
-    Gather {
-        start: u64,
-        total: u32,
-        page: u64,
-        header_checked: bool,
-    },
+    Gather { start: u64, total: u32, page: u64, header_checked: bool },
 }
 
 /// What the reader is in the middle of when it ran out of bytes.
@@ -115,19 +110,16 @@ impl Reader {
     /// skipped.
     pub fn at_page(rules: PageRules, page: u64) -> Reader {
         let mut r = Reader::idle(rules, page);
-        r.state = State::Skip {
-            page,
-            remaining: None,
-        };
+        r.state = State::Skip { page, remaining: None };
         r
     }
 
     /// A reader positioned where a record starts (or at a page boundary whose page begins
     /// with a new record).
     pub fn idle(rules: PageRules, next: u64) -> Reader {
-        let fallback = rules.version.unwrap_or_else(|| {
-            crate::version::by_major(crate::version::TESTED_MAJOR).expect("tested major is known")
-        });
+        let fallback = rules
+            .version
+            .unwrap_or_else(|| crate::version::by_major(crate::version::TESTED_MAJOR).expect("tested major is known"));
         Reader {
             pages: PageValidator::new(rules),
             checked: None,
@@ -159,11 +151,7 @@ impl Reader {
         match self.state {
             State::Idle => Pending::None,
             State::Skip { .. } => Pending::Skipping,
-            State::Gather { start, total, .. } => Pending::Record {
-                start,
-                total,
-                got: &self.buf,
-            },
+            State::Gather { start, total, .. } => Pending::Record { start, total, got: &self.buf },
         }
     }
 
@@ -197,34 +185,21 @@ impl Reader {
     /// (or, with nothing read yet, at least backwards).
     fn check_header(&self, lsn: u64, hdr: &XLogRecord) -> Result<(), DecodeError> {
         if !rmgr::rmid_is_valid(hdr.xl_rmid, self.version()) {
-            return Err(DecodeError::ResourceManager {
-                lsn: Lsn(lsn),
-                rmid: hdr.xl_rmid,
-            });
+            return Err(DecodeError::ResourceManager { lsn: Lsn(lsn), rmid: hdr.xl_rmid });
         }
         let ok = match self.prev {
             Some(p) => hdr.xl_prev.0 == p,
             None => hdr.xl_prev.0 < lsn,
         };
         if !ok {
-            return Err(DecodeError::PrevLink {
-                lsn: Lsn(lsn),
-                found: hdr.xl_prev,
-                expected: self.prev.map(Lsn),
-            });
+            return Err(DecodeError::PrevLink { lsn: Lsn(lsn), found: hdr.xl_prev, expected: self.prev.map(Lsn) });
         }
         Ok(())
     }
 
     /// Bookkeeping once a record is complete and its CRC verified; hands back the LSN of a
     /// record abandoned just before it.
-    fn complete(
-        &mut self,
-        lsn: u64,
-        end: u64,
-        hdr: &XLogRecord,
-        bytes: &[u8],
-    ) -> Result<Option<u64>, DecodeError> {
+    fn complete(&mut self, lsn: u64, end: u64, hdr: &XLogRecord, bytes: &[u8]) -> Result<Option<u64>, DecodeError> {
         if record_crc(bytes) != Some(hdr.xl_crc) {
             return Err(DecodeError::Crc { lsn: Lsn(lsn) });
         }
@@ -261,10 +236,7 @@ impl Reader {
                         }
                         Some(r) => {
                             if !p.contrecord {
-                                return Err(DecodeError::MissingContrecord {
-                                    lsn: Lsn(page),
-                                    record: None,
-                                });
+                                return Err(DecodeError::MissingContrecord { lsn: Lsn(page), record: None });
                             }
                             if p.xlp_rem_len != r {
                                 return Err(DecodeError::ContrecordLength {
@@ -284,10 +256,7 @@ impl Reader {
                         self.state = State::Idle;
                     } else {
                         self.skipped += room as u64;
-                        self.state = State::Skip {
-                            page: page + BLCKSZ,
-                            remaining: Some(remaining - room),
-                        };
+                        self.state = State::Skip { page: page + BLCKSZ, remaining: Some(remaining - room) };
                     }
                 }
                 State::Idle => {
@@ -306,10 +275,7 @@ impl Reader {
                         return Ok(Step::NeedMore);
                     };
                     if (tot_len as usize) < SIZE_OF_XLOG_RECORD || tot_len > MAX_RECORD_LENGTH {
-                        return Err(DecodeError::RecordLength {
-                            lsn: Lsn(pos),
-                            len: tot_len,
-                        });
+                        return Err(DecodeError::RecordLength { lsn: Lsn(pos), len: tot_len });
                     }
                     let page_left = (BLCKSZ - pos % BLCKSZ) as usize;
                     let header_on_page = page_left >= SIZE_OF_XLOG_RECORD;
@@ -347,12 +313,7 @@ impl Reader {
                         header_checked: header_on_page,
                     };
                 }
-                State::Gather {
-                    start,
-                    total,
-                    page,
-                    header_checked,
-                } => {
+                State::Gather { start, total, page, header_checked } => {
                     let Some(p) = self.page(src, page)? else {
                         return Ok(Step::NeedMore);
                     };
@@ -365,10 +326,7 @@ impl Reader {
                         continue;
                     }
                     if !p.contrecord {
-                        return Err(DecodeError::MissingContrecord {
-                            lsn: Lsn(page),
-                            record: Some(Lsn(start)),
-                        });
+                        return Err(DecodeError::MissingContrecord { lsn: Lsn(page), record: Some(Lsn(start)) });
                     }
                     let got = self.buf.len() as u32;
                     if p.xlp_rem_len != total - got {
@@ -395,10 +353,7 @@ impl Reader {
                     if self.buf.len() == total as usize {
                         let end = data_at + take as u64;
                         let Some(hdr) = XLogRecord::parse(&self.buf) else {
-                            return Err(DecodeError::RecordLength {
-                                lsn: Lsn(start),
-                                len: total,
-                            });
+                            return Err(DecodeError::RecordLength { lsn: Lsn(start), len: total });
                         };
                         let buf = std::mem::take(&mut self.buf);
                         let done = self.complete(start, end, &hdr, &buf);
@@ -413,12 +368,7 @@ impl Reader {
                             after_overwritten,
                         }));
                     }
-                    self.state = State::Gather {
-                        start,
-                        total,
-                        page: page + BLCKSZ,
-                        header_checked,
-                    };
+                    self.state = State::Gather { start, total, page: page + BLCKSZ, header_checked };
                 }
             }
         }

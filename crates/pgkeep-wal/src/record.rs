@@ -153,13 +153,7 @@ pub enum RecordError {
     #[error("block {block}: BKPBLOCK_HAS_DATA not set but data length is {len}")]
     DataWithoutHasData { block: u8, len: u16 },
     #[error("block {block}: image header inconsistent (info {bimg_info:02X}, hole offset {hole_offset}, hole length {hole_length}, image length {bimg_len})")]
-    BadImage {
-        block: u8,
-        bimg_info: u8,
-        hole_offset: u16,
-        hole_length: u16,
-        bimg_len: u16,
-    },
+    BadImage { block: u8, bimg_info: u8, hole_offset: u16, hole_length: u16, bimg_len: u16 },
     #[error("block {0}: BKPBLOCK_SAME_REL set but no previous relation")]
     SameRelWithoutPrevious(u8),
 }
@@ -224,9 +218,7 @@ fn parse_headers(
                 break;
             }
             XLR_BLOCK_ID_ORIGIN => h.origin = Some(need!(c.u16())),
-            XLR_BLOCK_ID_TOPLEVEL_XID if version.has_toplevel_xid_block => {
-                h.toplevel_xid = Some(need!(c.u32()))
-            }
+            XLR_BLOCK_ID_TOPLEVEL_XID if version.has_toplevel_xid_block => h.toplevel_xid = Some(need!(c.u32())),
             id if id <= XLR_MAX_BLOCK_ID => {
                 if let Some(previous) = max_block_id {
                     if id <= previous {
@@ -242,10 +234,7 @@ fn parse_headers(
                     return Err(RecordError::HasDataWithoutData(id));
                 }
                 if !has_data && data_len != 0 {
-                    return Err(RecordError::DataWithoutHasData {
-                        block: id,
-                        len: data_len,
-                    });
+                    return Err(RecordError::DataWithoutHasData { block: id, len: data_len });
                 }
                 h.datatotal += data_len as u64;
                 let mut blk = DecodedBkpBlock {
@@ -281,9 +270,7 @@ fn parse_headers(
                     }
                     h.datatotal += blk.bimg_len as u64;
                     let bad = (has_hole
-                        && (blk.hole_offset == 0
-                            || blk.hole_length == 0
-                            || blk.bimg_len as u32 == BLCKSZ))
+                        && (blk.hole_offset == 0 || blk.hole_length == 0 || blk.bimg_len as u32 == BLCKSZ))
                         || (!has_hole && (blk.hole_offset != 0 || blk.hole_length != 0))
                         || (compressed && blk.bimg_len as u32 == BLCKSZ)
                         || (!has_hole && !compressed && blk.bimg_len as u32 != BLCKSZ)
@@ -299,11 +286,7 @@ fn parse_headers(
                     }
                 }
                 if fork_flags & BKPBLOCK_SAME_REL == 0 {
-                    last_rel = RelFileNode {
-                        spcNode: need!(c.u32()),
-                        dbNode: need!(c.u32()),
-                        relNode: need!(c.u32()),
-                    };
+                    last_rel = RelFileNode { spcNode: need!(c.u32()), dbNode: need!(c.u32()), relNode: need!(c.u32()) };
                     have_rel = true;
                 } else if !have_rel {
                     return Err(RecordError::SameRelWithoutPrevious(id));
@@ -317,15 +300,9 @@ fn parse_headers(
     }
     let consumed = c.pos() as u64;
     if consumed + h.datatotal != remaining_total {
-        return Err(RecordError::LengthMismatch {
-            sum: SIZE_OF_XLOG_RECORD as u64 + consumed + h.datatotal,
-            tot_len,
-        });
+        return Err(RecordError::LengthMismatch { sum: SIZE_OF_XLOG_RECORD as u64 + consumed + h.datatotal, tot_len });
     }
-    Ok(Parsed::Complete {
-        headers: h,
-        header_end: SIZE_OF_XLOG_RECORD + c.pos(),
-    })
+    Ok(Parsed::Complete { headers: h, header_end: SIZE_OF_XLOG_RECORD + c.pos() })
 }
 
 /// Decodes the block references and locates the main data of a complete record (`rec` is
@@ -337,24 +314,13 @@ pub fn decode_body(
     blocks: &mut Vec<DecodedBkpBlock>,
 ) -> Result<RecordLayout, RecordError> {
     blocks.clear();
-    let stated = XLogRecord::parse(rec)
-        .ok_or(RecordError::ShortHeaders {
-            tot_len: rec.len() as u32,
-        })?
-        .xl_tot_len;
+    let stated = XLogRecord::parse(rec).ok_or(RecordError::ShortHeaders { tot_len: rec.len() as u32 })?.xl_tot_len;
     if stated as usize != rec.len() {
-        return Err(RecordError::LengthMismatch {
-            sum: rec.len() as u64,
-            tot_len: stated,
-        });
+        return Err(RecordError::LengthMismatch { sum: rec.len() as u64, tot_len: stated });
     }
-    let tot_len =
-        u32::try_from(rec.len()).map_err(|_| RecordError::ShortHeaders { tot_len: u32::MAX })?;
+    let tot_len = u32::try_from(rec.len()).map_err(|_| RecordError::ShortHeaders { tot_len: u32::MAX })?;
     let (h, header_end) = match parse_headers(rec, tot_len, version, false, |b| blocks.push(b))? {
-        Parsed::Complete {
-            headers,
-            header_end,
-        } => (headers, header_end),
+        Parsed::Complete { headers, header_end } => (headers, header_end),
         Parsed::Incomplete => return Err(RecordError::ShortHeaders { tot_len }),
     };
     let mut pos = header_end;
@@ -372,23 +338,14 @@ pub fn decode_body(
     }
     let main_data = pos..pos + h.main_data_len as usize;
     debug_assert_eq!(main_data.end, rec.len());
-    Ok(RecordLayout {
-        main_data,
-        record_origin: h.origin,
-        toplevel_xid: h.toplevel_xid,
-        fpi_len,
-    })
+    Ok(RecordLayout { main_data, record_origin: h.origin, toplevel_xid: h.toplevel_xid, fpi_len })
 }
 
 /// Checks the headers of a record of which only the first bytes are at hand (it continues
 /// into a segment not given): when all its block and data headers are present they must add
 /// up to `tot_len`. Returns `Ok(false)` when the prefix ends inside the headers, so nothing
 /// could be concluded.
-pub fn check_record_prefix(
-    prefix: &[u8],
-    tot_len: u32,
-    version: &PgVersion,
-) -> Result<bool, RecordError> {
+pub fn check_record_prefix(prefix: &[u8], tot_len: u32, version: &PgVersion) -> Result<bool, RecordError> {
     match parse_headers(prefix, tot_len, version, true, |_| {})? {
         Parsed::Complete { .. } => Ok(true),
         Parsed::Incomplete => Ok(false),
@@ -459,14 +416,8 @@ pub(crate) mod tests {
         assert_eq!(&r[l.main_data], &[0x55]);
         assert_eq!(l.fpi_len, 100);
         // The prefix check accepts the headers and rejects a wrong total.
-        assert_eq!(
-            check_record_prefix(&r[..60], r.len() as u32, v15()),
-            Ok(true)
-        );
-        assert_eq!(
-            check_record_prefix(&r[..30], r.len() as u32, v15()),
-            Ok(false)
-        );
+        assert_eq!(check_record_prefix(&r[..60], r.len() as u32, v15()), Ok(true));
+        assert_eq!(check_record_prefix(&r[..30], r.len() as u32, v15()), Ok(false));
         assert!(check_record_prefix(&r[..60], r.len() as u32 + 8, v15()).is_err());
     }
 
@@ -475,28 +426,16 @@ pub(crate) mod tests {
         let mut blocks = Vec::new();
         // data length announced but flag missing
         let r = make_record(10, 0, 0, 0, &[0, 0, 1, 0]);
-        assert!(matches!(
-            decode_body(&r, v15(), &mut blocks),
-            Err(RecordError::DataWithoutHasData { .. })
-        ));
+        assert!(matches!(decode_body(&r, v15(), &mut blocks), Err(RecordError::DataWithoutHasData { .. })));
         // same rel on the first block
         let r = make_record(10, 0, 0, 0, &[0, BKPBLOCK_SAME_REL, 0, 0, 1, 0, 0, 0]);
-        assert_eq!(
-            decode_body(&r, v15(), &mut blocks),
-            Err(RecordError::SameRelWithoutPrevious(0))
-        );
+        assert_eq!(decode_body(&r, v15(), &mut blocks), Err(RecordError::SameRelWithoutPrevious(0)));
         // invalid id
         let r = make_record(10, 0, 0, 0, &[200]);
-        assert_eq!(
-            decode_body(&r, v15(), &mut blocks),
-            Err(RecordError::InvalidBlockId(200))
-        );
+        assert_eq!(decode_body(&r, v15(), &mut blocks), Err(RecordError::InvalidBlockId(200)));
         // main data longer than the record
         let r = make_record(10, 0, 0, 0, &[XLR_BLOCK_ID_DATA_SHORT, 5, 1]);
-        assert!(matches!(
-            decode_body(&r, v15(), &mut blocks),
-            Err(RecordError::LengthMismatch { .. })
-        ));
+        assert!(matches!(decode_body(&r, v15(), &mut blocks), Err(RecordError::LengthMismatch { .. })));
         // toplevel xid block does not exist in 13
         let r = make_record(10, 0, 0, 0, &[XLR_BLOCK_ID_TOPLEVEL_XID, 1, 0, 0, 0]);
         assert!(decode_body(&r, v15(), &mut blocks).is_ok());

@@ -11,8 +11,7 @@ use crate::decoder::DecodeError;
 use crate::file_name::{is_valid_wal_seg_size, parse_wal_file_name, WalFileName};
 use crate::lsn::{maxalign, Lsn, TimeLineID, TimestampTz, XLogSegNo};
 use crate::page::{
-    PageError, PageRules, PageValidator, XLogPageHeaderData, SIZE_OF_XLOG_LONG_PHD,
-    SIZE_OF_XLOG_SHORT_PHD, XLOG_BLCKSZ,
+    PageError, PageRules, PageValidator, XLogPageHeaderData, SIZE_OF_XLOG_LONG_PHD, SIZE_OF_XLOG_SHORT_PHD, XLOG_BLCKSZ,
 };
 use crate::reader::{Pending, Reader, Source, Step};
 use crate::record::{check_record_prefix, decode_body, XLogRecord};
@@ -37,13 +36,7 @@ impl SegmentExpectations {
     pub fn from_file_name(name: &str, seg_size: u32) -> Option<SegmentExpectations> {
         match parse_wal_file_name(name, seg_size)? {
             WalFileName::Segment { tli, segno } | WalFileName::Partial { tli, segno } => {
-                Some(SegmentExpectations {
-                    tli,
-                    segno,
-                    seg_size,
-                    system_identifier: None,
-                    pg_major: None,
-                })
+                Some(SegmentExpectations { tli, segno, seg_size, system_identifier: None, pg_major: None })
             }
             _ => None,
         }
@@ -52,11 +45,7 @@ impl SegmentExpectations {
 
 /// The record that runs into the segment from the previous one.
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[cfg_attr(
-    feature = "serde",
-    derive(serde::Serialize),
-    serde(tag = "kind", rename_all = "snake_case")
-)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize), serde(tag = "kind", rename_all = "snake_case"))]
 pub enum LeadingContinuation {
     /// The segment starts with a new record.
     None,
@@ -138,10 +127,7 @@ pub struct PartialEnd {
 fn expected_magic(e: &Option<u16>) -> String {
     match e {
         Some(m) => format!("expected {m:04X}"),
-        None => format!(
-            "not a known WAL magic; known majors: {}",
-            version::known_majors()
-        ),
+        None => format!("not a known WAL magic; known majors: {}", version::known_majors()),
     }
 }
 
@@ -155,31 +141,16 @@ pub enum SegmentError {
     InvalidSegmentSize(u32),
     #[error("segment number {0:X} is out of range")]
     InvalidSegmentNumber(XLogSegNo),
-    #[error(
-        "PostgreSQL {major} is not a known major (known: {})",
-        version::known_majors()
-    )]
+    #[error("PostgreSQL {major} is not a known major (known: {})", version::known_majors())]
     UnknownMajor { major: u32 },
     #[error("invalid page magic {found:04X} at offset {offset} ({})", expected_magic(.expected))]
-    BadMagic {
-        offset: u32,
-        found: u16,
-        expected: Option<u16>,
-    },
+    BadMagic { offset: u32, found: u16, expected: Option<u16> },
     #[error("invalid page info bits {info:04X} at offset {offset}")]
     PageInfo { offset: u32, info: u16 },
     #[error("page at offset {offset} has address {found} (expected {expected})")]
-    PageAddress {
-        offset: u32,
-        expected: Lsn,
-        found: Lsn,
-    },
+    PageAddress { offset: u32, expected: Lsn, found: Lsn },
     #[error("page at offset {offset} has timeline {found}: {detail}")]
-    Timeline {
-        offset: u32,
-        found: TimeLineID,
-        detail: String,
-    },
+    Timeline { offset: u32, found: TimeLineID, detail: String },
     #[error("segment belongs to database system {found}, not {expected}")]
     SystemIdentifier { found: u64, expected: u64 },
     #[error("segment header says the segment size is {found} (expected {expected})")]
@@ -231,75 +202,47 @@ fn offset_of(lsn: Lsn, seg_start: u64) -> u32 {
 fn page_error(e: PageError, seg_start: u64) -> SegmentError {
     let offset = offset_of(e.lsn(), seg_start);
     match e {
-        PageError::BadMagic {
-            found, expected, ..
-        } => SegmentError::BadMagic {
-            offset,
-            found,
-            expected,
-        },
+        PageError::BadMagic { found, expected, .. } => SegmentError::BadMagic { offset, found, expected },
         PageError::InfoBits { info, .. } => SegmentError::PageInfo { offset, info },
-        PageError::PageAddress { lsn, found } => SegmentError::PageAddress {
-            offset,
-            expected: lsn,
-            found,
-        },
-        PageError::SystemIdentifier {
-            found, expected, ..
-        } => SegmentError::SystemIdentifier { found, expected },
-        PageError::SegmentSize {
-            found, expected, ..
-        } => SegmentError::SegmentSize { found, expected },
+        PageError::PageAddress { lsn, found } => SegmentError::PageAddress { offset, expected: lsn, found },
+        PageError::SystemIdentifier { found, expected, .. } => SegmentError::SystemIdentifier { found, expected },
+        PageError::SegmentSize { found, expected, .. } => SegmentError::SegmentSize { found, expected },
         PageError::BlockSize { found, .. } => SegmentError::BlockSize { found },
-        PageError::TimelineAhead { found, max, .. } => SegmentError::Timeline {
-            offset,
-            found,
-            detail: format!("newer than the file's timeline {max}"),
-        },
-        PageError::TimelineBackwards {
-            found, previous, ..
-        } => SegmentError::Timeline {
+        PageError::TimelineAhead { found, max, .. } => {
+            SegmentError::Timeline { offset, found, detail: format!("newer than the file's timeline {max}") }
+        }
+        PageError::TimelineBackwards { found, previous, .. } => SegmentError::Timeline {
             offset,
             found,
             detail: format!("older than timeline {previous} of an earlier page"),
         },
-        PageError::TimelineZero { .. } => SegmentError::Timeline {
-            offset,
-            found: 0,
-            detail: "not a valid timeline".into(),
-        },
+        PageError::TimelineZero { .. } => {
+            SegmentError::Timeline { offset, found: 0, detail: "not a valid timeline".into() }
+        }
         PageError::MissingLongHeader { info, .. } => SegmentError::PageHeader {
             offset,
             detail: format!("first page lacks the long header (info bits {info:04X})"),
         },
-        PageError::UnexpectedLongHeader { .. } => SegmentError::PageHeader {
-            offset,
-            detail: "long header on a page that does not start the segment".into(),
-        },
+        PageError::UnexpectedLongHeader { .. } => {
+            SegmentError::PageHeader { offset, detail: "long header on a page that does not start the segment".into() }
+        }
         PageError::RemainingLength { info, rem_len, .. } => SegmentError::PageHeader {
             offset,
             detail: format!("xlp_rem_len {rem_len} inconsistent with info bits {info:04X}"),
         },
-        PageError::Truncated { len, need, .. } => SegmentError::PageHeader {
-            offset,
-            detail: format!("cut short: {len} bytes where the header needs {need}"),
-        },
+        PageError::Truncated { len, need, .. } => {
+            SegmentError::PageHeader { offset, detail: format!("cut short: {len} bytes where the header needs {need}") }
+        }
     }
 }
 
 /// Fast all-zero test (the inner fold vectorises).
 fn is_zero(b: &[u8]) -> bool {
-    b.chunks(256)
-        .all(|c| c.iter().fold(0u8, |a, &x| a | x) == 0)
+    b.chunks(256).all(|c| c.iter().fold(0u8, |a, &x| a | x) == 0)
 }
 
 /// A decode failure in a complete segment, as the segment error to report.
-fn full_segment_error(
-    e: DecodeError,
-    data: &[u8],
-    seg_start: u64,
-    pending_start: Option<u64>,
-) -> SegmentError {
+fn full_segment_error(e: DecodeError, data: &[u8], seg_start: u64, pending_start: Option<u64>) -> SegmentError {
     let page_rest_zero = |lsn: Lsn| {
         let off = lsn.0.saturating_sub(seg_start) as usize;
         let end = (off / XLOG_BLCKSZ + 1) * XLOG_BLCKSZ;
@@ -308,31 +251,20 @@ fn full_segment_error(
     match e {
         DecodeError::Page(pe) => {
             if pe.is_zero_page() && page_rest_zero(pe.lsn()) {
-                SegmentError::UnexpectedEnd {
-                    lsn: Lsn(pending_start.unwrap_or(pe.lsn().0)),
-                }
+                SegmentError::UnexpectedEnd { lsn: Lsn(pending_start.unwrap_or(pe.lsn().0)) }
             } else {
                 page_error(pe, seg_start)
             }
         }
-        DecodeError::RecordLength { lsn, len: 0 } if page_rest_zero(lsn) => {
-            SegmentError::UnexpectedEnd { lsn }
-        }
+        DecodeError::RecordLength { lsn, len: 0 } if page_rest_zero(lsn) => SegmentError::UnexpectedEnd { lsn },
         DecodeError::Crc { lsn } => SegmentError::RecordCrc { lsn },
         other => {
             let lsn = match &other {
-                DecodeError::MissingContrecord {
-                    record: Some(r), ..
-                }
-                | DecodeError::ContrecordLength {
-                    record: Some(r), ..
-                } => *r,
+                DecodeError::MissingContrecord { record: Some(r), .. }
+                | DecodeError::ContrecordLength { record: Some(r), .. } => *r,
                 o => o.lsn(),
             };
-            SegmentError::InvalidRecord {
-                lsn,
-                reason: reason_text(&other),
-            }
+            SegmentError::InvalidRecord { lsn, reason: reason_text(&other) }
         }
     }
 }
@@ -342,28 +274,15 @@ fn reason_text(e: &DecodeError) -> String {
     match e {
         DecodeError::RecordLength { len, .. } => format!("invalid record length {len}"),
         DecodeError::ResourceManager { rmid, .. } => format!("invalid resource manager id {rmid}"),
-        DecodeError::PrevLink {
-            found,
-            expected: Some(x),
-            ..
-        } => format!("prev-link {found} (expected {x})"),
-        DecodeError::PrevLink {
-            found,
-            expected: None,
-            ..
-        } => format!("prev-link {found} does not point backwards"),
+        DecodeError::PrevLink { found, expected: Some(x), .. } => format!("prev-link {found} (expected {x})"),
+        DecodeError::PrevLink { found, expected: None, .. } => format!("prev-link {found} does not point backwards"),
         DecodeError::UnexpectedContrecord { .. } => {
             "page begins with the rest of a record where a new record should start".into()
         }
         DecodeError::MissingContrecord { lsn, .. } => {
             format!("the page at {lsn} does not continue it")
         }
-        DecodeError::ContrecordLength {
-            lsn,
-            found,
-            expected,
-            ..
-        } => {
+        DecodeError::ContrecordLength { lsn, found, expected, .. } => {
             format!("the page at {lsn} says {found} bytes remain (expected {expected})")
         }
         DecodeError::Record { reason, .. } => reason.to_string(),
@@ -388,10 +307,7 @@ fn scan_previous(prev: &[u8], prev_start: u64, rules: &PageRules) -> PrevOutcome
         ));
     }
     let mut r = Reader::at_page(rules.clone(), prev_start);
-    let src = Source {
-        start: prev_start,
-        data: prev,
-    };
+    let src = Source { start: prev_start, data: prev };
     loop {
         match r.next(&src) {
             Ok(Step::Record(_)) => {}
@@ -446,9 +362,7 @@ impl Stats {
                     self.last_checkpoint = Some(lsn);
                 }
                 xlog::XLOG_RESTORE_POINT => {
-                    if let (Some(t), Some(name)) =
-                        (i64_at(main, 0), main.get(8..8 + xlog::MAXFNAMELEN))
-                    {
+                    if let (Some(t), Some(name)) = (i64_at(main, 0), main.get(8..8 + xlog::MAXFNAMELEN)) {
                         self.restore_points.push(RestorePointInfo {
                             lsn,
                             name: crate::bytes::c_string(name),
@@ -472,10 +386,7 @@ fn check_after_switch(
     switch_end: u64,
     version: &PgVersion,
 ) -> Result<(), SegmentError> {
-    let err = |off: usize| SegmentError::AfterSwitch {
-        offset: off as u32,
-        switch,
-    };
+    let err = |off: usize| SegmentError::AfterSwitch { offset: off as u32, switch };
     let first_nonzero = |from: usize, b: &[u8]| b.iter().position(|&x| x != 0).map(|p| from + p);
     let from = maxalign(switch_end).saturating_sub(seg_start) as usize;
     if from >= data.len() {
@@ -529,10 +440,7 @@ fn check_nothing_after(
                 let after = maxalign(rec_end as u64) as usize;
                 let rest = data.get(after..page_end.min(data.len())).unwrap_or(&[]);
                 if !is_zero(rest) {
-                    return Err(SegmentError::DataAfterEnd {
-                        offset: after as u32,
-                        end: *lsn,
-                    });
+                    return Err(SegmentError::DataAfterEnd { offset: after as u32, end: *lsn });
                 }
             }
         }
@@ -540,12 +448,8 @@ fn check_nothing_after(
     let mut page = stop_page + XLOG_BLCKSZ;
     while page < data.len() {
         if let Some(h) = XLogPageHeaderData::parse(&data[page..]) {
-            if h.xlp_magic == version.xlog_page_magic && h.xlp_pageaddr.0 == seg_start + page as u64
-            {
-                return Err(SegmentError::DataAfterEnd {
-                    offset: page as u32,
-                    end: err.lsn(),
-                });
+            if h.xlp_magic == version.xlog_page_magic && h.xlp_pageaddr.0 == seg_start + page as u64 {
+                return Err(SegmentError::DataAfterEnd { offset: page as u32, end: err.lsn() });
             }
         }
         page += XLOG_BLCKSZ;
@@ -569,10 +473,7 @@ fn validate(
         data.len() == seg_size as usize
     };
     if !len_ok {
-        return Err(SegmentError::WrongLength {
-            len: data.len(),
-            expected: seg_size,
-        });
+        return Err(SegmentError::WrongLength { len: data.len(), expected: seg_size });
     }
     let want = match expect.pg_major {
         Some(m) => Some(version::by_major(m).ok_or(SegmentError::UnknownMajor { major: m })?),
@@ -592,21 +493,12 @@ fn validate(
         system_identifier: expect.system_identifier,
         max_tli: Some(expect.tli),
     });
-    let p0 = first
-        .check(data, Lsn(seg_start))
-        .map_err(|e| page_error(e, seg_start))?;
+    let p0 = first.check(data, Lsn(seg_start)).map_err(|e| page_error(e, seg_start))?;
     let (Some(version), Some(sysid)) = (first.version(), first.system_identifier()) else {
-        return Err(SegmentError::PageHeader {
-            offset: 0,
-            detail: "first page header not understood".into(),
-        });
+        return Err(SegmentError::PageHeader { offset: 0, detail: "first page header not understood".into() });
     };
-    let rules = PageRules {
-        seg_size,
-        version: Some(version),
-        system_identifier: Some(sysid),
-        max_tli: Some(expect.tli),
-    };
+    let rules =
+        PageRules { seg_size, version: Some(version), system_identifier: Some(sysid), max_tli: Some(expect.tli) };
 
     let mut note = None;
     let mut from_prev_bytes = 0usize;
@@ -635,10 +527,7 @@ fn validate(
     reader.skipped = 0;
     reader.tli_range = None;
 
-    let src = Source {
-        start: seg_start,
-        data,
-    };
+    let src = Source { start: seg_start, data };
     let mut stats = Stats::default();
     let mut blocks = Vec::new();
     let mut leading = LeadingContinuation::None;
@@ -649,12 +538,8 @@ fn validate(
         match reader.next(&src) {
             Ok(Step::Record(raw)) => {
                 let lsn = Lsn(raw.lsn);
-                let layout = decode_body(raw.bytes, version, &mut blocks).map_err(|reason| {
-                    SegmentError::InvalidRecord {
-                        lsn,
-                        reason: reason.to_string(),
-                    }
-                })?;
+                let layout = decode_body(raw.bytes, version, &mut blocks)
+                    .map_err(|reason| SegmentError::InvalidRecord { lsn, reason: reason.to_string() })?;
                 last_end = Some(raw.end);
                 if raw.lsn < seg_start {
                     leading = LeadingContinuation::Verified { record: lsn };
@@ -679,9 +564,7 @@ fn validate(
     let mut continues_into_next = false;
     let mut unverified = reader.skipped;
     if p0.contrecord && leading == LeadingContinuation::None {
-        leading = LeadingContinuation::Unverified {
-            bytes: reader.skipped,
-        };
+        leading = LeadingContinuation::Unverified { bytes: reader.skipped };
     }
     let mut partial_end = None;
     let pending_start = match reader.pending() {
@@ -703,9 +586,7 @@ fn validate(
             && match pending_start {
                 // A record cut short at a page that was never written.
                 Some(_) => true,
-                None => data
-                    .get(stop_off..page_end.min(data.len()))
-                    .is_some_and(is_zero),
+                None => data.get(stop_off..page_end.min(data.len())).is_some_and(is_zero),
             };
         partial_end = Some(PartialEnd {
             end_of_wal: Lsn(last_end.unwrap_or(seg_start).max(seg_start)),
@@ -721,11 +602,9 @@ fn validate(
                 continues_into_next = true;
                 if start >= seg_start {
                     // Its CRC needs the next segment, but its headers must already add up.
-                    check_record_prefix(got, total, version).map_err(|reason| {
-                        SegmentError::InvalidRecord {
-                            lsn: Lsn(start),
-                            reason: reason.to_string(),
-                        }
+                    check_record_prefix(got, total, version).map_err(|reason| SegmentError::InvalidRecord {
+                        lsn: Lsn(start),
+                        reason: reason.to_string(),
                     })?;
                     unverified += got.len() as u64;
                 } else {
@@ -751,11 +630,8 @@ fn validate(
             }
         }
     }
-    let end_of_valid_wal = if continues_into_next {
-        Lsn(seg_end)
-    } else {
-        Lsn(last_end.unwrap_or(seg_start).max(seg_start))
-    };
+    let end_of_valid_wal =
+        if continues_into_next { Lsn(seg_end) } else { Lsn(last_end.unwrap_or(seg_start).max(seg_start)) };
     let (lo, hi) = reader.tli_range.unwrap_or((p0.xlp_tli, p0.xlp_tli));
     Ok(SegmentSummary {
         tli: expect.tli,

@@ -160,18 +160,12 @@ pub fn by_page_magic(magic: u16) -> Option<&'static PgVersion> {
 
 /// The major a pg_control file belongs to, when its catalog version is a release's.
 pub fn by_catalog_version(catalog_version_no: u32) -> Option<&'static PgVersion> {
-    KNOWN_VERSIONS
-        .iter()
-        .find(|v| v.catalog_version_no == Some(catalog_version_no))
+    KNOWN_VERSIONS.iter().find(|v| v.catalog_version_no == Some(catalog_version_no))
 }
 
 /// "13, 14, 15, 16, 17", for error messages.
 pub fn known_majors() -> String {
-    KNOWN_VERSIONS
-        .iter()
-        .map(|v| v.major.to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
+    KNOWN_VERSIONS.iter().map(|v| v.major.to_string()).collect::<Vec<_>>().join(", ")
 }
 
 #[cfg(test)]

@@ -6,8 +6,7 @@ mod common;
 use common::*;
 use pgkeep_wal::page::{SIZE_OF_XLOG_LONG_PHD, SIZE_OF_XLOG_SHORT_PHD, XLOG_BLCKSZ};
 use pgkeep_wal::{
-    validate_partial_segment, validate_segment, LeadingContinuation, Lsn, SegmentError,
-    SegmentExpectations, WalDecoder,
+    validate_partial_segment, validate_segment, LeadingContinuation, Lsn, SegmentError, SegmentExpectations, WalDecoder,
 };
 
 /// A small deterministic generator (xorshift64*), so failures reproduce.
@@ -30,11 +29,7 @@ impl Rng {
 const SEG9: &str = "000000010000000000000009";
 
 fn strict(name: &str) -> SegmentExpectations {
-    SegmentExpectations {
-        system_identifier: Some(sysid()),
-        pg_major: Some(15),
-        ..expect(name)
-    }
+    SegmentExpectations { system_identifier: Some(sysid()), pg_major: Some(15), ..expect(name) }
 }
 
 fn seg_start(name: &str) -> u64 {
@@ -54,11 +49,8 @@ fn record_bytes(name: &str) -> Vec<(usize, Lsn)> {
         let mut lsn = r.lsn.0;
         while lsn < r.end_lsn.0 {
             let in_page = (lsn % XLOG_BLCKSZ as u64) as usize;
-            let header = if (lsn - start) < XLOG_BLCKSZ as u64 {
-                SIZE_OF_XLOG_LONG_PHD
-            } else {
-                SIZE_OF_XLOG_SHORT_PHD
-            };
+            let header =
+                if (lsn - start) < XLOG_BLCKSZ as u64 { SIZE_OF_XLOG_LONG_PHD } else { SIZE_OF_XLOG_SHORT_PHD };
             if in_page < header {
                 lsn += (header - in_page) as u64;
                 continue;
@@ -73,8 +65,7 @@ fn record_bytes(name: &str) -> Vec<(usize, Lsn)> {
 #[test]
 fn fixtures_are_accepted_with_strict_expectations() {
     for (name, _, _) in segments() {
-        validate_segment(&read(&name), &strict(&name), None)
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        validate_segment(&read(&name), &strict(&name), None).unwrap_or_else(|e| panic!("{name}: {e}"));
     }
 }
 
@@ -84,49 +75,24 @@ fn bad_magic_at_offset_zero() {
     d[0] = 0;
     d[1] = 0;
     let e = validate_segment(&d, &strict(SEG9), None).unwrap_err();
-    assert_eq!(
-        e,
-        SegmentError::BadMagic {
-            offset: 0,
-            found: 0,
-            expected: Some(0xD110)
-        }
-    );
-    assert_eq!(
-        e.to_string(),
-        "invalid page magic 0000 at offset 0 (expected D110)"
-    );
+    assert_eq!(e, SegmentError::BadMagic { offset: 0, found: 0, expected: Some(0xD110) });
+    assert_eq!(e.to_string(), "invalid page magic 0000 at offset 0 (expected D110)");
     // Without an expected major the message says no known major uses it.
     let e = validate_segment(&d, &expect(SEG9), None).unwrap_err();
-    assert!(
-        e.to_string()
-            .starts_with("invalid page magic 0000 at offset 0 (not a known WAL magic"),
-        "{e}"
-    );
+    assert!(e.to_string().starts_with("invalid page magic 0000 at offset 0 (not a known WAL magic"), "{e}");
     // Another major's magic is refused when 15 is expected, accepted (and reported) when not.
     let mut d16 = read(SEG9);
     for page in (0..d16.len()).step_by(XLOG_BLCKSZ) {
         d16[page..page + 2].copy_from_slice(&0xD113u16.to_le_bytes());
     }
     let e = validate_segment(&d16, &strict(SEG9), None).unwrap_err();
-    assert_eq!(
-        e,
-        SegmentError::BadMagic {
-            offset: 0,
-            found: 0xD113,
-            expected: Some(0xD110)
-        }
-    );
+    assert_eq!(e, SegmentError::BadMagic { offset: 0, found: 0xD113, expected: Some(0xD110) });
     // A magic changed on a later page only.
     let mut d = read(SEG9);
     d[5 * XLOG_BLCKSZ] ^= 0x01;
     assert!(matches!(
         validate_segment(&d, &expect(SEG9), None),
-        Err(SegmentError::BadMagic {
-            offset: 40960,
-            expected: Some(0xD110),
-            ..
-        })
+        Err(SegmentError::BadMagic { offset: 40960, expected: Some(0xD110), .. })
     ));
 }
 
@@ -136,21 +102,8 @@ fn foreign_system_identifier() {
     let mut other = strict(SEG9);
     other.system_identifier = Some(sysid() + 1);
     let e = validate_segment(&d, &other, None).unwrap_err();
-    assert_eq!(
-        e,
-        SegmentError::SystemIdentifier {
-            found: sysid(),
-            expected: sysid() + 1
-        }
-    );
-    assert_eq!(
-        e.to_string(),
-        format!(
-            "segment belongs to database system {}, not {}",
-            sysid(),
-            sysid() + 1
-        )
-    );
+    assert_eq!(e, SegmentError::SystemIdentifier { found: sysid(), expected: sysid() + 1 });
+    assert_eq!(e.to_string(), format!("segment belongs to database system {}, not {}", sysid(), sysid() + 1));
 }
 
 #[test]
@@ -171,10 +124,7 @@ fn wrong_page_address() {
     // The same file presented under another segment number.
     let mut renamed = strict(SEG9);
     renamed.segno += 1;
-    assert!(matches!(
-        validate_segment(&read(SEG9), &renamed, None),
-        Err(SegmentError::PageAddress { offset: 0, .. })
-    ));
+    assert!(matches!(validate_segment(&read(SEG9), &renamed, None), Err(SegmentError::PageAddress { offset: 0, .. })));
 }
 
 #[test]
@@ -182,10 +132,7 @@ fn page_timeline_newer_than_the_file_name() {
     let name = "000000020000000000000010";
     let mut e = strict(name);
     e.tli = 1;
-    assert!(matches!(
-        validate_segment(&read(name), &e, None),
-        Err(SegmentError::Timeline { found: 2, .. })
-    ));
+    assert!(matches!(validate_segment(&read(name), &e, None), Err(SegmentError::Timeline { found: 2, .. })));
 }
 
 #[test]
@@ -195,36 +142,22 @@ fn flipped_byte_inside_a_record_fails_its_crc() {
     // a record wholly on one page, past its header
     let r = recs
         .iter()
-        .find(|r| {
-            r.header.xl_tot_len > 60 && r.lsn.page_start() == Lsn(r.end_lsn.0 - 1).page_start()
-        })
+        .find(|r| r.header.xl_tot_len > 60 && r.lsn.page_start() == Lsn(r.end_lsn.0 - 1).page_start())
         .unwrap();
     let mut bad = d.clone();
     let off = (r.lsn.0 - seg_start(SEG9)) as usize + 40;
     bad[off] ^= 0x04;
     let e = validate_segment(&bad, &strict(SEG9), None).unwrap_err();
     assert_eq!(e, SegmentError::RecordCrc { lsn: r.lsn });
-    assert_eq!(
-        e.to_string(),
-        format!("record at {} fails its CRC check", r.lsn)
-    );
+    assert_eq!(e.to_string(), format!("record at {} fails its CRC check", r.lsn));
 }
 
 #[test]
 fn truncated_file() {
     let d = read(SEG9);
     let e = validate_segment(&d[..d.len() - 8192], &strict(SEG9), None).unwrap_err();
-    assert_eq!(
-        e,
-        SegmentError::WrongLength {
-            len: SEG as usize - 8192,
-            expected: SEG
-        }
-    );
-    assert!(matches!(
-        validate_segment(&[], &strict(SEG9), None),
-        Err(SegmentError::WrongLength { len: 0, .. })
-    ));
+    assert_eq!(e, SegmentError::WrongLength { len: SEG as usize - 8192, expected: SEG });
+    assert!(matches!(validate_segment(&[], &strict(SEG9), None), Err(SegmentError::WrongLength { len: 0, .. })));
 }
 
 #[test]
@@ -236,22 +169,14 @@ fn zeroed_tail_without_switch_record() {
     let mut bad = d.clone();
     let off = (r.lsn.0 - seg_start(SEG9)) as usize;
     bad[off..].fill(0);
-    assert_eq!(
-        validate_segment(&bad, &strict(SEG9), None),
-        Err(SegmentError::UnexpectedEnd { lsn: r.lsn })
-    );
+    assert_eq!(validate_segment(&bad, &strict(SEG9), None), Err(SegmentError::UnexpectedEnd { lsn: r.lsn }));
     // From a page boundary that a record continues over: WAL ends at that record's start.
-    let crossing = recs
-        .iter()
-        .find(|x| x.lsn.0 > r.lsn.0 && x.lsn.page_start() != Lsn(x.end_lsn.0 - 1).page_start())
-        .unwrap();
+    let crossing =
+        recs.iter().find(|x| x.lsn.0 > r.lsn.0 && x.lsn.page_start() != Lsn(x.end_lsn.0 - 1).page_start()).unwrap();
     let mut bad = d.clone();
     let page = (Lsn(crossing.end_lsn.0 - 1).page_start().0 - seg_start(SEG9)) as usize;
     bad[page..].fill(0);
-    assert_eq!(
-        validate_segment(&bad, &strict(SEG9), None),
-        Err(SegmentError::UnexpectedEnd { lsn: crossing.lsn })
-    );
+    assert_eq!(validate_segment(&bad, &strict(SEG9), None), Err(SegmentError::UnexpectedEnd { lsn: crossing.lsn }));
     // The same bytes are a valid .partial that stops there.
     let s = validate_partial_segment(&bad, &strict(SEG9), None).unwrap();
     let end = s.partial_end.expect("partial end");
@@ -268,24 +193,12 @@ fn data_after_the_switch_record() {
     let mut bad = read(name);
     bad[500_000] = 1;
     let e = validate_segment(&bad, &strict(name), None).unwrap_err();
-    assert!(
-        matches!(
-            e,
-            SegmentError::AfterSwitch {
-                offset: 500_000,
-                ..
-            }
-        ),
-        "{e}"
-    );
+    assert!(matches!(e, SegmentError::AfterSwitch { offset: 500_000, .. }), "{e}");
     // Right after the switch record, on its own page.
     let mut bad = read(name);
     let after = (s.end_of_valid_wal.maxalign().0 - seg_start(name)) as usize;
     bad[after + 3] = 0x7f;
-    assert!(matches!(
-        validate_segment(&bad, &strict(name), None),
-        Err(SegmentError::AfterSwitch { .. })
-    ));
+    assert!(matches!(validate_segment(&bad, &strict(name), None), Err(SegmentError::AfterSwitch { .. })));
 }
 
 #[test]
@@ -301,10 +214,7 @@ fn previous_segment_problems() {
     let mut b_bad = b.clone();
     let last = b_bad.len() - 3;
     b_bad[last] ^= 0x20;
-    assert_eq!(
-        validate_segment(&c, &ec, Some(&b_bad)),
-        Err(SegmentError::RecordCrc { lsn: crossing })
-    );
+    assert_eq!(validate_segment(&c, &ec, Some(&b_bad)), Err(SegmentError::RecordCrc { lsn: crossing }));
     // A segment that is not the previous one is not used, and the summary says why.
     let s = validate_segment(&c, &ec, Some(&read("00000001000000000000000D"))).unwrap();
     assert!(matches!(s.leading, LeadingContinuation::Unverified { .. }));
@@ -312,10 +222,7 @@ fn previous_segment_problems() {
     // A previous segment whose WAL ends at a record boundary cannot be continued: replace
     // the record that crosses into C with a switch record.
     let b_start = seg_start("00000001000000000000000B");
-    let before = decode_files(&["00000001000000000000000B"])
-        .into_iter()
-        .rfind(|r| r.lsn < crossing)
-        .unwrap();
+    let before = decode_files(&["00000001000000000000000B"]).into_iter().rfind(|r| r.lsn < crossing).unwrap();
     let mut switch = Vec::new();
     switch.extend_from_slice(&24u32.to_le_bytes());
     switch.extend_from_slice(&0u32.to_le_bytes());
@@ -328,10 +235,7 @@ fn previous_segment_problems() {
     b_clean[at..].fill(0);
     b_clean[at..at + 24].copy_from_slice(&switch);
     let e = validate_segment(&c, &ec, Some(&b_clean)).unwrap_err();
-    assert!(
-        matches!(e, SegmentError::ContinuationMismatch { .. }),
-        "{e}"
-    );
+    assert!(matches!(e, SegmentError::ContinuationMismatch { .. }), "{e}");
 }
 
 #[test]
@@ -343,27 +247,18 @@ fn partial_segments() {
     assert_eq!(s.records, 1);
     assert_eq!(end.end_of_wal, s.end_of_valid_wal);
     // As a full segment it is refused: it stops early without a switch.
-    assert!(matches!(
-        validate_segment(&read(name), &strict(name), None),
-        Err(SegmentError::UnexpectedEnd { .. })
-    ));
+    assert!(matches!(validate_segment(&read(name), &strict(name), None), Err(SegmentError::UnexpectedEnd { .. })));
     // WAL that resumes after the point where it stopped is damage, not an end.
     let mut bad = read(SEG9);
     bad[10 * XLOG_BLCKSZ..11 * XLOG_BLCKSZ].fill(0);
     let e = validate_partial_segment(&bad, &strict(SEG9), None).unwrap_err();
-    assert!(
-        matches!(e, SegmentError::DataAfterEnd { offset, .. } if offset as usize == 11 * XLOG_BLCKSZ),
-        "{e}"
-    );
+    assert!(matches!(e, SegmentError::DataAfterEnd { offset, .. } if offset as usize == 11 * XLOG_BLCKSZ), "{e}");
     // A record failing its CRC with more records after it on the page.
     let recs = decode_files(&[SEG9]);
     let r = &recs[40];
     let mut bad = read(SEG9);
     bad[(r.lsn.0 - seg_start(SEG9)) as usize + 20] ^= 1;
-    assert!(matches!(
-        validate_partial_segment(&bad, &strict(SEG9), None),
-        Err(SegmentError::DataAfterEnd { .. })
-    ));
+    assert!(matches!(validate_partial_segment(&bad, &strict(SEG9), None), Err(SegmentError::DataAfterEnd { .. })));
     // A .partial shorter than a segment ends where the file ends.
     let short = &read(SEG9)[..100_000];
     let s = validate_partial_segment(short, &strict(SEG9), None).unwrap();
@@ -374,16 +269,8 @@ fn partial_segments() {
 /// number of flips per segment (200 by default).
 #[test]
 fn random_byte_flips_inside_records_are_all_detected() {
-    let flips: usize = std::env::var("PGKEEP_WAL_FLIPS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
-    for name in [
-        SEG9,
-        "00000001000000000000000B",
-        "00000001000000000000000C",
-        "000000010000000000000008",
-    ] {
+    let flips: usize = std::env::var("PGKEEP_WAL_FLIPS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
+    for name in [SEG9, "00000001000000000000000B", "00000001000000000000000C", "000000010000000000000008"] {
         let d = read(name);
         let bytes = record_bytes(name);
         assert!(bytes.len() > 50_000, "{name}: {} record bytes", bytes.len());
@@ -394,10 +281,7 @@ fn random_byte_flips_inside_records_are_all_detected() {
             let x = rng.byte_nonzero();
             bad[off] ^= x;
             let r = validate_segment(&bad, &strict(name), None);
-            assert!(
-                r.is_err(),
-                "{name}: flip {x:02X} at offset {off} (record {rec}) went unnoticed"
-            );
+            assert!(r.is_err(), "{name}: flip {x:02X} at offset {off} (record {rec}) went unnoticed");
             bad[off] ^= x;
         }
         assert_eq!(bad, d);
@@ -452,10 +336,7 @@ fn garbage_never_panics() {
         no_panic_on(&d, &e, &mut rng);
     }
     // Mutated pairs of previous and current segment (reassembly across the boundary).
-    let (b, c) = (
-        read("00000001000000000000000B"),
-        read("00000001000000000000000C"),
-    );
+    let (b, c) = (read("00000001000000000000000B"), read("00000001000000000000000C"));
     let ec = strict("00000001000000000000000C");
     for _ in 0..60 {
         let (mut pb, mut pc) = (b.clone(), c.clone());
@@ -473,21 +354,13 @@ fn garbage_never_panics() {
         let len = rng.below(400);
         let b: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
         let _ = pgkeep_wal::parse_pg_control(&b);
-        let text: String = b
-            .iter()
-            .map(|&c| (c % 96 + 32) as char)
-            .map(|c| if c == '~' { '\n' } else { c })
-            .collect();
+        let text: String = b.iter().map(|&c| (c % 96 + 32) as char).map(|c| if c == '~' { '\n' } else { c }).collect();
         let _ = pgkeep_wal::parse_timeline_history(&text);
         let _ = pgkeep_wal::parse_backup_label(&text);
         let _ = pgkeep_wal::parse_wal_file_name(&text, SEG);
         let _ = text.parse::<Lsn>();
         let mut blocks = Vec::new();
-        let _ = pgkeep_wal::record::decode_body(
-            &b,
-            pgkeep_wal::version::by_major(15).unwrap(),
-            &mut blocks,
-        );
+        let _ = pgkeep_wal::record::decode_body(&b, pgkeep_wal::version::by_major(15).unwrap(), &mut blocks);
         let _ = pgkeep_wal::rmgr::record_kind(
             (rng.next() % 3) as u8,
             rng.next() as u8,
@@ -516,8 +389,5 @@ fn partial_segment_cut_inside_the_leading_record() {
     assert!(end.stopped_at < Lsn(seg_start(a)), "{end:?}");
     assert!(end.zero_filled);
     assert_eq!(s.records, 0);
-    assert!(matches!(
-        validate_segment(&d, &strict(a), Some(&nine)),
-        Err(SegmentError::UnexpectedEnd { .. })
-    ));
+    assert!(matches!(validate_segment(&d, &strict(a), Some(&nine)), Err(SegmentError::UnexpectedEnd { .. })));
 }

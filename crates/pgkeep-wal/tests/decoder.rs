@@ -5,8 +5,8 @@ mod common;
 
 use common::*;
 use pgkeep_wal::{
-    validate_partial_segment, validate_segment, DecodeError, DecoderOptions, Lsn, RecordKind,
-    SegmentError, SegmentExpectations, WalDecoder,
+    validate_partial_segment, validate_segment, DecodeError, DecoderOptions, Lsn, RecordKind, SegmentError,
+    SegmentExpectations, WalDecoder,
 };
 
 fn all_timeline1() -> (Vec<u8>, Lsn) {
@@ -18,11 +18,7 @@ fn all_timeline1() -> (Vec<u8>, Lsn) {
     (all, Lsn::segment_start(expect(&names[0]).segno, SEG))
 }
 
-fn decode_chunked(
-    data: &[u8],
-    start: Lsn,
-    mut chunk: impl FnMut(usize) -> usize,
-) -> Vec<(Lsn, Vec<u8>)> {
+fn decode_chunked(data: &[u8], start: Lsn, mut chunk: impl FnMut(usize) -> usize) -> Vec<(Lsn, Vec<u8>)> {
     let mut dec = WalDecoder::new(start, SEG).unwrap();
     let mut out = Vec::new();
     let mut pos = 0;
@@ -48,11 +44,7 @@ fn chunk_size_does_not_matter() {
     let tiny = decode_chunked(&all[..first_two], start, |i| 1 + i % 13);
     assert_eq!(&whole[..tiny.len()], &tiny[..]);
     for size in [100, 8191, 8192, 65_537] {
-        assert_eq!(
-            decode_chunked(&all, start, |_| size),
-            whole,
-            "chunks of {size}"
-        );
+        assert_eq!(decode_chunked(&all, start, |_| size), whole, "chunks of {size}");
     }
 }
 
@@ -61,11 +53,7 @@ fn starts_at_a_record_or_at_a_page_inside_a_record() {
     let (all, start) = all_timeline1();
     let whole = decode_chunked(&all, start, |_| usize::MAX);
     // At a record in the middle of segment 9.
-    let k = whole
-        .iter()
-        .position(|(l, _)| l.segment_number(SEG) == 9)
-        .unwrap()
-        + 100;
+    let k = whole.iter().position(|(l, _)| l.segment_number(SEG) == 9).unwrap() + 100;
     let at = whole[k].0;
     let from = decode_chunked(&all[(at.0 - start.0) as usize..], at, |_| 5000);
     assert_eq!(&from[..], &whole[k..]);
@@ -76,14 +64,8 @@ fn starts_at_a_record_or_at_a_page_inside_a_record() {
     let next = whole.iter().position(|(l, _)| *l > big.0).unwrap();
     assert_eq!(&from[..], &whole[next..]);
     // Not a possible record start.
-    assert!(matches!(
-        WalDecoder::new(Lsn(at.0 + 4), SEG),
-        Err(DecodeError::InvalidStart { .. })
-    ));
-    assert!(matches!(
-        WalDecoder::new(Lsn(0x900010), SEG),
-        Err(DecodeError::InvalidStart { .. })
-    ));
+    assert!(matches!(WalDecoder::new(Lsn(at.0 + 4), SEG), Err(DecodeError::InvalidStart { .. })));
+    assert!(matches!(WalDecoder::new(Lsn(0x900010), SEG), Err(DecodeError::InvalidStart { .. })));
 }
 
 #[test]
@@ -92,30 +74,16 @@ fn decoder_enforces_the_expected_system_and_major() {
     let mut dec = WalDecoder::with_options(
         Lsn(0x900000),
         SEG,
-        DecoderOptions {
-            system_identifier: Some(1),
-            ..Default::default()
-        },
+        DecoderOptions { system_identifier: Some(1), ..Default::default() },
     )
     .unwrap();
     dec.feed(&d);
-    assert!(matches!(
-        dec.next_record(),
-        Err(DecodeError::Page(
-            pgkeep_wal::PageError::SystemIdentifier { .. }
-        ))
-    ));
+    assert!(matches!(dec.next_record(), Err(DecodeError::Page(pgkeep_wal::PageError::SystemIdentifier { .. }))));
     // The error sticks.
     assert!(dec.next_record().is_err());
-    let mut dec = WalDecoder::with_options(
-        Lsn(0x900000),
-        SEG,
-        DecoderOptions {
-            pg_major: Some(16),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let mut dec =
+        WalDecoder::with_options(Lsn(0x900000), SEG, DecoderOptions { pg_major: Some(16), ..Default::default() })
+            .unwrap();
     dec.feed(&d);
     assert!(dec
         .next_record()
@@ -125,20 +93,11 @@ fn decoder_enforces_the_expected_system_and_major() {
     let mut dec = WalDecoder::new(Lsn(0x900000), SEG).unwrap();
     dec.feed(&d);
     dec.next_record().unwrap();
-    assert_eq!(
-        (dec.pg_major(), dec.system_identifier()),
-        (Some(15), Some(sysid()))
-    );
+    assert_eq!((dec.pg_major(), dec.system_identifier()), (Some(15), Some(sysid())));
 }
 
 fn strict_synth(segno: u64) -> SegmentExpectations {
-    SegmentExpectations {
-        tli: 1,
-        segno,
-        seg_size: SEG,
-        system_identifier: Some(77),
-        pg_major: Some(15),
-    }
+    SegmentExpectations { tli: 1, segno, seg_size: SEG, system_identifier: Some(77), pg_major: Some(15) }
 }
 
 fn synth_records(b: &SegBuilder) -> Result<Vec<pgkeep_wal::DecodedRecord>, DecodeError> {
@@ -159,10 +118,7 @@ fn record_header_split_across_pages() {
     let split = b.data_record(300);
     b.switch();
     let recs = synth_records(&b).unwrap();
-    let r = recs
-        .iter()
-        .find(|r| r.lsn == Lsn(split))
-        .expect("the split record");
+    let r = recs.iter().find(|r| r.lsn == Lsn(split)).expect("the split record");
     assert_eq!(r.main_data().len(), 300);
     assert_eq!(r.lsn.page_offset(), 8192 - 16);
     let s = validate_segment(&b.data, &strict_synth(5), None).unwrap();
@@ -192,18 +148,12 @@ fn overwritten_continuation_record_is_dropped() {
     let ow = b.record(0, 0xD0, 0, &body);
     b.switch();
     let recs = synth_records(&b).unwrap();
-    assert_eq!(
-        recs.iter().map(|r| r.lsn.0).collect::<Vec<_>>(),
-        vec![r1, last_good, ow, b.prev]
-    );
+    assert_eq!(recs.iter().map(|r| r.lsn.0).collect::<Vec<_>>(), vec![r1, last_good, ow, b.prev]);
     assert_eq!(recs[2].after_overwritten, Some(Lsn(aborted)));
     assert!(recs.iter().all(|r| r.lsn.0 != aborted));
     assert_eq!(
         recs[2].kind().unwrap(),
-        RecordKind::OverwriteContrecord {
-            overwritten_lsn: Lsn(aborted),
-            time: pgkeep_wal::TimestampTz(123456)
-        }
+        RecordKind::OverwriteContrecord { overwritten_lsn: Lsn(aborted), time: pgkeep_wal::TimestampTz(123456) }
     );
     let s = validate_segment(&b.data, &strict_synth(6), None).unwrap();
     assert_eq!(s.records, 4);
@@ -222,10 +172,7 @@ fn old_style_empty_pages_after_a_switch_are_accepted() {
     validate_segment(&b.data, &strict_synth(7), None).unwrap();
     // ...but not one that claims to continue a record.
     b.page_header(b.start + 9 * BLCKSZ, 0x0001, 10);
-    assert!(matches!(
-        validate_segment(&b.data, &strict_synth(7), None),
-        Err(SegmentError::AfterSwitch { .. })
-    ));
+    assert!(matches!(validate_segment(&b.data, &strict_synth(7), None), Err(SegmentError::AfterSwitch { .. })));
 }
 
 #[test]
@@ -244,14 +191,7 @@ fn timelines_inside_a_segment() {
     let mut bad = b.data.clone();
     bad[4] = 2;
     bad[BLCKSZ as usize + 4] = 1;
-    assert!(matches!(
-        validate_segment(&bad, &e, None),
-        Err(SegmentError::Timeline {
-            found: 1,
-            offset: 8192,
-            ..
-        })
-    ));
+    assert!(matches!(validate_segment(&bad, &e, None), Err(SegmentError::Timeline { found: 1, offset: 8192, .. })));
 }
 
 #[test]

@@ -4,8 +4,8 @@ mod common;
 
 use common::*;
 use pgkeep_wal::{
-    parse_backup_label, parse_timeline_history, validate_partial_segment, validate_segment,
-    LeadingContinuation, Lsn, RecordKind, WalFileName,
+    parse_backup_label, parse_timeline_history, validate_partial_segment, validate_segment, LeadingContinuation, Lsn,
+    RecordKind, WalFileName,
 };
 
 fn summary(name: &str) -> pgkeep_wal::SegmentSummary {
@@ -21,10 +21,7 @@ fn fixture_inventory() {
     assert_eq!(count(|k| matches!(k, WalFileName::Partial { .. })), 1);
     assert_eq!(count(|k| matches!(k, WalFileName::History { tli: 2 })), 1);
     assert_eq!(count(|k| matches!(k, WalFileName::BackupHistory { .. })), 1);
-    let total: u64 = std::fs::read_dir(fixture_dir())
-        .unwrap()
-        .map(|e| e.unwrap().metadata().unwrap().len())
-        .sum();
+    let total: u64 = std::fs::read_dir(fixture_dir()).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
     assert!(total < 11 * 1024 * 1024, "fixtures grew to {total} bytes");
 }
 
@@ -39,41 +36,26 @@ fn segment_edge_cases() {
     let s = summary("000000010000000000000009");
     assert!(s.continues_into_next && !s.ends_with_switch);
     assert!(s.commits >= 4 && s.aborts >= 2 && s.checkpoints >= 1 && s.full_page_images > 0);
-    assert_eq!(
-        s.restore_points
-            .iter()
-            .map(|r| r.name.as_str())
-            .collect::<Vec<_>>(),
-        ["pgkeep-fixture-rp"]
-    );
+    assert_eq!(s.restore_points.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["pgkeep-fixture-rp"]);
     // 0A: entirely inside that record.
     let s = summary("00000001000000000000000A");
-    assert_eq!(
-        (s.records, s.first_record, s.continues_into_next),
-        (0, None, true)
-    );
+    assert_eq!((s.records, s.first_record, s.continues_into_next), (0, None, true));
     // 0B: the record ends, TOAST inserts follow and the last one crosses into 0C.
     let s = summary("00000001000000000000000B");
     assert!(s.continues_into_next && s.records > 100);
     // 0C: ends with pg_switch_wal().
     assert!(summary("00000001000000000000000C").ends_with_switch);
     // 0D: the base backup (checkpoint, backup end, switch).
-    let d: Vec<RecordKind> = decode_files(&["00000001000000000000000D"])
-        .iter()
-        .map(|r| r.kind().unwrap())
-        .collect();
+    let d: Vec<RecordKind> = decode_files(&["00000001000000000000000D"]).iter().map(|r| r.kind().unwrap()).collect();
     assert!(d.iter().any(|k| matches!(k, RecordKind::BackupEnd { .. })));
-    assert!(d
-        .iter()
-        .any(|k| matches!(k, RecordKind::Checkpoint { online: true, .. })));
+    assert!(d.iter().any(|k| matches!(k, RecordKind::Checkpoint { online: true, .. })));
     // 0E: the switch the primary writes at shutdown when archiving.
     assert!(summary("00000001000000000000000E").ends_with_switch);
 }
 
 #[test]
 fn promotion_to_timeline_2() {
-    let history =
-        parse_timeline_history(std::str::from_utf8(&read("00000002.history")).unwrap()).unwrap();
+    let history = parse_timeline_history(std::str::from_utf8(&read("00000002.history")).unwrap()).unwrap();
     assert_eq!(history.len(), 1);
     let switch_point = history[0].end;
     assert_eq!((history[0].tli, history[0].begin), (1, Lsn(0)));
@@ -84,19 +66,9 @@ fn promotion_to_timeline_2() {
     assert_eq!(s.tli, 2);
     assert_eq!(s.page_timelines.0, 1);
     let recs = decode_files(&["00000002000000000000000F"]);
-    let eor = recs
-        .iter()
-        .find(|r| matches!(r.kind(), Ok(RecordKind::EndOfRecovery { .. })))
-        .unwrap();
+    let eor = recs.iter().find(|r| matches!(r.kind(), Ok(RecordKind::EndOfRecovery { .. }))).unwrap();
     assert_eq!(eor.lsn, switch_point);
-    assert!(matches!(
-        eor.kind().unwrap(),
-        RecordKind::EndOfRecovery {
-            tli: 2,
-            prev_tli: 1,
-            ..
-        }
-    ));
+    assert!(matches!(eor.kind().unwrap(), RecordKind::EndOfRecovery { tli: 2, prev_tli: 1, .. }));
     let s10 = summary("000000020000000000000010");
     assert_eq!(s10.page_timelines, (2, 2));
 
@@ -111,36 +83,17 @@ fn promotion_to_timeline_2() {
 
 #[test]
 fn backup_history_file() {
-    let (name, kind) = files()
-        .into_iter()
-        .find(|(_, k)| matches!(k, WalFileName::BackupHistory { .. }))
-        .unwrap();
+    let (name, kind) = files().into_iter().find(|(_, k)| matches!(k, WalFileName::BackupHistory { .. })).unwrap();
     let b = parse_backup_label(std::str::from_utf8(&read(&name)).unwrap()).unwrap();
-    let WalFileName::BackupHistory { tli, segno, offset } = kind else {
-        unreachable!()
-    };
-    assert_eq!(
-        b.start_wal_location,
-        Lsn::from_segment_offset(segno, offset, SEG)
-    );
-    assert_eq!(
-        b.start_wal_file,
-        pgkeep_wal::xlog_file_name(tli, segno, SEG)
-    );
+    let WalFileName::BackupHistory { tli, segno, offset } = kind else { unreachable!() };
+    assert_eq!(b.start_wal_location, Lsn::from_segment_offset(segno, offset, SEG));
+    assert_eq!(b.start_wal_file, pgkeep_wal::xlog_file_name(tli, segno, SEG));
     assert_eq!(b.backup_method.as_deref(), Some("streamed"));
     // The backup's checkpoint and end record are in the WAL where the file says.
     let recs = decode_files(&[&b.start_wal_file]);
-    let cp = recs
-        .iter()
-        .find(|r| Some(r.lsn) == b.checkpoint_location)
-        .expect("checkpoint record");
-    assert!(
-        matches!(cp.kind().unwrap(), RecordKind::Checkpoint { redo, .. } if redo == b.start_wal_location)
-    );
-    assert!(recs.iter().any(|r| r.kind().unwrap()
-        == RecordKind::BackupEnd {
-            start: b.start_wal_location
-        }));
+    let cp = recs.iter().find(|r| Some(r.lsn) == b.checkpoint_location).expect("checkpoint record");
+    assert!(matches!(cp.kind().unwrap(), RecordKind::Checkpoint { redo, .. } if redo == b.start_wal_location));
+    assert!(recs.iter().any(|r| r.kind().unwrap() == RecordKind::BackupEnd { start: b.start_wal_location }));
 }
 
 #[cfg(feature = "serde")]

@@ -14,9 +14,7 @@ use pgkeep_wal::{validate_segment, DecodedRecord, LeadingContinuation, Lsn, Reco
 const DEFAULT_PG_WALDUMP: &str = "/usr/lib/postgresql/15/bin/pg_waldump";
 
 fn pg_waldump() -> PathBuf {
-    let p = std::env::var_os("PG_WALDUMP")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| DEFAULT_PG_WALDUMP.into());
+    let p = std::env::var_os("PG_WALDUMP").map(PathBuf::from).unwrap_or_else(|| DEFAULT_PG_WALDUMP.into());
     assert!(
         p.exists(),
         "pg_waldump not found at {}: these tests compare the decoder with PostgreSQL's own WAL reader. \
@@ -80,10 +78,7 @@ fn waldump(dir: &Path, start: &str, end: &str) -> Vec<Dumped> {
     }
     stdout
         .lines()
-        .map(|l| {
-            parse_line(l)
-                .unwrap_or_else(|| panic!("unparsed pg_waldump line: {}", &l[..l.len().min(200)]))
-        })
+        .map(|l| parse_line(l).unwrap_or_else(|| panic!("unparsed pg_waldump line: {}", &l[..l.len().min(200)])))
         .collect()
 }
 
@@ -93,12 +88,7 @@ fn blkrefs(desc: &str) -> Vec<(u8, [u32; 3], u8, u32, bool)> {
     for part in desc.split("blkref #").skip(1) {
         let (id, rest) = part.split_once(": rel ").expect("blkref id");
         let mut words = rest.split_whitespace();
-        let rel: Vec<u32> = words
-            .next()
-            .expect("rel")
-            .split('/')
-            .map(|x| x.parse().expect("oid"))
-            .collect();
+        let rel: Vec<u32> = words.next().expect("rel").split('/').map(|x| x.parse().expect("oid")).collect();
         let mut fork = 0;
         let mut w = words.next().expect("blk or fork");
         if w == "fork" {
@@ -112,31 +102,16 @@ fn blkrefs(desc: &str) -> Vec<(u8, [u32; 3], u8, u32, bool)> {
             w = words.next().expect("blk");
         }
         assert_eq!(w, "blk");
-        let blk = words
-            .next()
-            .expect("blkno")
-            .trim_end_matches(',')
-            .parse()
-            .expect("blkno");
+        let blk = words.next().expect("blkno").trim_end_matches(',').parse().expect("blkno");
         let fpw = words.next().is_some_and(|x| x.starts_with("FPW"));
-        v.push((
-            id.parse().expect("block id"),
-            [rel[0], rel[1], rel[2]],
-            fork,
-            blk,
-            fpw,
-        ));
+        v.push((id.parse().expect("block id"), [rel[0], rel[1], rel[2]], fork, blk, fpw));
     }
     v
 }
 
 fn compare(ours: &[DecodedRecord], theirs: &[Dumped], what: &str) {
     let first_diff = ours.iter().zip(theirs).position(|(o, t)| o.lsn != t.lsn);
-    assert_eq!(
-        ours.len(),
-        theirs.len(),
-        "{what}: record count (first LSN difference at index {first_diff:?})"
-    );
+    assert_eq!(ours.len(), theirs.len(), "{what}: record count (first LSN difference at index {first_diff:?})");
     for (o, t) in ours.iter().zip(theirs) {
         let at = format!("{what}: record at {}", t.lsn);
         assert_eq!(o.lsn, t.lsn, "{at}");
@@ -144,79 +119,38 @@ fn compare(ours: &[DecodedRecord], theirs: &[Dumped], what: &str) {
         assert_eq!(o.header.xl_prev, t.prev, "{at}: prev");
         assert_eq!(o.xid(), t.xid, "{at}: xid");
         assert_eq!(o.header.xl_tot_len, t.tot_len, "{at}: total length");
-        assert_eq!(
-            o.rec_len(),
-            t.rec_len,
-            "{at}: length without full-page images"
-        );
+        assert_eq!(o.rec_len(), t.rec_len, "{at}: length without full-page images");
         let ours_blocks: Vec<_> = o
             .blocks
             .iter()
-            .map(|b| {
-                (
-                    b.block_id,
-                    [b.rnode.spcNode, b.rnode.dbNode, b.rnode.relNode],
-                    b.forknum,
-                    b.blkno,
-                    b.has_image,
-                )
-            })
+            .map(|b| (b.block_id, [b.rnode.spcNode, b.rnode.dbNode, b.rnode.relNode], b.forknum, b.blkno, b.has_image))
             .collect();
         assert_eq!(ours_blocks, blkrefs(&t.desc), "{at}: block references");
         let kind = o.kind().unwrap_or_else(|e| panic!("{at}: {e}"));
         let d = &t.desc;
         match kind {
-            RecordKind::Commit {
-                xid,
-                commit_time,
-                subxacts,
-            } => {
+            RecordKind::Commit { xid, commit_time, subxacts } => {
                 assert!(d.starts_with(&format!("COMMIT {commit_time}")), "{at}: {d}");
                 assert_eq!(xid, t.xid);
                 check_subxacts(d, &subxacts, &at);
             }
-            RecordKind::Abort {
-                xid,
-                abort_time,
-                subxacts,
-            } => {
+            RecordKind::Abort { xid, abort_time, subxacts } => {
                 assert!(d.starts_with(&format!("ABORT {abort_time}")), "{at}: {d}");
                 assert_eq!(xid, t.xid);
                 check_subxacts(d, &subxacts, &at);
             }
-            RecordKind::CommitPrepared {
-                xid, commit_time, ..
-            } => {
-                assert!(
-                    d.starts_with(&format!("COMMIT_PREPARED {xid}: {commit_time}")),
-                    "{at}: {d}"
-                )
+            RecordKind::CommitPrepared { xid, commit_time, .. } => {
+                assert!(d.starts_with(&format!("COMMIT_PREPARED {xid}: {commit_time}")), "{at}: {d}")
             }
-            RecordKind::AbortPrepared {
-                xid, abort_time, ..
-            } => {
-                assert!(
-                    d.starts_with(&format!("ABORT_PREPARED {xid}: {abort_time}")),
-                    "{at}: {d}"
-                )
+            RecordKind::AbortPrepared { xid, abort_time, .. } => {
+                assert!(d.starts_with(&format!("ABORT_PREPARED {xid}: {abort_time}")), "{at}: {d}")
             }
             RecordKind::Prepare { xid } => {
                 assert!(d.starts_with("PREPARE "), "{at}: {d}");
                 assert_eq!(xid, t.xid)
             }
-            RecordKind::Checkpoint {
-                online,
-                redo,
-                tli,
-                prev_tli,
-                next_xid,
-                ..
-            } => {
-                let word = if online {
-                    "CHECKPOINT_ONLINE"
-                } else {
-                    "CHECKPOINT_SHUTDOWN"
-                };
+            RecordKind::Checkpoint { online, redo, tli, prev_tli, next_xid, .. } => {
+                let word = if online { "CHECKPOINT_ONLINE" } else { "CHECKPOINT_SHUTDOWN" };
                 let want = format!(
                     "{word} redo {redo}; tli {tli}; prev tli {prev_tli}; fpw true; xid {}:{};",
                     next_xid >> 32,
@@ -228,16 +162,8 @@ fn compare(ours: &[DecodedRecord], theirs: &[Dumped], what: &str) {
                 assert_eq!(d.trim_end(), format!("RESTORE_POINT {name}"), "{at}")
             }
             RecordKind::Switch => assert_eq!(d.trim_end(), "SWITCH", "{at}"),
-            RecordKind::EndOfRecovery {
-                tli,
-                prev_tli,
-                time,
-            } => {
-                assert_eq!(
-                    d.trim_end(),
-                    format!("END_OF_RECOVERY tli {tli}; prev tli {prev_tli}; time {time}"),
-                    "{at}"
-                )
+            RecordKind::EndOfRecovery { tli, prev_tli, time } => {
+                assert_eq!(d.trim_end(), format!("END_OF_RECOVERY tli {tli}; prev tli {prev_tli}; time {time}"), "{at}")
             }
             RecordKind::BackupEnd { start } => {
                 assert_eq!(d.trim_end(), format!("BACKUP_END {start}"), "{at}")
@@ -252,13 +178,9 @@ fn compare(ours: &[DecodedRecord], theirs: &[Dumped], what: &str) {
 
 fn check_subxacts(desc: &str, subxacts: &[u32], at: &str) {
     let theirs: Vec<u32> = match desc.split_once("; subxacts: ") {
-        Some((_, rest)) => rest
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .map(|x| x.parse().expect("subxact"))
-            .collect(),
+        Some((_, rest)) => {
+            rest.split(';').next().unwrap_or("").split_whitespace().map(|x| x.parse().expect("subxact")).collect()
+        }
         None => vec![],
     };
     assert_eq!(subxacts, &theirs[..], "{at}: subtransactions");
@@ -275,21 +197,10 @@ fn each_fixture_segment_decodes_like_pg_waldump() {
         // The validator counts exactly the records pg_waldump shows for the segment, minus
         // a final one that continues into the next segment (pg_waldump stops before it).
         let summary = validate_segment(&read(name), &expect(name), None).unwrap();
-        assert_eq!(
-            summary.records as usize,
-            theirs.len(),
-            "{name}: validator record count"
-        );
-        assert_eq!(
-            summary.first_record,
-            theirs.first().map(|d| d.lsn),
-            "{name}"
-        );
+        assert_eq!(summary.records as usize, theirs.len(), "{name}: validator record count");
+        assert_eq!(summary.first_record, theirs.first().map(|d| d.lsn), "{name}");
         assert_eq!(summary.last_record, theirs.last().map(|d| d.lsn), "{name}");
-        let commits = theirs
-            .iter()
-            .filter(|d| d.desc.starts_with("COMMIT"))
-            .count();
+        let commits = theirs.iter().filter(|d| d.desc.starts_with("COMMIT")).count();
         assert_eq!(summary.commits as usize, commits, "{name}: commits");
     }
 }
@@ -303,14 +214,9 @@ fn each_timeline_decodes_like_pg_waldump_across_segment_boundaries() {
         let theirs = waldump(&fixture_dir(), &names[0], names.last().expect("segments"));
         compare(&ours, &theirs, &format!("timeline {tli}"));
         if tli == 1 {
-            let crossing = ours
-                .iter()
-                .filter(|r| r.lsn.segment_number(SEG) != Lsn(r.end_lsn.0 - 1).segment_number(SEG))
-                .count();
-            assert!(
-                crossing >= 2,
-                "fixtures should have records crossing segment boundaries, found {crossing}"
-            );
+            let crossing =
+                ours.iter().filter(|r| r.lsn.segment_number(SEG) != Lsn(r.end_lsn.0 - 1).segment_number(SEG)).count();
+            assert!(crossing >= 2, "fixtures should have records crossing segment boundaries, found {crossing}");
         }
     }
 }
@@ -343,31 +249,14 @@ fn partial_segment_decodes_like_pg_waldump() {
 /// Its payload is compared byte for byte with pg_waldump's hex dump of it.
 #[test]
 fn record_crossing_two_segment_boundaries_has_the_bytes_pg_waldump_shows() {
-    let theirs = waldump(
-        &fixture_dir(),
-        "000000010000000000000009",
-        "00000001000000000000000B",
-    );
-    let t = theirs
-        .iter()
-        .find(|d| d.rmgr == "LogicalMessage")
-        .expect("logical message in pg_waldump output");
+    let theirs = waldump(&fixture_dir(), "000000010000000000000009", "00000001000000000000000B");
+    let t = theirs.iter().find(|d| d.rmgr == "LogicalMessage").expect("logical message in pg_waldump output");
     let hex = t.desc.split_once("): ").expect("payload").1;
-    let payload: Vec<u8> = hex
-        .split_whitespace()
-        .map(|h| u8::from_str_radix(h, 16).expect("hex byte"))
-        .collect();
+    let payload: Vec<u8> = hex.split_whitespace().map(|h| u8::from_str_radix(h, 16).expect("hex byte")).collect();
     assert_eq!(payload.len(), 2_200_000);
 
-    let ours = decode_files(&[
-        "000000010000000000000009",
-        "00000001000000000000000A",
-        "00000001000000000000000B",
-    ]);
-    let o = ours
-        .iter()
-        .find(|r| r.lsn == t.lsn)
-        .expect("our record at the same LSN");
+    let ours = decode_files(&["000000010000000000000009", "00000001000000000000000A", "00000001000000000000000B"]);
+    let o = ours.iter().find(|r| r.lsn == t.lsn).expect("our record at the same LSN");
     assert_eq!(o.lsn.segment_number(SEG), 9);
     assert_eq!(o.end_lsn.segment_number(SEG), 0xB);
     // xl_logical_message: Oid dbId; bool transactional; Size prefix_size; Size message_size;
@@ -377,47 +266,24 @@ fn record_crossing_two_segment_boundaries_has_the_bytes_pg_waldump_shows() {
     let message_size = u64::from_le_bytes(main[16..24].try_into().unwrap()) as usize;
     assert_eq!(&main[24..24 + prefix_size], b"pgkeep-fixture\0");
     assert_eq!(message_size, payload.len());
-    assert!(
-        main[24 + prefix_size..] == payload[..],
-        "reassembled payload differs from pg_waldump's"
-    );
+    assert!(main[24 + prefix_size..] == payload[..], "reassembled payload differs from pg_waldump's");
 
     // The validator: segment A holds no record start at all.
-    let a = validate_segment(
-        &read("00000001000000000000000A"),
-        &expect("00000001000000000000000A"),
-        None,
-    )
-    .unwrap();
-    assert_eq!(
-        (a.records, a.first_record, a.continues_into_next),
-        (0, None, true)
-    );
+    let a = validate_segment(&read("00000001000000000000000A"), &expect("00000001000000000000000A"), None).unwrap();
+    assert_eq!((a.records, a.first_record, a.continues_into_next), (0, None, true));
 }
 
 /// The record that crosses from segment B into C is reassembled from both segments and its
 /// CRC checked when the previous segment is given; it is the record pg_waldump shows there.
 #[test]
 fn record_crossing_into_next_segment_is_verified_with_previous_segment() {
-    let theirs = waldump(
-        &fixture_dir(),
-        "00000001000000000000000B",
-        "00000001000000000000000C",
-    );
+    let theirs = waldump(&fixture_dir(), "00000001000000000000000B", "00000001000000000000000C");
     let c_start = Lsn::segment_start(0xC, SEG);
-    let crossing = theirs
-        .iter()
-        .rfind(|d| d.lsn < c_start)
-        .expect("record before C");
+    let crossing = theirs.iter().rfind(|d| d.lsn < c_start).expect("record before C");
     let b = read("00000001000000000000000B");
     let c = read("00000001000000000000000C");
     let with_prev = validate_segment(&c, &expect("00000001000000000000000C"), Some(&b)).unwrap();
-    assert_eq!(
-        with_prev.leading,
-        LeadingContinuation::Verified {
-            record: crossing.lsn
-        }
-    );
+    assert_eq!(with_prev.leading, LeadingContinuation::Verified { record: crossing.lsn });
     let alone = validate_segment(&c, &expect("00000001000000000000000C"), None).unwrap();
     assert!(matches!(alone.leading, LeadingContinuation::Unverified { bytes } if bytes > 0));
     let b_summary = validate_segment(&b, &expect("00000001000000000000000B"), None).unwrap();

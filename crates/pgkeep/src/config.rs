@@ -110,9 +110,9 @@ pub fn parse_rate(s: &str) -> Result<u64, ConfigError> {
         Some('g' | 'G') => (&t[..t.len() - 1], 1024 * 1024 * 1024),
         _ => (t, 1),
     };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| ConfigError::Invalid(format!("invalid rate {s:?}; hint: use bytes per second with K, M or G, e.g. 50M")))?;
+    let n: f64 = num.parse().map_err(|_| {
+        ConfigError::Invalid(format!("invalid rate {s:?}; hint: use bytes per second with K, M or G, e.g. 50M"))
+    })?;
     if n <= 0.0 {
         return Err(ConfigError::Invalid(format!("invalid rate {s:?}: must be positive")));
     }

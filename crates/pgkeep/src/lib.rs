@@ -42,13 +42,20 @@ pub struct Outcome {
 
 impl Outcome {
     fn new<T: serde::Serialize>(report: &T, text: String, ok: bool) -> Outcome {
-        Outcome { text, json: serde_json::to_value(report).unwrap_or(serde_json::Value::Null), ok, exit_code: if ok { 0 } else { 1 } }
+        Outcome {
+            text,
+            json: serde_json::to_value(report).unwrap_or(serde_json::Value::Null),
+            ok,
+            exit_code: if ok { 0 } else { 1 },
+        }
     }
 }
 
 /// The machine's host name (for lock files and backup markers).
 pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "localhost".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
 }
 
 /// Run one parsed command.

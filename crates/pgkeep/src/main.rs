@@ -51,7 +51,7 @@ fn run(cli: &Cli) -> Result<ExitCode, pgkeep::Error> {
     let outcome = pgkeep::run(cli, progress, rt.handle().clone())?;
     if cli.global.json {
         println!("{}", serde_json::to_string_pretty(&outcome.json).unwrap_or_default());
-    } else if !outcome.text.is_empty() && !(cli.global.quiet && outcome.ok) {
+    } else if !(outcome.text.is_empty() || cli.global.quiet && outcome.ok) {
         println!("{}", outcome.text);
     }
     // Let the connection tasks wind down without blocking on them.

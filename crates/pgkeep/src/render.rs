@@ -46,7 +46,9 @@ pub fn check(r: &CheckReport) -> String {
 
 pub fn push(r: &PushReport) -> String {
     match r.outcome {
-        PushOutcome::Stored => format!("archived {} ({} → {})", r.file, human_bytes(r.size), human_bytes(r.stored_size)),
+        PushOutcome::Stored => {
+            format!("archived {} ({} → {})", r.file, human_bytes(r.size), human_bytes(r.stored_size))
+        }
         PushOutcome::AlreadyArchived => format!("{} was already archived with identical content", r.file),
     }
 }
@@ -114,7 +116,9 @@ pub fn list(r: &[ListedBackup]) -> String {
         "id", "state", "tli", "start lsn", "stop lsn", "start (UTC)", "stop (UTC)", "size", "stored", "verified"
     );
     for b in r {
-        let t = |x: Option<chrono::DateTime<chrono::Utc>>| x.map(|d| d.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_else(|| "-".into());
+        let t = |x: Option<chrono::DateTime<chrono::Utc>>| {
+            x.map(|d| d.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_else(|| "-".into())
+        };
         let _ = writeln!(
             s,
             "{:<17} {:<10} {:>3} {:<12} {:<12} {:<20} {:<20} {:>10} {:>10}  {}",
@@ -142,6 +146,7 @@ pub fn demo(r: &DemoReport) -> String {
     for step in &r.steps {
         let _ = writeln!(s, "• {step}");
     }
-    let _ = write!(s, "{}", if r.ok { "demo passed: the restored rows match the source exactly" } else { "demo FAILED" });
+    let _ =
+        write!(s, "{}", if r.ok { "demo passed: the restored rows match the source exactly" } else { "demo FAILED" });
     s
 }

@@ -58,11 +58,7 @@ pub fn rmid_is_valid(rmid: u8, version: &PgVersion) -> bool {
 
 /// What a record means, for the kinds pgkeep acts on. Everything else is `Other`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[cfg_attr(
-    feature = "serde",
-    derive(serde::Serialize),
-    serde(tag = "kind", rename_all = "snake_case")
-)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize), serde(tag = "kind", rename_all = "snake_case"))]
 pub enum RecordKind {
     /// A transaction commit; `xid` is the top-level transaction.
     Commit {

@@ -65,10 +65,7 @@ pub struct xl_xact_parsed {
 /// Parses a commit (`is_commit`) or abort record's main data.
 pub fn parse_end_record(info: u8, data: &[u8], is_commit: bool) -> Option<xl_xact_parsed> {
     let mut c = Cursor::new(data);
-    let mut p = xl_xact_parsed {
-        xact_time: TimestampTz(c.i64()?),
-        ..Default::default()
-    };
+    let mut p = xl_xact_parsed { xact_time: TimestampTz(c.i64()?), ..Default::default() };
     if info & XLOG_XACT_HAS_INFO != 0 {
         p.xinfo = c.u32()?;
     }
@@ -110,20 +107,12 @@ pub(super) fn decode(
     _version: &PgVersion,
 ) -> Result<RecordKind, RmgrDataError> {
     let op = xl_info & XLOG_XACT_OPMASK;
-    let err = || RmgrDataError {
-        rmgr: "Transaction",
-        info: xl_info & 0xF0,
-        len: data.len(),
-    };
+    let err = || RmgrDataError { rmgr: "Transaction", info: xl_info & 0xF0, len: data.len() };
     Ok(match op {
         XLOG_XACT_COMMIT | XLOG_XACT_COMMIT_PREPARED => {
             let p = parse_end_record(xl_info, data, true).ok_or_else(err)?;
             if op == XLOG_XACT_COMMIT {
-                RecordKind::Commit {
-                    xid: xl_xid,
-                    commit_time: p.xact_time,
-                    subxacts: p.subxacts,
-                }
+                RecordKind::Commit { xid: xl_xid, commit_time: p.xact_time, subxacts: p.subxacts }
             } else {
                 RecordKind::CommitPrepared {
                     xid: p.twophase_xid.ok_or_else(err)?,
@@ -136,11 +125,7 @@ pub(super) fn decode(
         XLOG_XACT_ABORT | XLOG_XACT_ABORT_PREPARED => {
             let p = parse_end_record(xl_info, data, false).ok_or_else(err)?;
             if op == XLOG_XACT_ABORT {
-                RecordKind::Abort {
-                    xid: xl_xid,
-                    abort_time: p.xact_time,
-                    subxacts: p.subxacts,
-                }
+                RecordKind::Abort { xid: xl_xid, abort_time: p.xact_time, subxacts: p.subxacts }
             } else {
                 RecordKind::AbortPrepared {
                     xid: p.twophase_xid.ok_or_else(err)?,
@@ -151,10 +136,7 @@ pub(super) fn decode(
             }
         }
         XLOG_XACT_PREPARE => RecordKind::Prepare { xid: xl_xid },
-        _ => RecordKind::Other {
-            rmid: super::RM_XACT_ID,
-            info: xl_info & 0xF0,
-        },
+        _ => RecordKind::Other { rmid: super::RM_XACT_ID, info: xl_info & 0xF0 },
     })
 }
 

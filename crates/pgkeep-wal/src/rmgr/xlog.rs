@@ -109,16 +109,8 @@ impl CheckPoint {
     }
 }
 
-pub(super) fn decode(
-    info: u8,
-    data: &[u8],
-    version: &PgVersion,
-) -> Result<RecordKind, RmgrDataError> {
-    let err = || RmgrDataError {
-        rmgr: "XLOG",
-        info,
-        len: data.len(),
-    };
+pub(super) fn decode(info: u8, data: &[u8], version: &PgVersion) -> Result<RecordKind, RmgrDataError> {
+    let err = || RmgrDataError { rmgr: "XLOG", info, len: data.len() };
     Ok(match info {
         XLOG_CHECKPOINT_SHUTDOWN | XLOG_CHECKPOINT_ONLINE => {
             let cp = CheckPoint::parse(data, version.control_layout).ok_or_else(err)?;
@@ -135,10 +127,7 @@ pub(super) fn decode(
         // xl_restore_point { TimestampTz rp_time; char rp_name[MAXFNAMELEN]; }
         XLOG_RESTORE_POINT => {
             let name = data.get(8..8 + MAXFNAMELEN).ok_or_else(err)?;
-            RecordKind::RestorePoint {
-                name: c_string(name),
-                time: TimestampTz(i64_at(data, 0).ok_or_else(err)?),
-            }
+            RecordKind::RestorePoint { name: c_string(name), time: TimestampTz(i64_at(data, 0).ok_or_else(err)?) }
         }
         // xl_end_of_recovery { TimestampTz end_time; TimeLineID ThisTimeLineID, PrevTimeLineID; ... }
         XLOG_END_OF_RECOVERY => RecordKind::EndOfRecovery {
@@ -151,12 +140,7 @@ pub(super) fn decode(
             overwritten_lsn: Lsn(u64_at(data, 0).ok_or_else(err)?),
             time: TimestampTz(i64_at(data, 8).ok_or_else(err)?),
         },
-        XLOG_BACKUP_END => RecordKind::BackupEnd {
-            start: Lsn(u64_at(data, 0).ok_or_else(err)?),
-        },
-        _ => RecordKind::Other {
-            rmid: RM_XLOG_ID,
-            info,
-        },
+        XLOG_BACKUP_END => RecordKind::BackupEnd { start: Lsn(u64_at(data, 0).ok_or_else(err)?) },
+        _ => RecordKind::Other { rmid: RM_XLOG_ID, info },
     })
 }

@@ -13,8 +13,7 @@ pub fn fixture_dir() -> PathBuf {
 }
 
 pub fn read(name: &str) -> Vec<u8> {
-    std::fs::read(fixture_dir().join(name))
-        .unwrap_or_else(|e| panic!("reading fixture {name}: {e}"))
+    std::fs::read(fixture_dir().join(name)).unwrap_or_else(|e| panic!("reading fixture {name}: {e}"))
 }
 
 /// Every WAL file in the fixture directory with its parsed name, sorted.
@@ -48,9 +47,7 @@ pub fn expect(name: &str) -> SegmentExpectations {
 
 /// The system identifier of the fixture cluster, from pg_control.
 pub fn sysid() -> u64 {
-    pgkeep_wal::parse_pg_control(&read("pg_control"))
-        .expect("fixture pg_control")
-        .system_identifier
+    pgkeep_wal::parse_pg_control(&read("pg_control")).expect("fixture pg_control").system_identifier
 }
 
 /// Decodes the given files (consecutive segments of one timeline) with one decoder started
@@ -58,15 +55,11 @@ pub fn sysid() -> u64 {
 pub fn decode_files(names: &[&str]) -> Vec<pgkeep_wal::DecodedRecord> {
     let first = names.first().expect("at least one file");
     let e = expect(first);
-    let mut dec = pgkeep_wal::WalDecoder::new(pgkeep_wal::Lsn::segment_start(e.segno, SEG), SEG)
-        .expect("decoder");
+    let mut dec = pgkeep_wal::WalDecoder::new(pgkeep_wal::Lsn::segment_start(e.segno, SEG), SEG).expect("decoder");
     let mut out = Vec::new();
     for n in names {
         dec.feed(&read(n));
-        while let Some(r) = dec
-            .next_record()
-            .unwrap_or_else(|e| panic!("decoding {names:?}: {e}"))
-        {
+        while let Some(r) = dec.next_record().unwrap_or_else(|e| panic!("decoding {names:?}: {e}")) {
             out.push(r);
         }
     }
@@ -75,11 +68,7 @@ pub fn decode_files(names: &[&str]) -> Vec<pgkeep_wal::DecodedRecord> {
 
 /// Names of the full segments of timeline `tli`, in order.
 pub fn timeline_segments(tli: u32) -> Vec<String> {
-    segments()
-        .into_iter()
-        .filter(|(_, t, _)| *t == tli)
-        .map(|(n, _, _)| n)
-        .collect()
+    segments().into_iter().filter(|(_, t, _)| *t == tli).map(|(n, _, _)| n).collect()
 }
 
 /// Writes a synthetic segment the way PostgreSQL lays records out: MAXALIGNed starts,
@@ -99,14 +88,7 @@ pub const BLCKSZ: u64 = 8192;
 impl SegBuilder {
     pub fn new(segno: u64, sysid: u64, tli: u32) -> SegBuilder {
         let start = segno * SEG as u64;
-        let mut b = SegBuilder {
-            start,
-            data: vec![0; SEG as usize],
-            pos: start,
-            prev: 0,
-            tli,
-            sysid,
-        };
+        let mut b = SegBuilder { start, data: vec![0; SEG as usize], pos: start, prev: 0, tli, sysid };
         b.page_header(start, 0, 0);
         b.pos = start + 40;
         b
@@ -138,11 +120,7 @@ impl SegBuilder {
                 at += 24;
             }
             let page_end = (at / BLCKSZ + 1) * BLCKSZ;
-            let gap = if lsn < page_end {
-                lsn - at
-            } else {
-                page_end - at
-            };
+            let gap = if lsn < page_end { lsn - at } else { page_end - at };
             assert!(gap >= 32, "cannot place a filler of {gap} bytes at {at:X}");
             let n = if gap - 26 < 256 { gap - 26 } else { gap - 29 } as usize;
             self.data_record(n);

@@ -40,7 +40,8 @@ pub fn push(repo: &Repository, path: &Path) -> crate::Result<PushReport> {
     let info = repo.info();
     let seg_size = info.wal_segment_size;
     let kind = parse_wal_file_name(&name, seg_size).ok_or_else(|| ArchiveError::UnknownName { name: name.clone() })?;
-    let data = std::fs::read(path).map_err(|e| ArchiveError::Read { path: path.display().to_string(), detail: e.to_string() })?;
+    let data = std::fs::read(path)
+        .map_err(|e| ArchiveError::Read { path: path.display().to_string(), detail: e.to_string() })?;
     validate(repo, &name, kind, &data)?;
 
     let key = layout::wal_key(&name);
@@ -75,7 +76,9 @@ pub fn push(repo: &Repository, path: &Path) -> crate::Result<PushReport> {
 fn stored_sha(repo: &Repository, key: &str, name: &str) -> crate::Result<Option<[u8; 32]>> {
     let Some(head) = repo.storage().head(key)? else { return Ok(None) };
     if head.size < frame::FRAME_OVERHEAD {
-        return Err(ArchiveError::Damaged { name: name.to_string(), detail: "stored object is truncated".into() }.into());
+        return Err(
+            ArchiveError::Damaged { name: name.to_string(), detail: "stored object is truncated".into() }.into()
+        );
     }
     let tail = repo.storage().get_range(key, head.size - frame::TRAILER_LEN as u64..head.size)?;
     let t = frame::parse_trailer(&tail, &format!("archived {name}"))?;
@@ -84,8 +87,10 @@ fn stored_sha(repo: &Repository, key: &str, name: &str) -> crate::Result<Option<
 
 fn validate(repo: &Repository, name: &str, kind: WalFileName, data: &[u8]) -> crate::Result<()> {
     let info = repo.info();
-    let invalid = |detail: String, hint: &str| ArchiveError::Invalid { name: name.to_string(), detail, hint: hint.to_string() };
-    const DAMAGED_HINT: &str = "the file is damaged or truncated; keep it for investigation and check the server's storage";
+    let invalid =
+        |detail: String, hint: &str| ArchiveError::Invalid { name: name.to_string(), detail, hint: hint.to_string() };
+    const DAMAGED_HINT: &str =
+        "the file is damaged or truncated; keep it for investigation and check the server's storage";
     match kind {
         WalFileName::Segment { tli, segno } | WalFileName::Partial { tli, segno } => {
             let expect = SegmentExpectations {
@@ -112,13 +117,17 @@ fn validate(repo: &Repository, name: &str, kind: WalFileName, data: &[u8]) -> cr
             }
         }
         WalFileName::History { .. } => {
-            let text = std::str::from_utf8(data).map_err(|_| invalid("history file is not text".into(), DAMAGED_HINT))?;
+            let text =
+                std::str::from_utf8(data).map_err(|_| invalid("history file is not text".into(), DAMAGED_HINT))?;
             pgkeep_wal::parse_timeline_history(text).map_err(|e| invalid(e.to_string(), DAMAGED_HINT))?;
         }
         WalFileName::BackupHistory { .. } => {
-            let text = std::str::from_utf8(data).map_err(|_| invalid("backup history file is not text".into(), DAMAGED_HINT))?;
+            let text = std::str::from_utf8(data)
+                .map_err(|_| invalid("backup history file is not text".into(), DAMAGED_HINT))?;
             if !text.starts_with("START WAL LOCATION:") {
-                return Err(invalid("backup history file does not start with START WAL LOCATION".into(), DAMAGED_HINT).into());
+                return Err(
+                    invalid("backup history file does not start with START WAL LOCATION".into(), DAMAGED_HINT).into()
+                );
             }
         }
     }

@@ -12,8 +12,8 @@ use super::throttle::Throttle;
 use super::BackupError;
 use crate::progress::Progress;
 use crate::repo::frame::{Compression, FrameWriter};
-use crate::repo::storage::{ObjectWriter, Storage};
 use crate::repo::layout;
+use crate::repo::storage::{ObjectWriter, Storage};
 
 /// Files at or below this size go into bundles.
 pub const BUNDLE_FILE_LIMIT: u64 = 4 * 1024 * 1024;
@@ -142,7 +142,14 @@ fn worker(shared: &Shared<'_>) -> crate::Result<()> {
     res
 }
 
-fn record(out: &mut CopyOutcome, task: &FileTask, stored: Option<(u64, [u8; 32])>, object: String, offset: u64, length: u64) {
+fn record(
+    out: &mut CopyOutcome,
+    task: &FileTask,
+    stored: Option<(u64, [u8; 32])>,
+    object: String,
+    offset: u64,
+    length: u64,
+) {
     match stored {
         Some((size, sha256)) => out.files.push(StoredFile {
             rel: task.rel.clone(),

@@ -13,7 +13,9 @@ pub use run::{run, BackupOptions, BackupReport};
 pub enum BackupError {
     #[error("WAL archiving is not set up on the server ({detail}); a backup without its WAL cannot be restored; hint: set archive_mode = on and archive_command = 'pgkeep archive-push %p' (with --repo or PGKEEP_REPO), restart, then run `pgkeep check`")]
     ArchivingOff { detail: String },
-    #[error("wal_level is {level}; a backup needs replica or logical; hint: set wal_level = replica and restart the server")]
+    #[error(
+        "wal_level is {level}; a backup needs replica or logical; hint: set wal_level = replica and restart the server"
+    )]
     WalLevel { level: String },
     #[error("the server is in recovery (a standby); backups from standbys are not supported yet; hint: run pgkeep backup against the primary")]
     Standby,

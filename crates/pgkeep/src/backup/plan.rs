@@ -35,7 +35,8 @@ impl BackupPlan {
         for e in scan.entries {
             match e.kind {
                 Kind::File => {
-                    let t = FileTask { rel: e.rel.clone(), abs: e.abs.clone(), size: e.size, mode: e.mode, mtime: e.mtime };
+                    let t =
+                        FileTask { rel: e.rel.clone(), abs: e.abs.clone(), size: e.size, mode: e.mode, mtime: e.mtime };
                     if e.rel == "global/pg_control" {
                         pg_control = Some(t);
                     } else {
@@ -50,6 +51,13 @@ impl BackupPlan {
         })?;
         files.sort_by(|a, b| b.size.cmp(&a.size).then_with(|| a.rel.cmp(&b.rel)));
         let total_bytes = files.iter().map(|f| f.size).sum::<u64>() + pg_control.size;
-        Ok(BackupPlan { pgdata: pgdata.to_path_buf(), structure, files, pg_control, tablespaces: scan.tablespaces, total_bytes })
+        Ok(BackupPlan {
+            pgdata: pgdata.to_path_buf(),
+            structure,
+            files,
+            pg_control,
+            tablespaces: scan.tablespaces,
+            total_bytes,
+        })
     }
 }

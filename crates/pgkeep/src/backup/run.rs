@@ -129,11 +129,10 @@ fn resolve_pgdata(given: Option<&Path>, server: &ServerInfo, conn: &ConnParams) 
     let pgdata = match (given, &server.data_directory) {
         (Some(p), _) => p.to_path_buf(),
         (None, Some(d)) => PathBuf::from(d),
-        (None, None) => {
-            return Err(BackupError::Other(
-                "the data directory is unknown (the role cannot read data_directory); hint: pass --pgdata or set PGDATA".into(),
-            ))
-        }
+        (None, None) => return Err(BackupError::Other(
+            "the data directory is unknown (the role cannot read data_directory); hint: pass --pgdata or set PGDATA"
+                .into(),
+        )),
     };
     let control = pgdata.join("global/pg_control");
     let bytes = std::fs::read(&control)
@@ -181,7 +180,8 @@ fn take(
     progress.finish_phase();
 
     // From here on, returning early drops `session`, which ends the server-side backup.
-    let plan = BackupPlan::build(pgdata).map_err(|e| BackupError::Read { path: pgdata.display().to_string(), detail: e.to_string() })?;
+    let plan = BackupPlan::build(pgdata)
+        .map_err(|e| BackupError::Read { path: pgdata.display().to_string(), detail: e.to_string() })?;
     let throttle = opts.max_rate.map(Throttle::new);
     let compression = Compression::Zstd(opts.compress_level);
     let params = CopyParams {
@@ -198,8 +198,10 @@ fn take(
     let control_key = layout::data_key(backup_id, "pg_control");
     let mut w = repo.storage().create_writer(&control_key)?;
     let mut buf = vec![0u8; 64 * 1024];
-    let (size, sha256) = store_file(&plan.pg_control, &mut w, &params, &mut buf)?
-        .ok_or_else(|| BackupError::Read { path: plan.pg_control.abs.display().to_string(), detail: "vanished".into() })?;
+    let (size, sha256) = store_file(&plan.pg_control, &mut w, &params, &mut buf)?.ok_or_else(|| BackupError::Read {
+        path: plan.pg_control.abs.display().to_string(),
+        detail: "vanished".into(),
+    })?;
     let length = w.written();
     let stored = w.finish()?;
     outcome.objects.push(("pg_control".into(), stored));
@@ -239,10 +241,8 @@ fn take(
     confirm_wal(repo, backup_id, timeline, start_segno, stop_segno, seg, opts.archive_timeout)?;
     progress.finish_phase();
 
-    let tablespaces: Vec<Tablespace> = tablespaces_sql
-        .into_iter()
-        .map(|(oid, name, location)| Tablespace { oid, name, location })
-        .collect();
+    let tablespaces: Vec<Tablespace> =
+        tablespaces_sql.into_iter().map(|(oid, name, location)| Tablespace { oid, name, location }).collect();
     let manifest = build_manifest(ManifestParts {
         id: backup_id,
         label: &label,
@@ -305,12 +305,17 @@ pub fn confirm_wal(
                 break;
             }
             if Instant::now() > deadline {
-                return Err(BackupError::WalMissing { id: backup_id.into(), segment: name, secs: timeout.as_secs() }.into());
+                return Err(
+                    BackupError::WalMissing { id: backup_id.into(), segment: name, secs: timeout.as_secs() }.into()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        repo.get_framed(&key)
-            .map_err(|e| BackupError::WalDamaged { id: backup_id.into(), segment: name.clone(), detail: e.to_string() })?;
+        repo.get_framed(&key).map_err(|e| BackupError::WalDamaged {
+            id: backup_id.into(),
+            segment: name.clone(),
+            detail: e.to_string(),
+        })?;
     }
     Ok(())
 }

@@ -53,14 +53,22 @@ pub fn check(
             c
         }
         Err(e) => {
-            items.fail("connection", e.to_string(), "fix the connection settings (PGHOST, PGPORT, PGUSER or --pg), then run check again");
+            items.fail(
+                "connection",
+                e.to_string(),
+                "fix the connection settings (PGHOST, PGPORT, PGUSER or --pg), then run check again",
+            );
             return items.done();
         }
     };
     let server = match rt.block_on(ServerInfo::read(&client)) {
         Ok(s) => s,
         Err(e) => {
-            items.fail("server settings", e.to_string(), "connect as a superuser or a role with pg_read_all_settings and EXECUTE on pg_control_system()");
+            items.fail(
+                "server settings",
+                e.to_string(),
+                "connect as a superuser or a role with pg_read_all_settings and EXECUTE on pg_control_system()",
+            );
             return items.done();
         }
     };
@@ -68,35 +76,55 @@ pub fn check(
     if server.wal_level == "replica" || server.wal_level == "logical" {
         items.pass("wal_level", &server.wal_level);
     } else {
-        items.fail("wal_level", format!("wal_level = {}", server.wal_level), "set wal_level = replica in postgresql.conf and restart the server");
+        items.fail(
+            "wal_level",
+            format!("wal_level = {}", server.wal_level),
+            "set wal_level = replica in postgresql.conf and restart the server",
+        );
     }
     if server.archive_mode == "on" || server.archive_mode == "always" {
         items.pass("archive_mode", &server.archive_mode);
     } else {
-        items.fail("archive_mode", format!("archive_mode = {}", server.archive_mode), "set archive_mode = on in postgresql.conf and restart the server");
+        items.fail(
+            "archive_mode",
+            format!("archive_mode = {}", server.archive_mode),
+            "set archive_mode = on in postgresql.conf and restart the server",
+        );
     }
     let cmd = server.archive_command.clone().unwrap_or_default();
     if server.archive_library.is_some() {
         items.fail(
             "archive_command",
-            format!("archive_library = {} is set, so archive_command is ignored", server.archive_library.clone().unwrap_or_default()),
+            format!(
+                "archive_library = {} is set, so archive_command is ignored",
+                server.archive_library.clone().unwrap_or_default()
+            ),
             "unset archive_library and set archive_command = 'pgkeep archive-push %p'",
         );
     } else if cmd.contains("pgkeep") && cmd.contains("archive-push") && cmd.contains("%p") {
         items.pass("archive_command", &cmd);
     } else if server.archive_command.is_none() {
-        items.fail("archive_command", "cannot read archive_command (insufficient privilege)", "run check as a superuser or grant pg_read_all_settings");
+        items.fail(
+            "archive_command",
+            "cannot read archive_command (insufficient privilege)",
+            "run check as a superuser or grant pg_read_all_settings",
+        );
     } else {
         items.fail(
             "archive_command",
             format!("archive_command = '{cmd}' does not call pgkeep archive-push"),
-            format!("set archive_command = 'pgkeep --repo {location} archive-push %p' and reload (SELECT pg_reload_conf())"),
+            format!(
+                "set archive_command = 'pgkeep --repo {location} archive-push %p' and reload (SELECT pg_reload_conf())"
+            ),
         );
     }
 
     if let Some(p) = pgdata {
         match std::fs::read(p.join("global/pg_control")) {
-            Ok(b) if b.len() >= 8 && u64::from_le_bytes(b[..8].try_into().expect("8 bytes")) == server.system_identifier => {
+            Ok(b)
+                if b.len() >= 8
+                    && u64::from_le_bytes(b[..8].try_into().expect("8 bytes")) == server.system_identifier =>
+            {
                 items.pass("data directory", p.display().to_string())
             }
             Ok(_) => items.fail(
@@ -104,7 +132,11 @@ pub fn check(
                 format!("{} belongs to another cluster than the server", p.display()),
                 "point --pgdata / PGDATA at the data directory of the server you connect to",
             ),
-            Err(e) => items.fail("data directory", format!("{}: {e}", p.display()), "run pgkeep as the data directory's owner, or fix --pgdata / PGDATA"),
+            Err(e) => items.fail(
+                "data directory",
+                format!("{}: {e}", p.display()),
+                "run pgkeep as the data directory's owner, or fix --pgdata / PGDATA",
+            ),
         }
     }
 
@@ -123,9 +155,17 @@ pub fn check(
         }
     }
     let probe = format!("check/probe-{}", std::process::id());
-    match repo.storage().put(&probe, bytes::Bytes::from_static(b"pgkeep check")).and_then(|_| repo.storage().delete(&probe)) {
+    match repo
+        .storage()
+        .put(&probe, bytes::Bytes::from_static(b"pgkeep check"))
+        .and_then(|_| repo.storage().delete(&probe))
+    {
         Ok(()) => items.pass("repository writable", "wrote and removed a probe object"),
-        Err(e) => items.fail("repository writable", e.to_string(), "make the repository writable by this user and by the server's OS user"),
+        Err(e) => items.fail(
+            "repository writable",
+            e.to_string(),
+            "make the repository writable by this user and by the server's OS user",
+        ),
     }
 
     // The round trip: force a segment switch and watch it arrive.
@@ -141,7 +181,10 @@ pub fn check(
             loop {
                 match repo.storage().head(&key) {
                     Ok(Some(_)) => {
-                        items.pass("archive round trip", format!("{segment} arrived in {:.1}s", started.elapsed().as_secs_f64()));
+                        items.pass(
+                            "archive round trip",
+                            format!("{segment} arrived in {:.1}s", started.elapsed().as_secs_f64()),
+                        );
                         break;
                     }
                     Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
@@ -166,7 +209,11 @@ pub fn check(
             }
         }
         Ok(None) => items.fail("archive round trip", "pg_switch_wal returned nothing", "check the server"),
-        Err(e) => items.fail("archive round trip", e.to_string(), "connect as a role allowed to run pg_switch_wal() (superuser or granted EXECUTE)"),
+        Err(e) => items.fail(
+            "archive round trip",
+            e.to_string(),
+            "connect as a role allowed to run pg_switch_wal() (superuser or granted EXECUTE)",
+        ),
     }
     items.done()
 }

@@ -75,7 +75,14 @@ pub fn demo(args: &DemoArgs, progress: Arc<dyn Progress>, rt: tokio::runtime::Ha
     let loc = RepoLocation::Local(repo_dir.clone());
     let init_report = init::init(&loc, Some(&conn), Some(&src_data), rt.clone())?;
     let repo = Repository::open(&loc, rt.clone())?;
-    note(format!("initialized repository {} for system identifier {}", repo_dir.display(), init_report.system_identifier), &mut steps);
+    note(
+        format!(
+            "initialized repository {} for system identifier {}",
+            repo_dir.display(),
+            init_report.system_identifier
+        ),
+        &mut steps,
+    );
 
     let client = rt.block_on(conn.connect())?;
     rt.block_on(client.simple(
@@ -93,7 +100,10 @@ pub fn demo(args: &DemoArgs, progress: Arc<dyn Progress>, rt: tokio::runtime::Ha
         rt.spawn(async move {
             let c = conn.connect().await?;
             while !stop.load(Ordering::Relaxed) {
-                c.simple("INSERT INTO orders (amount, note) VALUES (round((random() * 100)::numeric, 1), 'during backup')").await?;
+                c.simple(
+                    "INSERT INTO orders (amount, note) VALUES (round((random() * 100)::numeric, 1), 'during backup')",
+                )
+                .await?;
                 committed.fetch_add(1, Ordering::Relaxed);
             }
             Ok::<_, crate::pg::PgError>(())
@@ -108,7 +118,13 @@ pub fn demo(args: &DemoArgs, progress: Arc<dyn Progress>, rt: tokio::runtime::Ha
         compress_level: 1,
         fast_checkpoint: true,
     };
-    let b = backup::run(backup::run::BackupInputs { repo: &repo, conn: &conn, pgdata: Some(&src_data), options: &opts, progress: progress.clone() })?;
+    let b = backup::run(backup::run::BackupInputs {
+        repo: &repo,
+        conn: &conn,
+        pgdata: Some(&src_data),
+        options: &opts,
+        progress: progress.clone(),
+    })?;
     let remaining = Duration::from_secs(args.load_seconds).saturating_sub(load_started.elapsed());
     std::thread::sleep(remaining);
     stop.store(true, Ordering::Relaxed);
@@ -146,7 +162,15 @@ pub fn demo(args: &DemoArgs, progress: Arc<dyn Progress>, rt: tokio::runtime::Ha
     };
     let plan = restore::RestorePlan::build(&repo, &ropts)?;
     let r = plan.run(&repo, progress.clone())?;
-    note(format!("restored backup {} into {} with recovery_target_time = '{}'", r.backup, r.pgdata, restore::target::pg_timestamp(&target_time)), &mut steps);
+    note(
+        format!(
+            "restored backup {} into {} with recovery_target_time = '{}'",
+            r.backup,
+            r.pgdata,
+            restore::target::pg_timestamp(&target_time)
+        ),
+        &mut steps,
+    );
 
     if fsutil::running_as_root() {
         fsutil::chown_tree(&restored_data, owner.uid, owner.gid).map_err(err)?;
@@ -158,8 +182,12 @@ pub fn demo(args: &DemoArgs, progress: Arc<dyn Progress>, rt: tokio::runtime::Ha
     let dclient = rt.block_on(dconn.connect())?;
     wait_promoted(&rt, &dclient, Duration::from_secs(300))?;
     let (restored_rows, restored_sum) = counts(&rt, &dclient)?;
-    let before = rt.block_on(dclient.scalar("SELECT count(*) FROM orders WHERE note = 'marker: before target'"))?.unwrap_or_default();
-    let after = rt.block_on(dclient.scalar("SELECT count(*) FROM orders WHERE note = 'marker: after target'"))?.unwrap_or_default();
+    let before = rt
+        .block_on(dclient.scalar("SELECT count(*) FROM orders WHERE note = 'marker: before target'"))?
+        .unwrap_or_default();
+    let after = rt
+        .block_on(dclient.scalar("SELECT count(*) FROM orders WHERE note = 'marker: after target'"))?
+        .unwrap_or_default();
     let ok = restored_rows == expected_rows && restored_sum == expected_sum && before == "1" && after == "0";
     note(
         format!(
@@ -224,4 +252,3 @@ pub fn wait_promoted(rt: &tokio::runtime::Handle, c: &PgClient, timeout: Duratio
         std::thread::sleep(Duration::from_millis(100));
     }
 }
-

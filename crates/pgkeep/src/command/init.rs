@@ -62,9 +62,19 @@ pub fn init(
                     s.system_identifier
                 )));
             }
-            ClusterFacts { system_identifier: s.system_identifier, pg_major: s.major, pg_version_num: s.version_num, wal_segment_size: s.wal_segment_size }
+            ClusterFacts {
+                system_identifier: s.system_identifier,
+                pg_major: s.major,
+                pg_version_num: s.version_num,
+                wal_segment_size: s.wal_segment_size,
+            }
         }
-        (Some(s), None) => ClusterFacts { system_identifier: s.system_identifier, pg_major: s.major, pg_version_num: s.version_num, wal_segment_size: s.wal_segment_size },
+        (Some(s), None) => ClusterFacts {
+            system_identifier: s.system_identifier,
+            pg_major: s.major,
+            pg_version_num: s.version_num,
+            wal_segment_size: s.wal_segment_size,
+        },
         (None, Some(d)) => ClusterFacts { ..*d },
         (None, None) => return Err(crate::config::ConfigError::NoPgdata.into()),
     };
@@ -77,7 +87,8 @@ pub fn init(
         if fsutil::running_as_root() {
             if let Some(u) = crate::pg::OsUser::owner_of(p) {
                 if u.uid != 0 {
-                    fsutil::chown_tree(root, u.uid, u.gid).map_err(|e| Error::other(format!("cannot give {} to {}: {e}", root.display(), u.name)))?;
+                    fsutil::chown_tree(root, u.uid, u.gid)
+                        .map_err(|e| Error::other(format!("cannot give {} to {}: {e}", root.display(), u.name)))?;
                     owner = Some(u.name);
                 }
             }
@@ -126,16 +137,23 @@ fn same_cluster(location: &RepoLocation, existing: &RepoInfo, new: &RepoInfo) ->
         .into());
     }
     if existing.pg_major != new.pg_major {
-        return Err(RepoError::MajorMismatch { location: location.to_string(), repo: existing.pg_major, cluster: new.pg_major }.into());
+        return Err(RepoError::MajorMismatch {
+            location: location.to_string(),
+            repo: existing.pg_major,
+            cluster: new.pg_major,
+        }
+        .into());
     }
     Ok(())
 }
 
 fn read_pgdata(pgdata: &Path) -> crate::Result<ClusterFacts> {
     let control_path = pgdata.join("global/pg_control");
-    let bytes = std::fs::read(&control_path)
-        .map_err(|e| Error::other(format!("cannot read {}: {e}; hint: check --pgdata / PGDATA", control_path.display())))?;
-    let control = pgkeep_wal::parse_pg_control(&bytes).map_err(|e| Error::other(format!("{}: {e}", control_path.display())))?;
+    let bytes = std::fs::read(&control_path).map_err(|e| {
+        Error::other(format!("cannot read {}: {e}; hint: check --pgdata / PGDATA", control_path.display()))
+    })?;
+    let control =
+        pgkeep_wal::parse_pg_control(&bytes).map_err(|e| Error::other(format!("{}: {e}", control_path.display())))?;
     let version = std::fs::read_to_string(pgdata.join("PG_VERSION")).unwrap_or_default();
     let pg_major: u32 = version.trim().parse().unwrap_or(0);
     Ok(ClusterFacts {

@@ -30,7 +30,9 @@ impl ConnParams {
     /// Resolve connection parameters from a conninfo string (optional) and the environment.
     pub fn resolve(conninfo: Option<&str>) -> Result<ConnParams, PgError> {
         let mut cfg: Config = match conninfo {
-            Some(s) if !s.trim().is_empty() => s.parse().map_err(|e: tokio_postgres::Error| PgError::BadConninfo(describe(&e)))?,
+            Some(s) if !s.trim().is_empty() => {
+                s.parse().map_err(|e: tokio_postgres::Error| PgError::BadConninfo(describe(&e)))?
+            }
             _ => Config::new(),
         };
         if cfg.get_hosts().is_empty() {
@@ -41,11 +43,7 @@ impl ConnParams {
                     }
                 }
                 None => {
-                    let dir = DEFAULT_SOCKET_DIRS
-                        .iter()
-                        .find(|d| Path::new(d).is_dir())
-                        .copied()
-                        .unwrap_or("/tmp");
+                    let dir = DEFAULT_SOCKET_DIRS.iter().find(|d| Path::new(d).is_dir()).copied().unwrap_or("/tmp");
                     cfg.host_path(dir);
                 }
             }

@@ -9,13 +9,13 @@ use std::path::{Path, PathBuf};
 
 /// Directories kept (empty) but whose contents are skipped: recreated or reset at start-up.
 pub const EXCLUDE_DIR_CONTENTS: &[&str] = &[
-    "pg_stat_tmp", // statistics temp files (PG_STAT_TMP_DIR)
-    "pg_replslot", // slots are not valid on a restored copy
-    "pg_dynshmem", // removed at start-up (dsm_cleanup_for_mmap)
-    "pg_notify",   // removed at start-up (AsyncShmemInit)
-    "pg_serial",   // only for debugging after restart (SerialInit)
+    "pg_stat_tmp",  // statistics temp files (PG_STAT_TMP_DIR)
+    "pg_replslot",  // slots are not valid on a restored copy
+    "pg_dynshmem",  // removed at start-up (dsm_cleanup_for_mmap)
+    "pg_notify",    // removed at start-up (AsyncShmemInit)
+    "pg_serial",    // only for debugging after restart (SerialInit)
     "pg_snapshots", // removed at start-up (DeleteAllExportedSnapshotFiles)
-    "pg_subtrans", // zeroed at start-up (StartupSUBTRANS)
+    "pg_subtrans",  // zeroed at start-up (StartupSUBTRANS)
 ];
 
 /// Files never copied, by exact name anywhere in PGDATA's top level.
@@ -69,7 +69,10 @@ pub struct Scan {
 
 /// Walk PGDATA (and the tablespaces linked from pg_tblspc) applying the skip rules.
 pub fn scan(pgdata: &Path) -> io::Result<Scan> {
-    let mut scan = Scan { wal_dir: fs::canonicalize(pgdata.join("pg_wal")).unwrap_or_else(|_| pgdata.join("pg_wal")), ..Default::default() };
+    let mut scan = Scan {
+        wal_dir: fs::canonicalize(pgdata.join("pg_wal")).unwrap_or_else(|_| pgdata.join("pg_wal")),
+        ..Default::default()
+    };
     walk_dir(pgdata, "", 0, &mut scan)?;
     Ok(scan)
 }
@@ -96,10 +99,7 @@ fn join_rel(parent: &str, name: &str) -> String {
 
 fn walk_dir(dir: &Path, rel: &str, depth: usize, scan: &mut Scan) -> io::Result<()> {
     let mut names: Vec<(String, PathBuf)> = match fs::read_dir(dir) {
-        Ok(rd) => rd
-            .filter_map(|e| e.ok())
-            .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
-            .collect(),
+        Ok(rd) => rd.filter_map(|e| e.ok()).map(|e| (e.file_name().to_string_lossy().into_owned(), e.path())).collect(),
         // A directory dropped while we walk (e.g. DROP DATABASE) is simply gone; WAL replay agrees.
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
@@ -198,7 +198,9 @@ fn relfilenode_of(name: &str) -> Option<u64> {
     let rest_ok = rest.is_empty()
         || matches!(rest, "_fsm" | "_vm" | "_init")
         || (rest.starts_with('.') && rest.len() > 1 && rest[1..].bytes().all(|b| b.is_ascii_digit()))
-        || ["_fsm.", "_vm.", "_init."].iter().any(|p| rest.starts_with(p) && rest[p.len()..].bytes().all(|b| b.is_ascii_digit()));
+        || ["_fsm.", "_vm.", "_init."]
+            .iter()
+            .any(|p| rest.starts_with(p) && rest[p.len()..].bytes().all(|b| b.is_ascii_digit()));
     if !rest_ok {
         return None;
     }
@@ -207,11 +209,7 @@ fn relfilenode_of(name: &str) -> Option<u64> {
 
 /// Relations with an init fork are unlogged: only the init fork is copied (reset on start-up).
 fn unlogged_relfilenodes(names: &[(String, PathBuf)]) -> std::collections::HashSet<u64> {
-    names
-        .iter()
-        .filter_map(|(n, _)| n.strip_suffix("_init"))
-        .filter_map(|n| n.parse::<u64>().ok())
-        .collect()
+    names.iter().filter_map(|(n, _)| n.strip_suffix("_init")).filter_map(|n| n.parse::<u64>().ok()).collect()
 }
 
 #[cfg(test)]
@@ -235,26 +233,57 @@ mod tests {
     fn skip_rules_on_a_fake_datadir() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path();
-        for dir in ["base/5", "global", "pg_wal/archive_status", "pg_replslot/slot1", "pg_stat_tmp", "base/5/pgsql_tmp"] {
+        for dir in ["base/5", "global", "pg_wal/archive_status", "pg_replslot/slot1", "pg_stat_tmp", "base/5/pgsql_tmp"]
+        {
             fs::create_dir_all(p.join(dir)).unwrap();
         }
         for f in [
-            "PG_VERSION", "postmaster.pid", "postmaster.opts", "backup_label", "global/pg_control",
-            "global/pg_internal.init", "base/5/1259", "base/5/16400", "base/5/16400_fsm", "base/5/16400_init",
-            "base/5/16400.1", "base/5/t3_16500", "pg_wal/000000010000000000000001", "pg_replslot/slot1/state",
-            "pg_stat_tmp/x", "base/5/pgsql_tmp/pgsql_tmp1.0",
+            "PG_VERSION",
+            "postmaster.pid",
+            "postmaster.opts",
+            "backup_label",
+            "global/pg_control",
+            "global/pg_internal.init",
+            "base/5/1259",
+            "base/5/16400",
+            "base/5/16400_fsm",
+            "base/5/16400_init",
+            "base/5/16400.1",
+            "base/5/t3_16500",
+            "pg_wal/000000010000000000000001",
+            "pg_replslot/slot1/state",
+            "pg_stat_tmp/x",
+            "base/5/pgsql_tmp/pgsql_tmp1.0",
         ] {
             fs::write(p.join(f), b"x").unwrap();
         }
         let s = scan(p).unwrap();
         let rels: Vec<&str> = s.entries.iter().map(|e| e.rel.as_str()).collect();
-        for must in ["PG_VERSION", "global/pg_control", "base/5/1259", "base/5/16400_init", "pg_wal", "pg_wal/archive_status", "pg_replslot", "pg_stat_tmp"] {
+        for must in [
+            "PG_VERSION",
+            "global/pg_control",
+            "base/5/1259",
+            "base/5/16400_init",
+            "pg_wal",
+            "pg_wal/archive_status",
+            "pg_replslot",
+            "pg_stat_tmp",
+        ] {
             assert!(rels.contains(&must), "{must} missing from {rels:?}");
         }
         for never in [
-            "postmaster.pid", "postmaster.opts", "backup_label", "global/pg_internal.init", "base/5/16400",
-            "base/5/16400_fsm", "base/5/16400.1", "base/5/t3_16500", "pg_wal/000000010000000000000001",
-            "pg_replslot/slot1", "pg_stat_tmp/x", "base/5/pgsql_tmp",
+            "postmaster.pid",
+            "postmaster.opts",
+            "backup_label",
+            "global/pg_internal.init",
+            "base/5/16400",
+            "base/5/16400_fsm",
+            "base/5/16400.1",
+            "base/5/t3_16500",
+            "pg_wal/000000010000000000000001",
+            "pg_replslot/slot1",
+            "pg_stat_tmp/x",
+            "base/5/pgsql_tmp",
         ] {
             assert!(!rels.contains(&never), "{never} must be skipped");
         }

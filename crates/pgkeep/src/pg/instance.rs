@@ -186,9 +186,9 @@ impl PgBin {
             .output()
             .map_err(|e| InstanceError::Spawn { tool: "postgres --version".into(), detail: e.to_string() })?;
         let text = String::from_utf8_lossy(&out.stdout);
-        text.split_whitespace()
-            .find_map(|w| w.split('.').next().and_then(|m| m.parse::<u32>().ok()))
-            .ok_or_else(|| InstanceError::Spawn { tool: "postgres --version".into(), detail: format!("unexpected output {text:?}") })
+        text.split_whitespace().find_map(|w| w.split('.').next().and_then(|m| m.parse::<u32>().ok())).ok_or_else(|| {
+            InstanceError::Spawn { tool: "postgres --version".into(), detail: format!("unexpected output {text:?}") }
+        })
     }
 }
 
@@ -457,8 +457,5 @@ impl Drop for Instance {
 /// A TCP port that was free a moment ago (used to name the instance's Unix socket and keep
 /// its shared memory key distinct).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(54329)
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(54329)
 }

@@ -31,7 +31,12 @@ pub struct BackupSession {
 
 impl BackupSession {
     /// Start a non-exclusive backup on `client`, which the session then owns.
-    pub async fn start(client: PgClient, major: u32, label: &str, fast: bool) -> Result<(BackupSession, StartPoint), PgError> {
+    pub async fn start(
+        client: PgClient,
+        major: u32,
+        label: &str,
+        fast: bool,
+    ) -> Result<(BackupSession, StartPoint), PgError> {
         let row = client
             .client
             .query_one(backup_start_sql(major), &[&label, &fast])
@@ -39,7 +44,9 @@ impl BackupSession {
             .map_err(|e| query_err("pg_backup_start", &e))?;
         let lsn_text: String = row.get(0);
         let session = BackupSession { client: Some(client), major };
-        let lsn = lsn_text.parse().map_err(|_| PgError::Server(format!("pg_backup_start returned an unreadable LSN {lsn_text:?}")))?;
+        let lsn = lsn_text
+            .parse()
+            .map_err(|_| PgError::Server(format!("pg_backup_start returned an unreadable LSN {lsn_text:?}")))?;
         let time = session.now().await?;
         Ok((session, StartPoint { lsn, time }))
     }
@@ -81,7 +88,9 @@ impl BackupSession {
                 err
             })?;
         let lsn_text: String = row.get(0);
-        let lsn = lsn_text.parse().map_err(|_| PgError::Server(format!("pg_backup_stop returned an unreadable LSN {lsn_text:?}")))?;
+        let lsn = lsn_text
+            .parse()
+            .map_err(|_| PgError::Server(format!("pg_backup_stop returned an unreadable LSN {lsn_text:?}")))?;
         let backup_label: String = row.get(1);
         let spc: Option<String> = row.get(2);
         let time: DateTime<Utc> = row.get(3);
@@ -114,10 +123,7 @@ pub fn parse_backup_label(text: &str) -> BackupLabel {
             "START WAL LOCATION" => {
                 let mut it = v.split_whitespace();
                 l.start_lsn = it.next().and_then(|s| s.parse().ok());
-                l.start_wal = v
-                    .split_once("(file ")
-                    .and_then(|(_, f)| f.strip_suffix(')'))
-                    .map(str::to_string);
+                l.start_wal = v.split_once("(file ").and_then(|(_, f)| f.strip_suffix(')')).map(str::to_string);
             }
             "CHECKPOINT LOCATION" => l.checkpoint_lsn = v.trim().parse().ok(),
             "START TIMELINE" => l.start_timeline = v.trim().parse().ok(),

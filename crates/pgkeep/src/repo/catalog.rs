@@ -34,10 +34,7 @@ pub fn list(repo: &Repository) -> crate::Result<Vec<CatalogEntry>> {
             Err(crate::Error::Storage(e)) if e.is_not_found() => None,
             Err(e) => return Err(e),
         };
-        let started: Option<StartedMarker> = match repo.get_json(&layout::backup_started_key(&id)) {
-            Ok(s) => Some(s),
-            Err(_) => None,
-        };
+        let started: Option<StartedMarker> = repo.get_json(&layout::backup_started_key(&id)).ok();
         let state = if summary.is_some() { BackupState::Complete } else { BackupState::Incomplete };
         out.push(CatalogEntry { id, state, summary, started });
     }

@@ -51,7 +51,9 @@ pub struct FrameSummary {
 
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
-    #[error("{what} is damaged: {detail}; hint: the stored copy cannot be trusted, use another backup or archive copy")]
+    #[error(
+        "{what} is damaged: {detail}; hint: the stored copy cannot be trusted, use another backup or archive copy"
+    )]
     Damaged { what: String, detail: String },
     #[error("{what}: read failed: {source}")]
     Io { what: String, source: io::Error },
@@ -263,12 +265,7 @@ impl<W: Write> Write for Verify<'_, W> {
 
 /// Stream-decode a frame of `framed_len` bytes from `r` into `out`, verifying size and SHA-256.
 /// `what` names the object (and the file it holds) in errors.
-pub fn copy<R: Read, W: Write>(
-    mut r: R,
-    framed_len: u64,
-    out: &mut W,
-    what: &str,
-) -> Result<FrameSummary, FrameError> {
+pub fn copy<R: Read, W: Write>(mut r: R, framed_len: u64, out: &mut W, what: &str) -> Result<FrameSummary, FrameError> {
     if framed_len < FRAME_OVERHEAD {
         return Err(FrameError::damaged(what, format!("truncated ({framed_len} bytes)")));
     }
@@ -284,9 +281,10 @@ pub fn copy<R: Read, W: Write>(
             io::copy(&mut payload, &mut v).map_err(|e| io_or_damaged(e, what))?;
         }
         _ => {
-            let mut dec = zstd::stream::read::Decoder::with_buffer(io::BufReader::with_capacity(128 * 1024, &mut payload))
-                .map_err(|e| io_or_damaged(e, what))?
-                .single_frame();
+            let mut dec =
+                zstd::stream::read::Decoder::with_buffer(io::BufReader::with_capacity(128 * 1024, &mut payload))
+                    .map_err(|e| io_or_damaged(e, what))?
+                    .single_frame();
             io::copy(&mut dec, &mut v).map_err(|e| io_or_damaged(e, what))?;
             // Bytes after the zstd frame end inside the payload mean a damaged object.
             let mut rest = dec.finish();
@@ -318,7 +316,10 @@ pub fn copy<R: Read, W: Write>(
         return Err(FrameError::damaged(what, "stored bytes do not match their CRC"));
     }
     if t.sha256 != sha {
-        return Err(FrameError::damaged(what, "checksum mismatch (SHA-256 of the content differs from the one recorded)"));
+        return Err(FrameError::damaged(
+            what,
+            "checksum mismatch (SHA-256 of the content differs from the one recorded)",
+        ));
     }
     Ok(FrameSummary { plain_size: plain_n, framed_size: framed_len, sha256: sha })
 }

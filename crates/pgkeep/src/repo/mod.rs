@@ -8,6 +8,7 @@ pub mod layout;
 pub mod lock;
 pub mod manifest;
 pub mod storage;
+pub mod verdict;
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
@@ -21,7 +22,9 @@ pub use storage::{ObjectInfo, PutOutcome, RepoLocation, Storage, StorageError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
-    #[error("repository {location} is not initialized; hint: run `pgkeep init` with --repo {location} for this cluster")]
+    #[error(
+        "repository {location} is not initialized; hint: run `pgkeep init` with --repo {location} for this cluster"
+    )]
     NotInitialized { location: String },
     #[error("repository {location} belongs to another cluster (system identifier {repo}, this cluster {cluster}); hint: use a separate --repo per cluster")]
     ForeignCluster { location: String, repo: String, cluster: String },
@@ -58,8 +61,7 @@ impl Repository {
             }
             other => other.into(),
         })?;
-        let info = read_info(&storage)?
-            .ok_or_else(|| RepoError::NotInitialized { location: location.to_string() })?;
+        let info = read_info(&storage)?.ok_or_else(|| RepoError::NotInitialized { location: location.to_string() })?;
         if info.format != info::REPO_FORMAT {
             return Err(RepoError::Format {
                 location: location.to_string(),

@@ -24,8 +24,8 @@ use futures::StreamExt;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjPath;
 use object_store::{
-    GetOptions, GetRange, GetResultPayload, MultipartUpload, ObjectStore, ObjectStoreExt, PutMode,
-    PutOptions, PutPayload,
+    GetOptions, GetRange, GetResultPayload, MultipartUpload, ObjectStore, ObjectStoreExt, PutMode, PutOptions,
+    PutPayload,
 };
 use tokio::runtime::Handle;
 
@@ -143,9 +143,11 @@ impl Storage {
             RepoLocation::Local(root) => {
                 let location = root.display().to_string();
                 if create && !root.exists() {
-                    DirBuilder::new().recursive(true).mode(0o750).create(root).map_err(|e| {
-                        io_err(&location, "create the repository directory", "", &e)
-                    })?;
+                    DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o750)
+                        .create(root)
+                        .map_err(|e| io_err(&location, "create the repository directory", "", &e))?;
                 }
                 if !root.is_dir() {
                     return Err(StorageError::Io {
@@ -214,8 +216,7 @@ impl Storage {
                         fsutil::chown(&dir, owner.uid, owner.gid)
                             .map_err(|e| io_err(&self.location, "set the owner of", key, &e))?;
                         if let Some(parent) = dir.parent() {
-                            fsutil::fsync_dir(parent)
-                                .map_err(|e| io_err(&self.location, "sync", key, &e))?;
+                            fsutil::fsync_dir(parent).map_err(|e| io_err(&self.location, "sync", key, &e))?;
                         }
                     }
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
@@ -282,35 +283,24 @@ impl Storage {
 
     pub fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StorageError> {
         let path = Self::path(key);
-        self.rt
-            .block_on(self.store.get_range(&path, range))
-            .map_err(|e| os_err(&self.location, "read", key, e))
+        self.rt.block_on(self.store.get_range(&path, range)).map_err(|e| os_err(&self.location, "read", key, e))
     }
 
     /// A reader over `key` (or a byte range of it) that streams without buffering the object.
-    pub fn open_reader(
-        &self,
-        key: &str,
-        range: Option<Range<u64>>,
-    ) -> Result<Box<dyn Read + Send>, StorageError> {
+    pub fn open_reader(&self, key: &str, range: Option<Range<u64>>) -> Result<Box<dyn Read + Send>, StorageError> {
         let path = Self::path(key);
         let opts = GetOptions { range: range.clone().map(GetRange::Bounded), ..Default::default() };
-        let res = self
-            .rt
-            .block_on(self.store.get_opts(&path, opts))
-            .map_err(|e| os_err(&self.location, "read", key, e))?;
+        let res =
+            self.rt.block_on(self.store.get_opts(&path, opts)).map_err(|e| os_err(&self.location, "read", key, e))?;
         let span = res.range.clone();
         match res.payload {
             GetResultPayload::File(mut file, _) => {
-                file.seek(SeekFrom::Start(span.start))
-                    .map_err(|e| io_err(&self.location, "read", key, &e))?;
+                file.seek(SeekFrom::Start(span.start)).map_err(|e| io_err(&self.location, "read", key, &e))?;
                 Ok(Box::new(io::BufReader::with_capacity(256 * 1024, file.take(span.end - span.start))))
             }
-            GetResultPayload::Stream(stream) => Ok(Box::new(StreamReader {
-                rt: self.rt.clone(),
-                stream,
-                chunk: Bytes::new(),
-            })),
+            GetResultPayload::Stream(stream) => {
+                Ok(Box::new(StreamReader { rt: self.rt.clone(), stream, chunk: Bytes::new() }))
+            }
         }
     }
 
@@ -352,8 +342,7 @@ impl Storage {
             Err(object_store::Error::NotFound { .. }) => return Ok(Vec::new()),
             Err(e) => return Err(os_err(&self.location, "list", prefix, e)),
         };
-        let mut v: Vec<String> =
-            res.common_prefixes.iter().filter_map(|p| p.filename().map(str::to_string)).collect();
+        let mut v: Vec<String> = res.common_prefixes.iter().filter_map(|p| p.filename().map(str::to_string)).collect();
         v.sort();
         Ok(v)
     }
@@ -413,9 +402,7 @@ impl ObjectWriter {
         let data = std::mem::replace(&mut self.buf, Vec::with_capacity(PART_SIZE));
         let upload = self.upload.as_mut().expect("upload was just created");
         let fut = upload.put_part(PutPayload::from(data));
-        st.rt
-            .block_on(fut)
-            .map_err(|e| io::Error::other(os_err(&st.location, "write", &self.key, e)))
+        st.rt.block_on(fut).map_err(|e| io::Error::other(os_err(&st.location, "write", &self.key, e)))
     }
 
     /// Bytes written so far.

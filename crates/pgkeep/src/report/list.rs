@@ -5,7 +5,7 @@ use pgkeep_wal::Lsn;
 use serde::Serialize;
 
 use crate::repo::catalog::{self, BackupState};
-use crate::repo::Repository;
+use crate::repo::{verdict, Repository};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ListedBackup {
@@ -32,6 +32,7 @@ pub fn list(repo: &Repository) -> crate::Result<Vec<ListedBackup>> {
     let mut out = Vec::new();
     for e in catalog::list(repo)? {
         let s = e.summary.as_ref();
+        let verdict = if s.is_some() { verdict::latest(repo, &e.id)? } else { None };
         out.push(ListedBackup {
             id: e.id.clone(),
             state: e.state,
@@ -47,8 +48,8 @@ pub fn list(repo: &Repository) -> crate::Result<Vec<ListedBackup>> {
             size: s.map(|m| m.size),
             stored_size: s.map(|m| m.stored_size),
             files: s.map(|m| m.file_count),
-            verified: None,
-            verified_at: None,
+            verified: verdict.as_ref().map(|v| v.ok),
+            verified_at: verdict.as_ref().map(|v| v.verified_at),
         });
     }
     Ok(out)

@@ -62,7 +62,11 @@ pub fn create_structure(m: &Manifest, map: &PathMap) -> Result<(), RestoreError>
     for l in m.entries.iter().filter(|e| e.kind == EntryKind::Link) {
         let link = map.pgdata.join(&l.path);
         let target = match l.path.strip_prefix("pg_tblspc/").and_then(|o| o.parse::<u32>().ok()) {
-            Some(oid) => map.tablespaces.get(&oid).cloned().unwrap_or_else(|| PathBuf::from(l.target.clone().unwrap_or_default())),
+            Some(oid) => map
+                .tablespaces
+                .get(&oid)
+                .cloned()
+                .unwrap_or_else(|| PathBuf::from(l.target.clone().unwrap_or_default())),
             None => PathBuf::from(l.target.clone().unwrap_or_default()),
         };
         if let Some(parent) = link.parent() {
@@ -79,7 +83,13 @@ pub struct FileStats {
 }
 
 /// Restore every file with `jobs` workers; returns counts.
-pub fn write_files(repo: &Repository, m: &Manifest, map: &PathMap, jobs: usize, progress: &dyn Progress) -> Result<FileStats, RestoreError> {
+pub fn write_files(
+    repo: &Repository,
+    m: &Manifest,
+    map: &PathMap,
+    jobs: usize,
+    progress: &dyn Progress,
+) -> Result<FileStats, RestoreError> {
     // Group file entries by object, in offset order.
     let mut by_object: BTreeMap<u32, Vec<&Entry>> = BTreeMap::new();
     for e in m.entries.iter().filter(|e| e.kind == EntryKind::File) {
@@ -147,7 +157,10 @@ fn restore_object(
         dir: map.pgdata.display().to_string(),
         detail,
     };
-    let object = m.objects.get(obj as usize).ok_or_else(|| fail(&entries[0].path, format!("manifest names missing object #{obj}")))?;
+    let object = m
+        .objects
+        .get(obj as usize)
+        .ok_or_else(|| fail(&entries[0].path, format!("manifest names missing object #{obj}")))?;
     let key = layout::data_key(&m.id, &object.name);
     let mut reader = repo.storage().open_reader(&key, None).map_err(|e| fail(&entries[0].path, e.to_string()))?;
     let mut pos = 0u64;
@@ -157,7 +170,8 @@ fn restore_object(
             return Err(fail(&e.path, "overlapping entries in the manifest".into()));
         }
         if e.offset > pos {
-            io::copy(&mut (&mut reader).take(e.offset - pos), &mut io::sink()).map_err(|x| fail(&e.path, x.to_string()))?;
+            io::copy(&mut (&mut reader).take(e.offset - pos), &mut io::sink())
+                .map_err(|x| fail(&e.path, x.to_string()))?;
         }
         let dest = map.dest(&e.path);
         let file = OpenOptions::new()
@@ -185,7 +199,8 @@ fn restore_object(
 
 /// fsync every restored directory (entries created in them must survive a crash).
 pub fn sync_dirs(m: &Manifest, map: &PathMap) -> Result<(), RestoreError> {
-    let mut dirs: Vec<PathBuf> = m.entries.iter().filter(|e| e.kind == EntryKind::Dir).map(|e| map.dest(&e.path)).collect();
+    let mut dirs: Vec<PathBuf> =
+        m.entries.iter().filter(|e| e.kind == EntryKind::Dir).map(|e| map.dest(&e.path)).collect();
     dirs.push(map.pgdata.clone());
     dirs.extend(map.tablespaces.values().cloned());
     for d in dirs {

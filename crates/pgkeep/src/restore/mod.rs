@@ -12,7 +12,9 @@ pub use target::{RecoveryTarget, TargetAction};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
-    #[error("{dir} is not empty; refusing to restore over existing files; hint: restore into a new or empty directory")]
+    #[error(
+        "{dir} is not empty; refusing to restore over existing files; hint: restore into a new or empty directory"
+    )]
     TargetNotEmpty { dir: String },
     #[error("no complete backup in repository {location}; hint: run `pgkeep backup` first (`pgkeep list` shows incomplete ones)")]
     NoBackups { location: String },
@@ -20,11 +22,15 @@ pub enum RestoreError {
     NoBackupForTarget { target: String, oldest: String },
     #[error("invalid {what} {value:?}: {hint}")]
     BadTarget { what: &'static str, value: String, hint: String },
-    #[error("invalid --tablespace-map {value:?}; hint: use OID=DIR with the OID from `pgkeep list --json` (tablespaces)")]
+    #[error(
+        "invalid --tablespace-map {value:?}; hint: use OID=DIR with the OID from `pgkeep list --json` (tablespaces)"
+    )]
     BadTablespaceMap { value: String },
     #[error("backup {id} has no tablespace with OID {oid} (it has: {have})")]
     UnknownTablespace { id: String, oid: u32, have: String },
-    #[error("tablespace {oid} would be restored to {dir}, which is not empty; hint: pass --tablespace-map {oid}=EMPTY_DIR")]
+    #[error(
+        "tablespace {oid} would be restored to {dir}, which is not empty; hint: pass --tablespace-map {oid}=EMPTY_DIR"
+    )]
     TablespaceNotEmpty { oid: u32, dir: String },
     #[error("restoring {path} from backup {id} failed: {detail}; the target directory {dir} is incomplete (PostgreSQL will not start on it); hint: remove it, then restore again or from another backup")]
     File { id: String, path: String, dir: String, detail: String },

@@ -71,7 +71,9 @@ pub struct RestorePlan {
 impl RestorePlan {
     pub fn build(repo: &Repository, opts: &RestoreOptions) -> crate::Result<RestorePlan> {
         let to = absolute(&opts.to);
-        if !fsutil::is_absent_or_empty(&to).map_err(|e| RestoreError::Write { path: to.display().to_string(), detail: e.to_string() })? {
+        if !fsutil::is_absent_or_empty(&to)
+            .map_err(|e| RestoreError::Write { path: to.display().to_string(), detail: e.to_string() })?
+        {
             return Err(RestoreError::TargetNotEmpty { dir: to.display().to_string() }.into());
         }
         let id = match opts.backup.as_deref() {
@@ -92,7 +94,8 @@ impl RestorePlan {
         let mut tablespaces = BTreeMap::new();
         for (oid, dir) in &opts.tablespace_map {
             if !manifest.tablespaces.iter().any(|t| t.oid == *oid) {
-                let have: Vec<String> = manifest.tablespaces.iter().map(|t| format!("{} ({})", t.oid, t.name)).collect();
+                let have: Vec<String> =
+                    manifest.tablespaces.iter().map(|t| format!("{} ({})", t.oid, t.name)).collect();
                 return Err(RestoreError::UnknownTablespace {
                     id: id.clone(),
                     oid: *oid,
@@ -106,7 +109,8 @@ impl RestorePlan {
             tablespaces.entry(t.oid).or_insert_with(|| PathBuf::from(&t.location));
         }
         for (oid, dir) in &tablespaces {
-            let empty = fsutil::is_absent_or_empty(dir).map_err(|e| RestoreError::Write { path: dir.display().to_string(), detail: e.to_string() })?;
+            let empty = fsutil::is_absent_or_empty(dir)
+                .map_err(|e| RestoreError::Write { path: dir.display().to_string(), detail: e.to_string() })?;
             if !empty {
                 return Err(RestoreError::TablespaceNotEmpty { oid: *oid, dir: dir.display().to_string() }.into());
             }
@@ -149,8 +153,10 @@ impl RestorePlan {
             materialize::write_small(&pgdata.join("tablespace_map"), text.as_bytes())?;
         }
         let note = format!("recovery settings written by pgkeep restore of backup {} ({})", m.id, self.settings.target);
-        recovery::write(pgdata, &self.settings, &note)
-            .map_err(|e| RestoreError::Write { path: pgdata.join("postgresql.auto.conf").display().to_string(), detail: e.to_string() })?;
+        recovery::write(pgdata, &self.settings, &note).map_err(|e| RestoreError::Write {
+            path: pgdata.join("postgresql.auto.conf").display().to_string(),
+            detail: e.to_string(),
+        })?;
         materialize::sync_dirs(m, &self.map)?;
         materialize::publish_pg_control(&self.map)?;
 

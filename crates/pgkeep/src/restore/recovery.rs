@@ -110,7 +110,11 @@ mod tests {
     #[test]
     fn stale_settings_are_replaced() {
         let d = tempfile::tempdir().unwrap();
-        fs::write(d.path().join("postgresql.auto.conf"), "work_mem = '8MB'\nrecovery_target_time = '2020-01-01'\nrestore_command='x'\n").unwrap();
+        fs::write(
+            d.path().join("postgresql.auto.conf"),
+            "work_mem = '8MB'\nrecovery_target_time = '2020-01-01'\nrestore_command='x'\n",
+        )
+        .unwrap();
         let s = RecoverySettings {
             restore_command: "pgkeep archive-get %f \"%p\"".into(),
             target: RecoveryTarget::Name("before 'upgrade'".into()),

@@ -96,13 +96,20 @@ pub fn parse_xid(s: &str) -> Result<String, RestoreError> {
     if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
         Ok(t.to_string())
     } else {
-        Err(RestoreError::BadTarget { what: "--target-xid", value: s.to_string(), hint: "use a transaction id number".into() })
+        Err(RestoreError::BadTarget {
+            what: "--target-xid",
+            value: s.to_string(),
+            hint: "use a transaction id number".into(),
+        })
     }
 }
 
 /// The backup to restore for `target`: newest complete backup that can reach it.
 /// Backups are given oldest first.
-pub fn choose<'a>(backups: &'a [ManifestSummary], target: &RecoveryTarget) -> Result<&'a ManifestSummary, RestoreError> {
+pub fn choose<'a>(
+    backups: &'a [ManifestSummary],
+    target: &RecoveryTarget,
+) -> Result<&'a ManifestSummary, RestoreError> {
     let usable: Vec<&ManifestSummary> = match target {
         RecoveryTarget::Time(t) => backups.iter().filter(|b| b.stop_time <= *t).collect(),
         RecoveryTarget::Lsn(l) => backups.iter().filter(|b| b.stop_lsn <= *l).collect(),
@@ -130,7 +137,13 @@ mod tests {
     #[test]
     fn time_formats() {
         let want = Utc.with_ymd_and_hms(2026, 11, 21, 10, 15, 0).unwrap();
-        for s in ["2026-11-21 10:15:00+00", "2026-11-21T10:15:00Z", "2026-11-21 12:15:00+02:00", "2026-11-21 10:15:00 UTC", "2026-11-21 10:15:00.000+0000"] {
+        for s in [
+            "2026-11-21 10:15:00+00",
+            "2026-11-21T10:15:00Z",
+            "2026-11-21 12:15:00+02:00",
+            "2026-11-21 10:15:00 UTC",
+            "2026-11-21 10:15:00.000+0000",
+        ] {
             assert_eq!(parse_time(s).unwrap(), want, "{s}");
         }
         assert!(parse_time("yesterday").is_err());

@@ -48,7 +48,7 @@ fn segment_from_another_cluster_is_refused() {
     std::fs::create_dir_all(&work).unwrap();
     let foreign = work.join(&name);
     std::fs::copy(other.pgdata().join("pg_wal").join(&name), &foreign).unwrap();
-    assert_refused(&s, &foreign, &[&name, "different database system", "another cluster"]);
+    assert_refused(&s, &foreign, &[&name, "database system", "another cluster"]);
 }
 
 #[test]

@@ -41,10 +41,20 @@ fn backup_refuses_when_archiving_is_off() {
 #[test]
 fn unreachable_server_is_one_clear_line() {
     let env = env();
-    let out = env.pgkeep(["backup", "--repo"]).arg(env.path("repo")).arg("--pg").arg(format!("host={} port=1", env.root().display())).fails();
+    let out = env
+        .pgkeep(["backup", "--repo"])
+        .arg(env.path("repo"))
+        .arg("--pg")
+        .arg(format!("host={} port=1", env.root().display()))
+        .fails();
     let line = out.one_error_line();
     assert!(line.contains("not initialized") || line.contains("cannot connect"), "{line}");
-    let out = env.pgkeep(["check", "--repo"]).arg(env.path("repo")).arg("--pg").arg(format!("host={} port=1", env.root().display())).run();
+    let out = env
+        .pgkeep(["check", "--repo"])
+        .arg(env.path("repo"))
+        .arg("--pg")
+        .arg(format!("host={} port=1", env.root().display()))
+        .run();
     assert_eq!(out.code, Some(1));
     assert!(out.stdout.contains("FAILED  connection"), "{}", out.stdout);
 }

@@ -37,7 +37,14 @@ impl Setup {
         S: AsRef<std::ffi::OsStr>,
     {
         // Global options first, so `restore --to` and its value stay together.
-        let mut c = self.env.pgkeep(["--repo"]).arg(&self.repo).arg("--pg").arg(self.pg.conninfo()).arg("--pgdata").arg(self.pg.pgdata());
+        let mut c = self
+            .env
+            .pgkeep(["--repo"])
+            .arg(&self.repo)
+            .arg("--pg")
+            .arg(self.pg.conninfo())
+            .arg("--pgdata")
+            .arg(self.pg.pgdata());
         for a in args {
             c = c.arg(a);
         }

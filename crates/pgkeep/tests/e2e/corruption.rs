@@ -15,7 +15,13 @@ fn flipped_byte_in_a_data_object_fails_restore_naming_the_file() {
     let rel = s.pg.scalar("SELECT pg_relation_filepath('victim')");
     let id = s.backup();
     let m = read_manifest(&s.repo, &id);
-    let entry = m["entries"].as_array().unwrap().iter().find(|e| e["path"] == rel.as_str()).expect("relation in manifest").clone();
+    let entry = m["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["path"] == rel.as_str())
+        .expect("relation in manifest")
+        .clone();
     let object = &m["objects"][entry["object"].as_u64().unwrap() as usize]["name"];
     let path = s.repo.join(format!("backup/{id}/data/{}", object.as_str().unwrap()));
     let offset = entry.get("offset").and_then(|o| o.as_u64()).unwrap_or(0);
@@ -39,7 +45,8 @@ fn truncated_data_object_fails_restore_naming_the_file() {
     let m = read_manifest(&s.repo, &id);
     // Truncate the largest object by a few bytes.
     let objs = m["objects"].as_array().unwrap();
-    let biggest = objs.iter().max_by_key(|o| o["size"].as_u64().unwrap()).unwrap()["name"].as_str().unwrap().to_string();
+    let biggest =
+        objs.iter().max_by_key(|o| o["size"].as_u64().unwrap()).unwrap()["name"].as_str().unwrap().to_string();
     let path = s.repo.join(format!("backup/{id}/data/{biggest}"));
     let len = std::fs::metadata(&path).unwrap().len();
     let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();

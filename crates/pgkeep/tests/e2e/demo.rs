@@ -11,6 +11,10 @@ fn demo_restores_exactly_the_rows_committed_before_the_target() {
     assert_eq!(r["expected_rows"], r["restored_rows"]);
     assert!(r["rows_written_during_backup"].as_u64().unwrap() > 0);
     // Nothing left behind without --keep.
-    let left: Vec<_> = std::fs::read_dir(env.root()).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with("pgkeep-demo-")).collect();
+    let left: Vec<_> = std::fs::read_dir(env.root())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("pgkeep-demo-"))
+        .collect();
     assert!(left.is_empty(), "demo left {left:?}");
 }

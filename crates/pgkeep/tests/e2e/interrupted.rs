@@ -27,9 +27,14 @@ fn sigkill_mid_copy_leaves_no_usable_backup_and_the_next_backup_succeeds() {
     let backups = s.repo.join("backup");
     let deadline = Instant::now() + Duration::from_secs(60);
     let killed_id = loop {
-        let found = std::fs::read_dir(&backups).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).find(|id| {
-            id != &first && std::fs::read_dir(backups.join(id).join("data")).map(|mut d| d.next().is_some()).unwrap_or(false)
-        });
+        let found = std::fs::read_dir(&backups)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .find(|id| {
+                id != &first
+                    && std::fs::read_dir(backups.join(id).join("data")).map(|mut d| d.next().is_some()).unwrap_or(false)
+            });
         if let Some(id) = found {
             break id;
         }
@@ -40,13 +45,21 @@ fn sigkill_mid_copy_leaves_no_usable_backup_and_the_next_backup_succeeds() {
     child.wait().expect("wait");
 
     let list = s.pgkeep(["list"]).json();
-    let states: Vec<(String, String)> =
-        list.as_array().unwrap().iter().map(|b| (b["id"].as_str().unwrap().to_string(), b["state"].as_str().unwrap().to_string())).collect();
+    let states: Vec<(String, String)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["id"].as_str().unwrap().to_string(), b["state"].as_str().unwrap().to_string()))
+        .collect();
     assert_eq!(states, vec![(first.clone(), "complete".to_string()), (killed_id.clone(), "incomplete".to_string())]);
 
     // The server no longer holds the killed backup's session.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while s.pg.int("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgkeep' AND pid <> pg_backend_pid()") > 0 {
+    while s
+        .pg
+        .int("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgkeep' AND pid <> pg_backend_pid()")
+        > 0
+    {
         assert!(Instant::now() < deadline, "the killed backup's session is still open");
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -10,6 +10,7 @@ mod backup_restore;
 mod check;
 mod corruption;
 mod demo;
+mod docs;
 mod interrupted;
 mod pitr;
 mod tablespace;

@@ -22,9 +22,14 @@ fn pitr_to_a_time_between_two_commits_under_write_load() {
     s.pg.switch_and_wait_archived(&s.repo);
 
     // Ground truth from the source itself: commit timestamps of every row.
-    let before = s.pg.column(&format!("SELECT id FROM events WHERE pg_xact_commit_timestamp(xmin) <= '{target}' ORDER BY id"));
+    let before =
+        s.pg.column(&format!("SELECT id FROM events WHERE pg_xact_commit_timestamp(xmin) <= '{target}' ORDER BY id"));
     let after = s.pg.int(&format!("SELECT count(*) FROM events WHERE pg_xact_commit_timestamp(xmin) > '{target}'"));
-    assert!(before.len() > 100 && after > 100, "the target must fall between commits: {} before, {after} after", before.len());
+    assert!(
+        before.len() > 100 && after > 100,
+        "the target must fall between commits: {} before, {after} after",
+        before.len()
+    );
     assert_eq!(before.len() + after as usize, log.len());
 
     let dir = s.env.path("restored");

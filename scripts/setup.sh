@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Install what a fresh Debian machine lacks for pgkeep's demo and test suite. Idempotent:
+# on a machine that already has everything it only checks.
+#
+#   - PostgreSQL server + contrib (Debian's `postgresql` package), without a default cluster
+#   - an unprivileged OS user for the servers the tests and the demo start (`postgres`)
+#   - btrfs-progs and xfsprogs (snapshot tests on loop-mounted file systems)
+#   - cargo-nextest (the test runner), if the toolchain lacks it
+set -euo pipefail
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
+        echo "setup.sh: not root and no sudo; install postgresql, postgresql-contrib, btrfs-progs, xfsprogs yourself" >&2
+    fi
+fi
+
+missing=()
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=(postgresql postgresql-contrib)
+ls /usr/lib/postgresql/*/lib/amcheck.so >/dev/null 2>&1 || missing+=(postgresql-contrib)
+command -v mkfs.btrfs >/dev/null 2>&1 || missing+=(btrfs-progs)
+command -v mkfs.xfs >/dev/null 2>&1 || missing+=(xfsprogs)
+
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup.sh: installing ${missing[*]}" >&2
+    # No default cluster: pgkeep's tests and demo create their own throw-away clusters.
+    $SUDO mkdir -p /etc/postgresql-common/createcluster.d
+    echo "create_main_cluster = false" | $SUDO tee /etc/postgresql-common/createcluster.d/pgkeep-no-main.conf >/dev/null
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! id postgres >/dev/null 2>&1; then
+    $SUDO useradd --system --user-group --create-home --home-dir /var/lib/postgresql --shell /bin/bash postgres
+fi
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+    cargo install cargo-nextest --locked
+fi
+echo "setup.sh: ready ($(ls -d /usr/lib/postgresql/*/bin | tr '\n' ' '))" >&2
