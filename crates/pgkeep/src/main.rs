@@ -46,7 +46,7 @@ fn run(cli: &Cli) -> Result<ExitCode, pgkeep::Error> {
     } else if std::io::stderr().is_terminal() {
         Arc::new(Bar::default())
     } else {
-        Arc::new(Lines)
+        Arc::new(Lines(std::time::Instant::now()))
     };
     let outcome = pgkeep::run(cli, progress, rt.handle().clone())?;
     if cli.global.json {
@@ -106,16 +106,16 @@ impl Progress for Bar {
     }
 }
 
-/// Plain phase lines when stderr is not a terminal (cron, systemd, CI logs).
-struct Lines;
+/// Plain phase lines with elapsed time when stderr is not a terminal (cron, systemd, CI logs).
+struct Lines(std::time::Instant);
 
 impl Progress for Lines {
     fn phase(&self, name: &str, _: Option<u64>) {
-        eprintln!("pgkeep: {name}");
+        eprintln!("pgkeep: [{:7.3}s] {name}", self.0.elapsed().as_secs_f64());
     }
     fn advance(&self, _: u64) {}
     fn note(&self, msg: &str) {
-        eprintln!("pgkeep: {msg}");
+        eprintln!("pgkeep: [{:7.3}s] {msg}", self.0.elapsed().as_secs_f64());
     }
     fn finish_phase(&self) {}
 }

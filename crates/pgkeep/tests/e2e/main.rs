@@ -11,6 +11,7 @@ mod check;
 mod corruption;
 mod demo;
 mod docs;
+mod init;
 mod interrupted;
 mod pitr;
 mod tablespace;
