@@ -14,6 +14,8 @@ pub struct Run {
 }
 
 /// Run `cmd` to completion; panic with its output on failure.
+// The child is reaped with wait4 (to get its own rusage), which clippy cannot see.
+#[allow(clippy::zombie_processes)]
 pub fn timed(cmd: &mut Command, what: &str) -> Run {
     cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
     let started = Instant::now();
