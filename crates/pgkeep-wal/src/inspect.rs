@@ -433,23 +433,20 @@ pub fn inspect_wal(start: &ReplayStart, files: &[String], load: &mut dyn FnMut(&
     let mut chosen: std::collections::BTreeMap<XLogSegNo, (TimeLineID, String)> = Default::default();
     let mut file_states: Vec<FileState> = Vec::new();
     for name in files {
-        match parse_wal_file_name(name, seg_size) {
-            Some(WalFileName::Segment { tli, segno }) => {
-                if tli > start.timeline {
+        if let Some(WalFileName::Segment { tli, segno }) = parse_wal_file_name(name, seg_size) {
+            if tli > start.timeline {
+                file_states.push(FileState { file: name.clone(), role: FileRole::OtherTimeline });
+            } else if segno < redo_seg {
+                file_states.push(FileState { file: name.clone(), role: FileRole::BeforeRedo });
+            } else {
+                let e = chosen.entry(segno).or_insert((tli, name.clone()));
+                if tli > e.0 {
+                    file_states.push(FileState { file: e.1.clone(), role: FileRole::OtherTimeline });
+                    *e = (tli, name.clone());
+                } else if e.1 != *name {
                     file_states.push(FileState { file: name.clone(), role: FileRole::OtherTimeline });
-                } else if segno < redo_seg {
-                    file_states.push(FileState { file: name.clone(), role: FileRole::BeforeRedo });
-                } else {
-                    let e = chosen.entry(segno).or_insert((tli, name.clone()));
-                    if tli > e.0 {
-                        file_states.push(FileState { file: e.1.clone(), role: FileRole::OtherTimeline });
-                        *e = (tli, name.clone());
-                    } else if e.1 != *name {
-                        file_states.push(FileState { file: name.clone(), role: FileRole::OtherTimeline });
-                    }
                 }
             }
-            _ => {}
         }
     }
     let name_of = |segno: XLogSegNo| {

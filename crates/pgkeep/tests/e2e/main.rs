@@ -13,4 +13,6 @@ mod demo;
 mod docs;
 mod interrupted;
 mod pitr;
+mod rpo;
 mod tablespace;
+mod wal;
