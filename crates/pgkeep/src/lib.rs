@@ -4,7 +4,8 @@
 //! parsed command line into an [`Outcome`] (text, JSON, success), and `src/main.rs` renders it.
 //! Layout (kept in docs/architecture.md): `repo` (storage, framing, manifests, catalog, locks),
 //! `pg` (connections, backup session, data-directory rules, local instances), `backup`,
-//! `archive`, `restore`, `report`, `command` (init, check, demo).
+//! `archive`, `restore`, `report` (list, rpo), `wal` (wal verify, wal inspect), `command` (init,
+//! check, demo).
 
 pub mod archive;
 pub mod backup;

@@ -44,7 +44,12 @@ pub fn fetch_plain(repo: &Repository, name: &str) -> Result<Option<Vec<u8>>, Str
     let framed = match repo.storage().get(&key) {
         Ok(b) => b,
         Err(StorageError::NotFound { .. }) => return Ok(None),
-        Err(e) => return Err(format!("unreadable: {e}")),
+        Err(e) => return Err(format!("unreadable: {}", without_hint(&e.to_string()))),
     };
-    frame::decode(&framed, &format!("archived {name}")).map(Some).map_err(|e| e.to_string())
+    frame::decode(&framed, &format!("archived {name}")).map(Some).map_err(|e| without_hint(&e.to_string()))
+}
+
+/// An inner error's text without its own `; hint: …` (the caller's line has the hint).
+fn without_hint(s: &str) -> String {
+    s.split("; hint:").next().unwrap_or(s).to_string()
 }

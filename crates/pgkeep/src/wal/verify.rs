@@ -346,7 +346,7 @@ pub fn render(r: &VerifyReport) -> String {
     } else {
         let _ = write!(
             s,
-            "\narchive has {} missing and {} damaged file(s); next step: recovery cannot pass a missing or damaged segment, so take a new backup now (pgkeep backup) to start a clean range; if the server still has a damaged segment in pg_wal, copy it back with archive-push after moving the bad object aside, and find out what removed or damaged the archive's files",
+            "\narchive has {} missing and {} damaged file(s); next step: take a new backup now (pgkeep backup): recovery cannot pass a missing or damaged segment, so the backups before it cannot reach the present; if the server's pg_wal still holds such a segment, archive it again (pgkeep archive-push, after removing the damaged object from the repository); then find out what removed or damaged the archive's files",
             r.missing_segments.len(),
             r.damaged_segments.len()
         );

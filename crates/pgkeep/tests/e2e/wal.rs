@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pgkeep_testkit::{ClusterOptions, TestCluster};
 use pgkeep_wal::page::{SIZE_OF_XLOG_LONG_PHD, SIZE_OF_XLOG_SHORT_PHD, XLOG_BLCKSZ};
@@ -341,6 +341,9 @@ fn crash_with_a_foreign_header_on_the_newest_segment_is_diagnosed_and_recovered_
     std::fs::copy(&wal_file, &partial).unwrap();
     s.pgkeep(["archive-push"]).arg(&partial).ok();
     assert_eq!(s.pg.scalar("SELECT pg_walfile_name(pg_current_wal_lsn())"), seg, "still the newest segment");
+    // A second repository of this cluster that never received that segment.
+    let empty = s.env.path("empty-repo");
+    pgkeep_at(&s, &empty).arg("init").ok();
     s.pg.crash();
 
     // Another cluster's segment header over the first bytes of ours.
@@ -379,6 +382,17 @@ fn crash_with_a_foreign_header_on_the_newest_segment_is_diagnosed_and_recovered_
     std::fs::copy(&wal_file, &damaged_copy).unwrap();
     let line = s.pgkeep(["archive-push"]).arg(&damaged_copy).fails().one_error_line().to_string();
     assert!(line.contains("another cluster"), "{line}");
+
+    // A repository without a copy: consulted, nothing intact, the same 3 commits at risk.
+    let out = pgkeep_at(&s, &empty).arg("wal").arg("inspect").arg("--json").run();
+    assert_eq!(out.code, Some(1));
+    let r: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(r["archive"]["consulted"], true);
+    assert_eq!(r["damaged"][0]["archive"]["state"], "absent");
+    assert_eq!(r["recoverable_from_archive"], false);
+    assert_eq!(r["commits_at_risk_with_archive"], 3);
+    let text = pgkeep_at(&s, &empty).arg("wal").arg("inspect").fails().stdout;
+    assert!(text.contains("no intact copy in the archive: these 3 commit(s) are at risk"), "{text}");
 
     // With the repository: the archived copy recovers everything.
     let r = s.pgkeep(["wal", "inspect", "--json"]).run();
@@ -422,6 +436,28 @@ fn wal_verify_names_a_missing_segment_and_a_corrupted_object() {
     assert_eq!(r["backups"][0]["id"], id.as_str());
     assert_eq!(r["backups"][0]["ok"], true);
     assert!(r["segments_checked"].as_u64().unwrap() >= 5);
+
+    // A branch: the backup restored and promoted to timeline 2, archiving into the same
+    // repository. Continuity follows 00000002.history.
+    let dir = s.env.path("branch");
+    s.restore(&dir, &["--backup", &id, "--target", "immediate", "--target-action", "promote"]);
+    let mut branch = s.env.cluster_on("branch", &dir);
+    branch.set("archive_mode", "on");
+    branch.set("archive_command", &s.env.archive_command(&s.repo));
+    branch.start();
+    branch.wait_promoted();
+    branch.sql("CREATE TABLE on_branch AS SELECT g FROM generate_series(1, 1000) g");
+    let tl2 = branch.switch_and_wait_archived(&s.repo);
+    assert!(tl2.starts_with("00000002"), "{tl2}");
+    pgkeep_testkit::cluster::wait_for_file_in_archive(&s.repo, "00000002.history", Duration::from_secs(60));
+    branch.stop();
+    let r = s.pgkeep(["wal", "verify"]).json();
+    assert_eq!(r["ok"], true, "{r:#}");
+    let tls = r["timelines"].as_array().unwrap();
+    assert_eq!(tls.len(), 2, "{tls:?}");
+    assert_eq!(tls[1]["timeline"], 2);
+    assert_eq!(tls[1]["parent"], 1);
+    assert_eq!(tls[1]["last"], tl2.as_str());
 
     let m = crate::common::read_manifest(&s.repo, &id);
     let stop_wal = m["stop_wal"].as_str().unwrap().to_string();
