@@ -288,7 +288,6 @@ fn decoding_agrees_with_pg_waldump_on_real_segments() {
         .iter()
         .filter(|r| r.lsn < last_start && r.lsn.segment_number(SEG) == (r.end_lsn.0 - 1) / SEG as u64)
         .collect();
-    assert!(within.len() + 5 > theirs.iter().filter(|t| t.0 < last_start).count());
     assert_eq!(validated.0, within.len() as u64, "validator record count");
     let within_commits = within.iter().filter(|r| matches!(r.kind(), Ok(RecordKind::Commit { .. }))).count();
     assert_eq!(validated.1, within_commits as u64, "validator commits");
