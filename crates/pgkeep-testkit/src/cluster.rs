@@ -107,6 +107,23 @@ impl TestCluster {
         self.inst.kill9();
     }
 
+    /// A crash: kill -9 of the postmaster, then wait until its children (which notice the
+    /// postmaster's death and exit) are gone too, so the data directory can be inspected,
+    /// changed and started again.
+    pub fn crash(&mut self) {
+        self.kill9();
+        let dir = std::fs::canonicalize(self.pgdata()).unwrap_or_else(|_| self.pgdata().to_path_buf());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = processes_in(&dir);
+            if left.is_empty() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "server processes {left:?} of {} outlived the postmaster", self.name);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn conn(&self) -> ConnParams {
         self.inst.conn("postgres")
     }
@@ -217,6 +234,16 @@ impl TestCluster {
     pub fn log_tail(&self, n: usize) -> String {
         self.inst.log_tail(n)
     }
+}
+
+/// Pids of the processes whose working directory is `dir` (every PostgreSQL server process
+/// runs in its data directory).
+fn processes_in(dir: &Path) -> Vec<u32> {
+    let Ok(rd) = std::fs::read_dir("/proc") else { return Vec::new() };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|c| c == dir))
+        .collect()
 }
 
 /// Poll the repository until the WAL file is archived.

@@ -8,7 +8,7 @@ use std::hint::black_box;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use pgkeep_wal::{validate_segment, Lsn, SegmentExpectations, WalDecoder};
+use pgkeep_wal::{inspect_wal, validate_segment, Lsn, ReplayStart, SegmentExpectations, SegmentFile, WalDecoder};
 
 fn fixture_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/wal")
@@ -63,6 +63,36 @@ fn main() {
             }
         }
     });
+    // wal inspect: replay of timeline 1 from 09 as crash recovery would, then the same with
+    // 09's header foreign, so that every record is found again by the salvage scan.
+    let tl1: Vec<_> = segments.iter().filter(|(n, e, _)| e.tli == 1 && !n.ends_with('8')).collect();
+    let tl1_bytes: usize = tl1.iter().map(|(_, _, d)| d.len()).sum();
+    let names: Vec<String> = tl1.iter().map(|(n, _, _)| n.clone()).collect();
+    let control = pgkeep_wal::parse_pg_control(&std::fs::read(fixture_dir().join("pg_control")).unwrap()).unwrap();
+    let first = Lsn::segment_start(9, seg).0 + 40;
+    let start = ReplayStart {
+        system_identifier: control.system_identifier,
+        pg_major: Some(15),
+        seg_size: seg,
+        timeline: 1,
+        redo: Lsn(first),
+        checkpoint: Lsn(first),
+    };
+    let run = |damage: bool| {
+        let r = inspect_wal(&start, &names, &mut |n| {
+            let Some(mut d) = tl1.iter().find(|(m, _, _)| m == n).map(|(_, _, d)| d.clone()) else {
+                return SegmentFile::Missing;
+            };
+            if damage && n.ends_with('9') {
+                d[24] ^= 1;
+            }
+            SegmentFile::Data(d)
+        });
+        assert_eq!(r.damaged, damage);
+        black_box(r);
+    };
+    measure("inspect_wal, intact timeline 1 (replay)", tl1_bytes, || run(false));
+    measure("inspect_wal, foreign header on 09 (salvage)", tl1_bytes, || run(true));
     if let Ok(path) = std::env::var("PGKEEP_BENCH_SEGMENT") {
         let data = std::fs::read(&path).expect("PGKEEP_BENCH_SEGMENT");
         let name = PathBuf::from(&path).file_name().unwrap().to_string_lossy().into_owned();

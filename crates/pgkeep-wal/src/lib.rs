@@ -49,6 +49,12 @@
 //!   checkpoint}`, `RestorePoint{name, time}`, `Switch`, `EndOfRecovery{tli, prev_tli, time}`,
 //!   `OverwriteContrecord{..}`, `BackupEnd{start}`, `Other{rmid, info}`.
 //!
+//! Forensics ([`inspect`]):
+//! - `fn inspect_wal(start: &ReplayStart, files: &[String], load: &mut dyn FnMut(&str) ->
+//!   SegmentFile) -> WalInspection`: replays from pg_control's redo point as crash recovery
+//!   would, judges the stop (end of WAL or damage), salvages CRC-valid records after it, and
+//!   lists damaged segments ([`Problem`], [`ProblemKind`]) and the commits at risk.
+//!
 //! Other files ([`control`], [`history`]):
 //! - `fn parse_pg_control(bytes: &[u8]) -> Result<ControlFileData, ControlError>`
 //!   (CRC-32C checked; control versions 1300 = PostgreSQL 13–16 and 1700 = 17).
@@ -68,6 +74,7 @@ pub mod control;
 pub mod decoder;
 pub mod file_name;
 pub mod history;
+pub mod inspect;
 pub mod lsn;
 pub mod page;
 mod reader;
@@ -85,6 +92,10 @@ pub use file_name::{
 pub use history::{
     parse_backup_label, parse_timeline_history, timeline_of, BackupLabel, BackupLabelError, HistoryError,
     TimeLineHistoryEntry,
+};
+pub use inspect::{
+    inspect_wal, CommitInfo, DamagedSegment, FileRole, FileState, Problem, ProblemKind, ReplayStart, ReplayStop,
+    SegmentFile, StopCause, WalInspection,
 };
 pub use lsn::{Lsn, Oid, ParseLsnError, TimeLineID, TimestampTz, TransactionId, XLogSegNo};
 pub use page::{PageError, XLogLongPageHeaderData, XLogPageHeaderData, XLOG_BLCKSZ};

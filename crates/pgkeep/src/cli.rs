@@ -62,7 +62,36 @@ pub enum Command {
     List(ListArgs),
     /// The whole story on a throw-away cluster: load, back up under writes, restore to a point in time.
     Demo(DemoArgs),
+    /// WAL integrity and forensics: check the archive, inspect a data directory's WAL.
+    #[command(subcommand)]
+    Wal(WalCommand),
+    /// How much a failure could cost now: checkpoint interval, archive lag, backup ages, worst-case loss.
+    Rpo(RpoArgs),
 }
+
+#[derive(Debug, Subcommand)]
+pub enum WalCommand {
+    /// Check the archive: no gap per timeline from the oldest backup on, every record of every
+    /// segment valid, each backup's WAL present. Exit 1 naming every missing or damaged file.
+    Verify(WalVerifyArgs),
+    /// For a cluster that will not start: read pg_control and pg_wal (no server needed), name
+    /// the damaged segments, the commits at risk, and whether the archive has intact copies.
+    /// Exit 0 only when nothing is damaged.
+    Inspect(WalInspectArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WalVerifyArgs {}
+
+#[derive(Debug, Args)]
+pub struct WalInspectArgs {
+    /// Data directory (default: --pgdata, PGDATA or the config file).
+    #[arg(value_name = "PGDATA")]
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RpoArgs {}
 
 #[derive(Debug, Args)]
 pub struct InitArgs {}

@@ -9,7 +9,7 @@
 //! - The binary maps errors to exit codes: 1 for a failed operation, 2 for bad usage/config
 //!   (see [`Error::exit_code`]); 0 only when a command did everything it says.
 
-use crate::{archive, backup, config, pg, repo, restore};
+use crate::{archive, backup, config, pg, repo, restore, wal};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -33,6 +33,8 @@ pub enum Error {
     Backup(#[from] backup::BackupError),
     #[error(transparent)]
     Restore(#[from] restore::RestoreError),
+    #[error(transparent)]
+    Wal(#[from] wal::WalError),
     #[error("{0}")]
     Other(String),
 }

@@ -4,7 +4,8 @@
 //! parsed command line into an [`Outcome`] (text, JSON, success), and `src/main.rs` renders it.
 //! Layout (kept in docs/architecture.md): `repo` (storage, framing, manifests, catalog, locks),
 //! `pg` (connections, backup session, data-directory rules, local instances), `backup`,
-//! `archive`, `restore`, `report`, `command` (init, check, demo).
+//! `archive`, `restore`, `report` (list, rpo), `wal` (wal verify, wal inspect), `command` (init,
+//! check, demo).
 
 pub mod archive;
 pub mod backup;
@@ -19,6 +20,7 @@ pub mod render;
 pub mod repo;
 pub mod report;
 pub mod restore;
+pub mod wal;
 
 use std::sync::Arc;
 
@@ -126,6 +128,40 @@ pub fn run(cli: &Cli, progress: Arc<dyn Progress>, rt: tokio::runtime::Handle) -
         Command::Demo(a) => {
             let r = command::demo::demo(a, progress, rt.clone())?;
             Ok(Outcome::new(&r, render::demo(&r), r.ok))
+        }
+        Command::Wal(cli::WalCommand::Verify(_)) => {
+            let r = wal::verify::verify(&open_repo()?)?;
+            Ok(Outcome::new(&r, wal::verify::render(&r), r.ok))
+        }
+        Command::Wal(cli::WalCommand::Inspect(a)) => {
+            let pgdata = match &a.dir {
+                Some(d) => d.clone(),
+                None => cfg.require_pgdata()?.to_path_buf(),
+            };
+            let repo = cfg.repo.as_ref().map(|_| open_repo());
+            let source = match &repo {
+                None => wal::inspect::ArchiveSource::None,
+                Some(Ok(r)) => wal::inspect::ArchiveSource::Repo(r),
+                Some(Err(e)) => wal::inspect::ArchiveSource::Unavailable {
+                    location: cfg.repo.clone().unwrap_or_default(),
+                    why: e.to_string(),
+                },
+            };
+            let r = wal::inspect::inspect(&pgdata, source)?;
+            Ok(Outcome::new(&r, wal::inspect::render(&r), r.ok))
+        }
+        Command::Rpo(_) => {
+            let repo = cfg.repo.as_ref().map(|_| open_repo());
+            let source = match &repo {
+                None => report::rpo::RepoSource::None,
+                Some(Ok(r)) => report::rpo::RepoSource::Repo(r),
+                Some(Err(e)) => report::rpo::RepoSource::Unavailable {
+                    location: cfg.repo.clone().unwrap_or_default(),
+                    why: e.to_string(),
+                },
+            };
+            let r = report::rpo::rpo(&conn()?, source, &rt)?;
+            Ok(Outcome::new(&r, report::rpo::render(&r), r.ok))
         }
     }
 }

@@ -10,13 +10,13 @@ pub use push::{push, PushOutcome, PushReport};
 pub enum ArchiveError {
     #[error("{name} is not a WAL segment, .partial, .history or .backup file name; refusing to archive it; hint: archive_command must pass %p")]
     UnknownName { name: String },
-    #[error("cannot read {path}: {detail}")]
+    #[error("cannot read {path}: {detail}; the archive is unchanged; hint: archive_command must pass %p (the file PostgreSQL wants archived) and run as the server's OS user")]
     Read { path: String, detail: String },
     #[error("refusing to archive {name}: {detail}; the archive is unchanged; hint: {hint}")]
     Invalid { name: String, detail: String, hint: String },
     #[error("refusing to archive {name}: the archive already holds a different {name} (stored sha256 {stored}, this file {new}); the stored copy is kept; hint: two servers may be archiving into one repository, or this server's WAL diverged (e.g. restored without a new timeline); investigate before changing anything")]
     Conflict { name: String, stored: String, new: String },
-    #[error("cannot write {dest}: {detail}")]
+    #[error("cannot write {dest}: {detail}; hint: restore_command runs as the server's OS user, which must be able to write there (pgkeep archive-get %f \"%p\")")]
     Write { dest: String, detail: String },
     #[error("archive copy of {name} is unusable: {detail}; hint: recovery is stopped rather than ended early; repair the archive from another copy")]
     Damaged { name: String, detail: String },

@@ -142,6 +142,20 @@ fn previous_segment(repo: &Repository, tli: u32, segno: u64, data: &[u8]) -> Opt
     if info & 0x0001 == 0 || segno == 0 {
         return None;
     }
-    let prev = pgkeep_wal::xlog_file_name(tli, segno - 1, repo.info().wal_segment_size);
+    let seg_size = repo.info().wal_segment_size;
+    let prev = pgkeep_wal::xlog_file_name(tli, segno - 1, seg_size);
+    if let Ok(d) = repo.get_framed(&layout::wal_key(&prev)) {
+        return Some(d);
+    }
+    // The first segment of a timeline continues a record of its parent's WAL: the previous
+    // segment is archived under the timeline that was current there.
+    let history = repo.get_framed(&layout::wal_key(&pgkeep_wal::history_file_name(tli))).ok()?;
+    let history = pgkeep_wal::parse_timeline_history(std::str::from_utf8(&history).ok()?).ok()?;
+    let at = pgkeep_wal::Lsn::segment_start(segno - 1, seg_size);
+    let parent = pgkeep_wal::timeline_of(&history, tli, at);
+    if parent == tli {
+        return None;
+    }
+    let prev = pgkeep_wal::xlog_file_name(parent, segno - 1, seg_size);
     repo.get_framed(&layout::wal_key(&prev)).ok()
 }

@@ -345,8 +345,11 @@ impl Instance {
                     });
                 }
             }
-            if let Some(status) = self.pid_file_status() {
-                if (status == "ready" || status == "standby") && self.socket_path().exists() {
+            // A postmaster killed with -9 leaves its pid file (saying "ready") behind: only the
+            // file of the postmaster just started counts.
+            let ours = self.child.as_ref().map(|c| c.id());
+            if let Some((pid, status)) = self.pid_file_status() {
+                if Some(pid) == ours && (status == "ready" || status == "standby") && self.socket_path().exists() {
                     return Ok(());
                 }
             }
@@ -382,10 +385,12 @@ impl Instance {
         self.socket_dir.join(format!(".s.PGSQL.{}", self.port))
     }
 
-    /// Line 8 of postmaster.pid: starting / stopping / ready / standby.
-    fn pid_file_status(&self) -> Option<String> {
+    /// Line 1 (the postmaster's pid) and line 8 (starting / stopping / ready / standby) of
+    /// postmaster.pid.
+    fn pid_file_status(&self) -> Option<(u32, String)> {
         let text = fs::read_to_string(self.pgdata.join("postmaster.pid")).ok()?;
-        text.lines().nth(7).map(|s| s.trim().to_string())
+        let pid = text.lines().next()?.trim().parse().ok()?;
+        text.lines().nth(7).map(|s| (pid, s.trim().to_string()))
     }
 
     /// Stop the server and wait for it to exit (escalating to SIGKILL after a minute).

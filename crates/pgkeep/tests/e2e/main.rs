@@ -14,4 +14,6 @@ mod docs;
 mod init;
 mod interrupted;
 mod pitr;
+mod rpo;
 mod tablespace;
+mod wal;
