@@ -42,10 +42,18 @@ pub fn push(repo: &Repository, path: &Path) -> crate::Result<PushReport> {
     let kind = parse_wal_file_name(&name, seg_size).ok_or_else(|| ArchiveError::UnknownName { name: name.clone() })?;
     let data = std::fs::read(path)
         .map_err(|e| ArchiveError::Read { path: path.display().to_string(), detail: e.to_string() })?;
-    validate(repo, &name, kind, &data)?;
+    // Validation (which may read the previous segment back) and compression + hashing are
+    // independent passes over the same bytes: run them on both cores. archive_command latency
+    // bounds how fast a busy server can archive.
+    let (validated, encoded) = std::thread::scope(|s| {
+        let encoder = s.spawn(|| frame::encode(&data, WAL_COMPRESSION));
+        let validated = validate(repo, &name, kind, &data);
+        (validated, encoder.join())
+    });
+    validated?;
+    let (framed, summary) = encoded.map_err(|_| crate::Error::other("archive-push: the compression thread panicked"))?;
 
     let key = layout::wal_key(&name);
-    let (framed, summary) = frame::encode(&data, WAL_COMPRESSION);
     let sha = hex::encode(summary.sha256);
     let report = |outcome| PushReport {
         file: name.clone(),
