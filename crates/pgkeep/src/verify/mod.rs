@@ -401,8 +401,11 @@ struct Running {
 impl Running {
     fn stop(&mut self) {
         if let Some(mut i) = self.inst.take() {
+            let t = Instant::now();
             let _ = i.stop(StopMode::Immediate);
+            tracing::debug!("postmaster stopped in {:.2}s", t.elapsed().as_secs_f64());
             wait_for_processes_to_leave(&self.scratch.data);
+            tracing::debug!("all server processes gone after {:.2}s", t.elapsed().as_secs_f64());
         }
     }
 }
@@ -513,6 +516,8 @@ impl<'a> Drill<'a> {
         let t = Instant::now();
         self.progress.phase("stop and clean up", None);
         running.stop();
+        self.phase("stop", t);
+        let t = Instant::now();
         if let Some(p) = &running.log_path {
             self.report.server_log = server::notable_log_lines(p, 60);
         }
@@ -587,7 +592,13 @@ impl<'a> Drill<'a> {
         server::configure(&mut inst, sc, mat.control.as_ref(), opts.memory_mb, opts.jobs);
         progress.phase("recovery", None);
         let interrupt = self.interrupt;
-        let started = inst.start_with(opts.recovery_timeout, &|| interrupt.is_set());
+        let deadline = Instant::now() + opts.recovery_timeout;
+        let mut started = inst.start_with(opts.recovery_timeout, &|| interrupt.is_set());
+        if started.is_ok() {
+            // `start` returns at "standby" too (consistent, still recovering): wait for the
+            // promotion, i.e. the postmaster's status "ready", or for the server to give up.
+            started = wait_until_ready(&mut inst, deadline, interrupt);
+        }
         progress.finish_phase();
         let log_path = inst.log_path.clone();
         running.log_path = Some(log_path.clone());
@@ -708,8 +719,9 @@ impl<'a> Drill<'a> {
             file_names.extend(o.file_names);
             self.report.databases.push(o.report);
         }
-        for (k, v) in &stage_seconds {
-            self.report.phases.push(PhaseTime { name: (*k).to_string(), seconds: *v });
+        for k in ["amcheck", "verify_heapam", "read_all", "unique"] {
+            let seconds = stage_seconds.get(k).copied().unwrap_or(0.0);
+            self.report.phases.push(PhaseTime { name: k.to_string(), seconds });
         }
         let dbs_n = self.report.databases.len();
         let sum = |f: fn(&report::DatabaseReport) -> u64| -> u64 { self.report.databases.iter().map(f).sum() };
@@ -863,6 +875,30 @@ impl<'a> Drill<'a> {
                 self.report.checks.push(CheckResult::not_run(n, why));
             }
         }
+    }
+}
+
+/// Wait for postmaster.pid's status line to say `ready`.
+fn wait_until_ready(
+    inst: &mut Instance,
+    deadline: Instant,
+    interrupt: &Interrupt,
+) -> std::result::Result<(), crate::pg::InstanceError> {
+    let pgdata = inst.pgdata.display().to_string();
+    loop {
+        let status = std::fs::read_to_string(inst.pgdata.join("postmaster.pid"))
+            .ok()
+            .and_then(|t| t.lines().nth(7).map(|l| l.trim().to_string()));
+        if status.as_deref() == Some("ready") {
+            return Ok(());
+        }
+        if !inst.is_running() {
+            return Err(crate::pg::InstanceError::StartFailed { pgdata, log: inst.log_tail(12) });
+        }
+        if interrupt.is_set() || Instant::now() > deadline {
+            return Err(crate::pg::InstanceError::StartTimeout { pgdata, secs: 0, log: inst.log_tail(12) });
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -14,3 +14,5 @@ mod docs;
 mod interrupted;
 mod pitr;
 mod tablespace;
+mod verify;
+mod verify_pgdata;
