@@ -179,7 +179,7 @@ pub fn relation_files(pgdata: &Path) -> Result<Vec<RelFile>, VerifyError> {
             out.push(RelFile { rel_path: format!("{rel_dir}/{node}"), fork, segno, path: e.path(), size: meta.len() });
         }
     }
-    out.sort_by(|a, b| b.size.cmp(&a.size));
+    out.sort_by_key(|f| std::cmp::Reverse(f.size));
     Ok(out)
 }
 
