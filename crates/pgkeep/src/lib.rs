@@ -116,7 +116,10 @@ pub fn run(cli: &Cli, progress: Arc<dyn Progress>, rt: tokio::runtime::Handle) -
             // `backup --verify`: the restore drill right after the backup.
             let vopts = verify::VerifyOptions { jobs: opts.jobs, ..Default::default() };
             let interrupt = verify::Interrupt::install(&rt);
-            let d = verify::verify_backup(&repo, &r.id, &vopts, progress, &interrupt)?;
+            let d = verify::verify_backup(&repo, &r.id, &vopts, progress, &interrupt).map_err(|e| match e {
+                Error::Verify(v @ verify::VerifyError::Interrupted { .. }) => Error::Verify(v),
+                e => Error::other(format!("backup {} is complete, but its restore drill could not run: {e}", r.id)),
+            })?;
             let mut json = serde_json::to_value(&r).unwrap_or(serde_json::Value::Null);
             json["verify"] = serde_json::to_value(&d).unwrap_or(serde_json::Value::Null);
             let text = format!("{}\n{}", render::backup(&r), render::verify(&d));

@@ -124,7 +124,15 @@ pub async fn databases(c: &PgClient) -> Result<Vec<Database>, String> {
         .query("SELECT datname, datallowconn, datconnlimit = -2 FROM pg_database ORDER BY datname = 'postgres' DESC, datname", &[])
         .await
         .map_err(|e| q(&e))?;
-    Ok(rows.iter().map(|r| Database { name: r.get(0), allow_conn: r.get(1), invalid: r.get(2) }).collect())
+    let mut v = Vec::new();
+    for r in &rows {
+        v.push(Database {
+            name: r.try_get(0).map_err(|e| q(&e))?,
+            allow_conn: r.try_get(1).map_err(|e| q(&e))?,
+            invalid: r.try_get::<_, Option<bool>>(2).map_err(|e| q(&e))?.unwrap_or(false),
+        });
+    }
+    Ok(v)
 }
 
 async fn connect(conn: &ConnParams, db: &str) -> Result<PgClient, String> {
@@ -145,8 +153,8 @@ async fn ensure_amcheck(c: &PgClient) -> Result<(String, bool), VerifyError> {
         .await
         .map_err(|e| setup_err(q(&e)))?;
     if let Some(r) = row {
-        let schema: String = r.get(0);
-        let version: String = r.get(1);
+        let schema: String = r.try_get(0).map_err(|e| setup_err(q(&e)))?;
+        let version: String = r.try_get(1).map_err(|e| setup_err(q(&e)))?;
         // verify_heapam arrived in amcheck 1.3 (PostgreSQL 14).
         if version.as_str() < "1.3" {
             c.client.batch_execute("ALTER EXTENSION amcheck UPDATE").await.map_err(|e| setup_err(q(&e)))?;
@@ -208,7 +216,9 @@ pub async fn check_database(ctx: &Ctx<'_>, db: &str, shared: bool) -> Result<DbO
         .await
     {
         for r in rows {
-            out.file_names.insert(r.get(0), r.get(1));
+            if let (Ok(path), Ok(name)) = (r.try_get(0), r.try_get(1)) {
+                out.file_names.insert(path, name);
+            }
         }
     }
     let mut clients = vec![main];
@@ -259,10 +269,10 @@ pub async fn check_database(ctx: &Ctx<'_>, db: &str, shared: bool) -> Result<DbO
             match c.client.query(sql.as_str(), &[&tb.oid]).await {
                 Ok(rows) => {
                     for r in rows {
-                        let blk: Option<i64> = r.get(0);
-                        let off: Option<i32> = r.get(1);
-                        let att: Option<i32> = r.get(2);
-                        let msg: Option<String> = r.get(3);
+                        let blk: Option<i64> = r.try_get(0).ok().flatten();
+                        let off: Option<i32> = r.try_get(1).ok().flatten();
+                        let att: Option<i32> = r.try_get(2).ok().flatten();
+                        let msg: Option<String> = r.try_get(3).ok().flatten();
                         let msg = msg.unwrap_or_default();
                         let mut line = format!("table {}", tb.name);
                         if let Some(b) = blk {
@@ -420,8 +430,15 @@ async fn list_objects(c: &PgClient, shared: bool, version_num: u32) -> Result<(V
         )
         .await
         .map_err(|e| q(&e))?;
-    let tables =
-        rows.iter().map(|r| Table { oid: r.get(0), name: r.get(1), kind: r.get(2), populated: r.get(3) }).collect();
+    let mut tables = Vec::new();
+    for r in &rows {
+        tables.push(Table {
+            oid: r.try_get(0).map_err(|e| q(&e))?,
+            name: r.try_get(1).map_err(|e| q(&e))?,
+            kind: r.try_get(2).map_err(|e| q(&e))?,
+            populated: r.try_get::<_, Option<bool>>(3).map_err(|e| q(&e))?.unwrap_or(false),
+        });
+    }
     let nnd = if version_num >= 150000 { "i.indnullsnotdistinct" } else { "false" };
     let sql = format!(
         "SELECT c.oid, format('%I.%I', n.nspname, c.relname), format('%I.%I', tn.nspname, t.relname), t.relkind::text, \
@@ -435,20 +452,24 @@ async fn list_objects(c: &PgClient, shared: bool, version_num: u32) -> Result<(V
          ORDER BY c.relpages DESC, c.oid"
     );
     let rows = c.client.query(sql.as_str(), &[&shared]).await.map_err(|e| q(&e))?;
-    let indexes = rows
-        .iter()
-        .map(|r| Index {
-            oid: r.get(0),
-            name: r.get(1),
-            table: r.get(2),
-            table_kind: r.get(3),
-            usable: r.get(4),
-            unique: r.get(5),
-            keys: r.get(6),
-            predicate: r.get(7),
-            nulls_not_distinct: r.get(8),
-        })
-        .collect();
+    let mut indexes = Vec::new();
+    for r in &rows {
+        // A key column the catalog cannot describe makes the index unusable for the duplicate
+        // check (never a panic on what the server sent).
+        let keys: Vec<Option<String>> = r.try_get(6).map_err(|e| q(&e))?;
+        let complete = keys.iter().all(Option::is_some);
+        indexes.push(Index {
+            oid: r.try_get(0).map_err(|e| q(&e))?,
+            name: r.try_get(1).map_err(|e| q(&e))?,
+            table: r.try_get(2).map_err(|e| q(&e))?,
+            table_kind: r.try_get(3).map_err(|e| q(&e))?,
+            usable: r.try_get::<_, Option<bool>>(4).map_err(|e| q(&e))?.unwrap_or(false),
+            unique: r.try_get::<_, Option<bool>>(5).map_err(|e| q(&e))?.unwrap_or(false) && complete,
+            keys: keys.into_iter().flatten().collect(),
+            predicate: r.try_get(7).map_err(|e| q(&e))?,
+            nulls_not_distinct: r.try_get::<_, Option<bool>>(8).map_err(|e| q(&e))?.unwrap_or(false),
+        });
+    }
     Ok((tables, indexes))
 }
 

@@ -635,11 +635,13 @@ impl<'a> Drill<'a> {
                 socket: inst.socket_dir.display().to_string(),
                 detail: describe(&e),
             })?;
-        let version: String = info.get(0);
-        let version_num: i32 = info.get(1);
-        let in_recovery: bool = info.get(2);
-        let replay: Option<String> = info.get(3);
-        let insert: Option<String> = info.get(4);
+        let bad =
+            |e: tokio_postgres::Error| VerifyError::DbSetup { detail: format!("reading the server's state: {e}") };
+        let version: String = info.try_get(0).map_err(bad)?;
+        let version_num: i32 = info.try_get(1).map_err(bad)?;
+        let in_recovery: bool = info.try_get(2).map_err(bad)?;
+        let replay: Option<String> = info.try_get(3).map_err(bad)?;
+        let insert: Option<String> = info.try_get(4).map_err(bad)?;
         self.report.pg_version = Some(version.split_whitespace().next().unwrap_or(&version).to_string());
         let (end, end_source) =
             match (replay.and_then(|s| s.parse::<Lsn>().ok()), insert.and_then(|s| s.parse::<Lsn>().ok())) {

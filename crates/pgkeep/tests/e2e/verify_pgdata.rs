@@ -315,3 +315,85 @@ fn verify_pgdata_names_a_corrupted_index_and_duplicate_keys() {
     assert_eq!(r["source"]["kind"], "pgdata");
     drop(copy);
 }
+
+/// A loop-mounted btrfs file system, unmounted on drop (root only).
+struct Btrfs {
+    mnt: std::path::PathBuf,
+}
+
+impl Btrfs {
+    fn new(dir: &Path) -> Option<Btrfs> {
+        if !pgkeep::fsutil::running_as_root() {
+            return None;
+        }
+        let img = dir.join("btrfs.img");
+        let mnt = dir.join("btrfs");
+        std::fs::create_dir_all(&mnt).unwrap();
+        let f = std::fs::File::create(&img).unwrap();
+        f.set_len(512 << 20).unwrap();
+        let ok = |c: &mut std::process::Command| c.output().map(|o| o.status.success()).unwrap_or(false);
+        if !ok(std::process::Command::new("mkfs.btrfs").arg("-q").arg(&img))
+            || !ok(std::process::Command::new("mount").arg("-o").arg("loop").arg(&img).arg(&mnt))
+        {
+            return None;
+        }
+        pgkeep::fsutil::set_mode(&mnt, 0o755).unwrap();
+        Some(Btrfs { mnt })
+    }
+}
+
+impl Drop for Btrfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.mnt).output();
+    }
+}
+
+/// `verify --pgdata` on btrfs clones the copy with FICLONE (reflinks: no data copied) into a
+/// scratch directory beside it, and leaves the source untouched. Root only (loop mount); it
+/// says so and passes without root or btrfs-progs.
+#[test]
+fn verify_pgdata_on_btrfs_uses_reflink_clones_root_only() {
+    let env = crate::common::env();
+    let Some(fs) = Btrfs::new(env.root()) else {
+        eprintln!("skipped: needs root and btrfs-progs for a loop-mounted btrfs");
+        return;
+    };
+    let home = fs.mnt.join("pg");
+    std::fs::create_dir_all(&home).unwrap();
+    env.chown(&home);
+    let pgdata = home.join("data");
+    {
+        let mut inst = pgkeep::pg::Instance::new(
+            env.bin.clone(),
+            &pgdata,
+            &home,
+            pgkeep::pg::instance::free_port(),
+            env.owner.clone(),
+        );
+        inst.initdb(&pgkeep::pg::instance::InitdbOptions { data_checksums: true, wal_segsize_mb: None }).unwrap();
+        inst.start(Duration::from_secs(60)).unwrap();
+        let rt = &env.rt;
+        let c = rt.block_on(inst.conn("postgres").connect()).unwrap();
+        rt.block_on(c.simple("CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 20000) g; ALTER TABLE t ADD PRIMARY KEY (id)")).unwrap();
+        drop(c);
+        inst.stop(pgkeep::pg::StopMode::Fast).unwrap();
+    }
+    let before = fingerprint(&pgdata);
+    let r = env.pgkeep(["--pgdata"]).arg(&pgdata).arg("verify").json();
+    assert_eq!(r["ok"], true, "{r:#}");
+    assert_eq!(r["source"]["clone_method"], "reflink", "{r:#}");
+    assert_eq!(before, fingerprint(&pgdata));
+    // The scratch directory went beside the copy (same file system) and is gone.
+    let left: Vec<_> = std::fs::read_dir(&fs.mnt)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("pgkeep-verify-"))
+        .collect();
+    assert!(left.is_empty());
+    let left: Vec<_> = std::fs::read_dir(&home)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("pgkeep-verify-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
