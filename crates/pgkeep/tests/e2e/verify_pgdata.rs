@@ -66,6 +66,17 @@ fn check<'a>(r: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
         .unwrap_or_else(|| panic!("no check {name}: {r:#}"))
 }
 
+/// The failed checks' first errors, for the test log (what the damage looked like).
+fn show(title: &str, r: &serde_json::Value) {
+    println!("{title}: {}", r["summary"]);
+    for c in r["checks"].as_array().unwrap().iter().filter(|c| c["status"] == "failed") {
+        println!("  {}: {}", c["name"], c["detail"]);
+        for e in c["errors"].as_array().unwrap().iter().take(4) {
+            println!("    {}", e.as_str().unwrap_or(""));
+        }
+    }
+}
+
 fn errors(c: &serde_json::Value) -> String {
     c["errors"].as_array().unwrap().iter().map(|e| e.as_str().unwrap()).collect::<Vec<_>>().join("\n")
 }
@@ -173,6 +184,7 @@ fn verify_pgdata_crash_inconsistent_copy_with_checkpoints_between_fails_also_aft
     let parent = scratch_parent(&s.env);
     // (a) As copied: the server cannot start.
     let r = verify_copy_fails(&s, &data_copy, Some(&wal_copy), &parent);
+    show("crash-inconsistent copy as copied", &r);
     let start = check(&r, "start");
     assert_eq!(start["status"], "failed", "{r:#}");
     let lines = errors(start);
@@ -197,7 +209,7 @@ fn verify_pgdata_crash_inconsistent_copy_with_checkpoints_between_fails_also_aft
     assert_eq!(amcheck["status"], "failed", "{r:#}");
     let e = errors(amcheck);
     assert!(e.contains("index public.t_pkey on public.t") && e.contains("lacks matching index tuple"), "{e}");
-    println!("crash-inconsistent copy after pg_resetwal:\n{}", r["summary"]);
+    show("crash-inconsistent copy after pg_resetwal", &r);
 
     // The pgkeep backup of the same workload is clean.
     let r = s.pgkeep(["verify", backup_id.as_str()]).env("TMPDIR", &parent).json();
@@ -252,7 +264,7 @@ fn verify_pgdata_copy_without_checkpoint_between_starts_but_fails_page_lsn_and_h
 
     let parent = scratch_parent(&s.env);
     let r = verify_copy_fails(&s, &data_copy, Some(&wal_copy), &parent);
-    println!("WAL copied at about {copied_at}; {}", r["summary"]);
+    show(&format!("copy without checkpoint between (WAL copied at about {copied_at})"), &r);
     let start = check(&r, "start");
     assert_eq!(start["status"], "passed", "the copy starts cleanly: {r:#}");
     assert!(start["detail"].as_str().unwrap().contains("redo done at"), "{start:#}");
