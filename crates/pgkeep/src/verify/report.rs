@@ -198,7 +198,12 @@ impl DrillReport {
                 .checks
                 .iter()
                 .find(|c| c.status == CheckStatus::Failed)
-                .map(|c| c.errors.first().cloned().unwrap_or_else(|| c.detail.clone()));
+                // The start check's detail holds the decisive FATAL/PANIC line; elsewhere
+                // the first error says most.
+                .map(|c| match c.name.as_str() {
+                    "start" => c.detail.clone(),
+                    _ => c.errors.first().cloned().unwrap_or_else(|| c.detail.clone()),
+                });
             let mut s = format!("FAILED: {}", failed.join(", "));
             if let Some(f) = first {
                 let f: String = f.chars().take(300).collect();
