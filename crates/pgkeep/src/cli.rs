@@ -42,6 +42,10 @@ pub struct GlobalArgs {
     /// Only errors on stderr.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// Set by the binary: --pgdata was typed on the command line (not taken from PGDATA or
+    /// the config file). `verify` drills a data directory only when asked this explicitly.
+    #[arg(skip)]
+    pub pgdata_on_command_line: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -60,6 +64,9 @@ pub enum Command {
     Restore(RestoreArgs),
     /// List backups with their LSNs, times, sizes and state.
     List(ListArgs),
+    /// Restore drill: prove a backup (or, with --pgdata, any copy of a data directory)
+    /// restores clean — amcheck, full read, duplicate keys, page LSNs, assertions.
+    Verify(VerifyArgs),
     /// The whole story on a throw-away cluster: load, back up under writes, restore to a point in time.
     Demo(DemoArgs),
     /// WAL integrity and forensics: check the archive, inspect a data directory's WAL.
@@ -140,6 +147,10 @@ pub struct BackupArgs {
     /// Backup driver: files copies PGDATA through pgkeep.
     #[arg(long, value_enum)]
     pub driver: Option<DriverArg>,
+    /// Run a restore drill on the new backup right away (`pgkeep verify ID`); the exit status
+    /// is 0 only when it passes.
+    #[arg(long)]
+    pub verify: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -202,6 +213,49 @@ pub enum TargetActionArg {
 
 #[derive(Debug, Args)]
 pub struct ListArgs {}
+
+/// `pgkeep verify [ID|latest|all]`, or `pgkeep verify --pgdata DIR [--wal-dir DIR]`.
+///
+/// Restores the backup into a scratch directory (recovering to its consistency point, or to
+/// --target-time, with the archive), starts a private PostgreSQL on it (Unix socket in the
+/// scratch directory only, no archiving), and checks every database: amcheck on every btree
+/// index and every table, every row read, duplicate keys, page LSNs beyond the end of WAL,
+/// transaction IDs beyond the next one, and each --assert query. Stores the verdict with the
+/// backup (`pgkeep list` shows it). Exit status 0 only when every check passed.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Backup id, `latest` (the default) or `all`. Without it, an explicit global --pgdata DIR
+    /// verifies that copy of a data directory instead (never modified: the drill works on a
+    /// reflink clone or a copy).
+    #[arg(value_name = "ID|latest|all")]
+    pub backup: Option<String>,
+    /// SQL file whose statements must each return true (`\connect DB` lines switch database;
+    /// default postgres). Repeatable.
+    #[arg(long = "assert", value_name = "FILE.sql")]
+    pub assert: Vec<PathBuf>,
+    /// Write a logical dump of every database (pg_dump -Fc) and the globals here, taken from
+    /// the drill's copy (`verify all`: one subdirectory per backup).
+    #[arg(long, value_name = "DIR")]
+    pub dump: Option<PathBuf>,
+    /// Recover to this time instead of the backup's consistency point (picks the newest
+    /// backup that ended before it unless an ID is given).
+    #[arg(long, value_name = "TIME")]
+    pub target_time: Option<String>,
+    /// With --pgdata: take pg_wal from this directory (a WAL volume copied separately).
+    #[arg(long, value_name = "DIR")]
+    pub wal_dir: Option<PathBuf>,
+    /// Memory for the drill's PostgreSQL (shared buffers plus the checking sessions), e.g.
+    /// 256 (MB), 512M, 1G.
+    #[arg(long, value_name = "SIZE", default_value = "256")]
+    pub memory: String,
+    /// Checks run in parallel (default: number of cores).
+    #[arg(long, short = 'j', value_name = "N")]
+    pub jobs: Option<usize>,
+    /// Parent directory for the scratch copy (default: TMPDIR; for --pgdata, the copy's
+    /// parent directory first, so reflink clones work).
+    #[arg(long, value_name = "DIR")]
+    pub scratch: Option<PathBuf>,
+}
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {

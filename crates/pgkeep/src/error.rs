@@ -9,7 +9,7 @@
 //! - The binary maps errors to exit codes: 1 for a failed operation, 2 for bad usage/config
 //!   (see [`Error::exit_code`]); 0 only when a command did everything it says.
 
-use crate::{archive, backup, config, pg, repo, restore, wal};
+use crate::{archive, backup, config, pg, repo, restore, verify, wal};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -35,6 +35,8 @@ pub enum Error {
     Restore(#[from] restore::RestoreError),
     #[error(transparent)]
     Wal(#[from] wal::WalError),
+    #[error(transparent)]
+    Verify(#[from] verify::VerifyError),
     #[error("{0}")]
     Other(String),
 }
@@ -47,6 +49,8 @@ impl Error {
             // PostgreSQL treats a restore_command exit status above 125 as fatal: recovery stops
             // instead of ending early at a damaged or unreadable archive copy.
             Error::Archive(archive::ArchiveError::Damaged { .. }) => 126,
+            // 130 after SIGINT, as a shell reports it; 2 for a bad --memory.
+            Error::Verify(e) => e.exit_code(),
             _ => 1,
         }
     }

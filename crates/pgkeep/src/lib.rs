@@ -20,6 +20,7 @@ pub mod render;
 pub mod repo;
 pub mod report;
 pub mod restore;
+pub mod verify;
 pub mod wal;
 
 use std::sync::Arc;
@@ -109,9 +110,22 @@ pub fn run(cli: &Cli, progress: Arc<dyn Progress>, rt: tokio::runtime::Handle) -
                 conn: &c,
                 pgdata: cfg.pgdata.as_deref(),
                 options: &opts,
-                progress,
+                progress: progress.clone(),
             })?;
-            Ok(Outcome::new(&r, render::backup(&r), true))
+            if !a.verify {
+                return Ok(Outcome::new(&r, render::backup(&r), true));
+            }
+            // `backup --verify`: the restore drill right after the backup.
+            let vopts = verify::VerifyOptions { jobs: opts.jobs, ..Default::default() };
+            let interrupt = verify::Interrupt::install(&rt);
+            let d = verify::verify_backup(&repo, &r.id, &vopts, progress, &interrupt).map_err(|e| match e {
+                Error::Verify(v @ verify::VerifyError::Interrupted { .. }) => Error::Verify(v),
+                e => Error::other(format!("backup {} is complete, but its restore drill could not run: {e}", r.id)),
+            })?;
+            let mut json = serde_json::to_value(&r).unwrap_or(serde_json::Value::Null);
+            json["verify"] = serde_json::to_value(&d).unwrap_or(serde_json::Value::Null);
+            let text = format!("{}\n{}", render::backup(&r), render::verify(&d));
+            Ok(Outcome { text, json, ok: d.ok, exit_code: if d.ok { 0 } else { 1 } })
         }
         Command::Restore(a) => {
             let repo = open_repo()?;
@@ -125,6 +139,7 @@ pub fn run(cli: &Cli, progress: Arc<dyn Progress>, rt: tokio::runtime::Handle) -
             let r = report::list::list(&repo)?;
             Ok(Outcome::new(&r, render::list(&r), true))
         }
+        Command::Verify(a) => verify_command(cli, a, &cfg, progress, rt),
         Command::Demo(a) => {
             let r = command::demo::demo(a, progress, rt.clone())?;
             Ok(Outcome::new(&r, render::demo(&r), r.ok))
@@ -163,6 +178,42 @@ pub fn run(cli: &Cli, progress: Arc<dyn Progress>, rt: tokio::runtime::Handle) -
             let r = report::rpo::rpo(&conn()?, source, &rt)?;
             Ok(Outcome::new(&r, report::rpo::render(&r), r.ok))
         }
+    }
+}
+
+/// `pgkeep verify`: a backup (ID, `latest`, `all`), or with an explicit `--pgdata` and no
+/// backup named, a copy of a data directory.
+fn verify_command(
+    cli: &Cli,
+    a: &cli::VerifyArgs,
+    cfg: &Config,
+    progress: Arc<dyn Progress>,
+    rt: tokio::runtime::Handle,
+) -> Result<Outcome> {
+    let opts = verify::VerifyOptions {
+        target_time: a.target_time.as_deref().map(restore::target::parse_time).transpose()?,
+        asserts: a.assert.clone(),
+        dump: a.dump.clone(),
+        memory_mb: verify::parse_memory(&a.memory)?,
+        jobs: a.jobs.unwrap_or(cfg.jobs).max(1),
+        scratch: a.scratch.clone(),
+        ..Default::default()
+    };
+    let pgdata_mode = a.backup.is_none() && (cli.global.pgdata_on_command_line || a.wal_dir.is_some());
+    let interrupt = verify::Interrupt::install(&rt);
+    if pgdata_mode {
+        let dir = cfg.require_pgdata()?;
+        let r = verify::verify_pgdata(dir, a.wal_dir.as_deref(), &opts, progress, rt.clone(), &interrupt)?;
+        return Ok(Outcome::new(&r, render::verify(&r), r.ok));
+    }
+    let repo = Repository::open(&cfg.repo_location()?, rt.clone())?;
+    let reports = verify::verify_backups(&repo, a.backup.as_deref(), &opts, progress, &interrupt)?;
+    let ok = reports.iter().all(|r| r.ok);
+    if a.backup.as_deref() == Some("all") {
+        Ok(Outcome::new(&reports, verify::report::render_all(&reports), ok))
+    } else {
+        let r = reports.into_iter().next().ok_or_else(|| Error::other("no backup was verified"))?;
+        Ok(Outcome::new(&r, render::verify(&r), ok))
     }
 }
 

@@ -4,13 +4,20 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use indicatif::{ProgressBar, ProgressStyle};
 use pgkeep::cli::Cli;
 use pgkeep::progress::Progress;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let mut cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    // `verify` drills a data directory only when --pgdata was typed, never from PGDATA alone.
+    let typed = |m: &clap::ArgMatches| m.value_source("pgdata") == Some(clap::parser::ValueSource::CommandLine);
+    cli.global.pgdata_on_command_line = typed(&matches) || matches.subcommand().is_some_and(|(_, m)| typed(m));
     let level = if cli.global.quiet {
         "error"
     } else {

@@ -150,3 +150,7 @@ pub fn demo(r: &DemoReport) -> String {
         write!(s, "{}", if r.ok { "demo passed: the restored rows match the source exactly" } else { "demo FAILED" });
     s
 }
+
+pub fn verify(r: &crate::verify::DrillReport) -> String {
+    crate::verify::report::render(r)
+}

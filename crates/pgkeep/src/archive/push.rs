@@ -51,7 +51,8 @@ pub fn push(repo: &Repository, path: &Path) -> crate::Result<PushReport> {
         (validated, encoder.join())
     });
     validated?;
-    let (framed, summary) = encoded.map_err(|_| crate::Error::other("archive-push: the compression thread panicked"))?;
+    let (framed, summary) =
+        encoded.map_err(|_| crate::Error::other("archive-push: the compression thread panicked"))?;
 
     let key = layout::wal_key(&name);
     let sha = hex::encode(summary.sha256);

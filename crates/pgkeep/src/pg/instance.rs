@@ -220,6 +220,9 @@ pub struct Instance {
     pub log_path: PathBuf,
     settings: Vec<(String, String)>,
     child: Option<Child>,
+    /// Start the postmaster in a process group of its own, so a terminal's Ctrl-C reaches only
+    /// pgkeep, which then stops the server itself (restore drills).
+    own_process_group: bool,
 }
 
 impl Instance {
@@ -241,7 +244,15 @@ impl Instance {
             log_path,
             settings: Vec::new(),
             child: None,
+            own_process_group: false,
         }
+    }
+
+    /// Put the postmaster in its own process group: SIGINT from the terminal then reaches
+    /// only pgkeep, which stops the server itself before it cleans up.
+    pub fn own_process_group(&mut self) -> &mut Self {
+        self.own_process_group = true;
+        self
     }
 
     /// initdb a new cluster at `pgdata` (trust authentication: the socket is private).
@@ -301,6 +312,12 @@ impl Instance {
     /// Start the server and wait until it accepts connections (or, in recovery without hot
     /// standby, until it leaves the starting state).
     pub fn start(&mut self, timeout: Duration) -> Result<(), InstanceError> {
+        self.start_with(timeout, &|| false)
+    }
+
+    /// [`Instance::start`], giving up (server left running: call `stop`) as soon as `cancel`
+    /// returns true; the error is then a `StartTimeout` carrying the log so far.
+    pub fn start_with(&mut self, timeout: Duration, cancel: &dyn Fn() -> bool) -> Result<(), InstanceError> {
         if fsutil::running_as_root() {
             if let Ok((0, _)) = fsutil::owner_of(&self.pgdata) {
                 return Err(InstanceError::OwnedByRoot { pgdata: self.pgdata.display().to_string() });
@@ -330,6 +347,9 @@ impl Instance {
         cmd.stdout(log.try_clone().map_err(|e| io_err("log file", e))?);
         cmd.stderr(log);
         cmd.current_dir(&self.pgdata);
+        if self.own_process_group {
+            cmd.process_group(0);
+        }
         run_as(&mut cmd, self.owner.as_ref());
         let child = cmd.spawn().map_err(|e| InstanceError::Spawn { tool: "postgres".into(), detail: e.to_string() })?;
         self.child = Some(child);
@@ -353,7 +373,7 @@ impl Instance {
                     return Ok(());
                 }
             }
-            if Instant::now() > deadline {
+            if Instant::now() > deadline || cancel() {
                 let tail = self.log_since(log_offset, 12);
                 return Err(InstanceError::StartTimeout {
                     pgdata: self.pgdata.display().to_string(),

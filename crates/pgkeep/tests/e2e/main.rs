@@ -16,4 +16,6 @@ mod interrupted;
 mod pitr;
 mod rpo;
 mod tablespace;
+mod verify;
+mod verify_pgdata;
 mod wal;
