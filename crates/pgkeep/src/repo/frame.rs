@@ -212,16 +212,42 @@ impl<W: Write> Write for FrameWriter<W> {
     }
 }
 
-/// Frame a small in-memory object.
+/// Frame an object held in memory. Large objects (WAL segments) are compressed one-shot
+/// while the SHA-256 is computed on another core.
 pub fn encode(plain: &[u8], compression: Compression) -> (Vec<u8>, FrameSummary) {
-    let cap = match compression {
-        Compression::None => plain.len(),
-        Compression::Zstd(_) => plain.len() / 2,
-    } + FRAME_OVERHEAD as usize;
-    let mut w = FrameWriter::new(Vec::with_capacity(cap), compression).expect("writing to a Vec cannot fail");
-    w.write_all(plain).expect("writing to a Vec cannot fail");
-    w.finish().expect("writing to a Vec cannot fail")
+    let h = header(compression);
+    let hash = || -> [u8; 32] { Sha256::digest(plain).into() };
+    let compress = || -> Option<Vec<u8>> {
+        match compression {
+            Compression::None => None,
+            Compression::Zstd(level) => zstd::bulk::compress(plain, level).ok(),
+        }
+    };
+    let (sha, compressed) = if plain.len() >= PARALLEL_HASH_MIN {
+        std::thread::scope(|s| {
+            let hasher = s.spawn(hash);
+            let c = compress();
+            (hasher.join().unwrap_or_else(|_| hash()), c)
+        })
+    } else {
+        (hash(), compress())
+    };
+    // zstd only fails on allocation or parameter errors; store uncompressed rather than fail.
+    let (h, payload) = match &compressed {
+        Some(c) => (h, c.as_slice()),
+        None => (header(Compression::None), plain),
+    };
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&h), payload);
+    let mut out = Vec::with_capacity(payload.len() + FRAME_OVERHEAD as usize);
+    out.extend_from_slice(&h);
+    out.extend_from_slice(payload);
+    out.extend_from_slice(&trailer(plain.len() as u64, payload.len() as u64, &sha, crc));
+    let framed_size = out.len() as u64;
+    (out, FrameSummary { plain_size: plain.len() as u64, framed_size, sha256: sha })
 }
+
+/// From this size on, `encode` hashes on a second thread.
+const PARALLEL_HASH_MIN: usize = 1024 * 1024;
 
 /// Decode and verify a whole frame held in memory.
 pub fn decode(framed: &[u8], what: &str) -> Result<Vec<u8>, FrameError> {
