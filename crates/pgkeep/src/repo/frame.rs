@@ -212,18 +212,51 @@ impl<W: Write> Write for FrameWriter<W> {
     }
 }
 
-/// Frame an object held in memory. Large objects (WAL segments) are compressed one-shot
-/// while the SHA-256 is computed on another core.
-pub fn encode(plain: &[u8], compression: Compression) -> (Vec<u8>, FrameSummary) {
-    let h = header(compression);
+/// A frame in three parts, so a large object can be stored without concatenating it.
+pub struct Encoded {
+    pub header: [u8; HEADER_LEN],
+    pub payload: Vec<u8>,
+    pub trailer: [u8; TRAILER_LEN],
+    pub summary: FrameSummary,
+}
+
+impl Encoded {
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.summary.framed_size as usize);
+        out.extend_from_slice(&self.header);
+        out.extend_from_slice(&self.payload);
+        out.extend_from_slice(&self.trailer);
+        out
+    }
+
+    pub fn into_parts(self) -> Vec<bytes::Bytes> {
+        vec![
+            bytes::Bytes::copy_from_slice(&self.header),
+            bytes::Bytes::from(self.payload),
+            bytes::Bytes::copy_from_slice(&self.trailer),
+        ]
+    }
+}
+
+/// From this size on, `encode` hashes on a second thread and compresses with two zstd workers.
+const PARALLEL_MIN: usize = 1024 * 1024;
+
+/// Frame an object held in memory (WAL segments, JSON). Large objects are compressed one-shot
+/// by two zstd workers while the SHA-256 is computed on another thread: archive_command
+/// latency bounds how fast a busy server can archive.
+pub fn encode_parts(plain: &[u8], compression: Compression) -> Encoded {
+    let parallel = plain.len() >= PARALLEL_MIN;
     let hash = || -> [u8; 32] { Sha256::digest(plain).into() };
     let compress = || -> Option<Vec<u8>> {
-        match compression {
-            Compression::None => None,
-            Compression::Zstd(level) => zstd::bulk::compress(plain, level).ok(),
+        let Compression::Zstd(level) = compression else { return None };
+        let mut c = zstd::bulk::Compressor::new(level).ok()?;
+        if parallel {
+            // Best effort: without worker support zstd compresses on this thread.
+            let _ = c.set_parameter(zstd::stream::raw::CParameter::NbWorkers(2));
         }
+        c.compress(plain).ok()
     };
-    let (sha, compressed) = if plain.len() >= PARALLEL_HASH_MIN {
+    let (sha, compressed) = if parallel {
         std::thread::scope(|s| {
             let hasher = s.spawn(hash);
             let c = compress();
@@ -233,21 +266,25 @@ pub fn encode(plain: &[u8], compression: Compression) -> (Vec<u8>, FrameSummary)
         (hash(), compress())
     };
     // zstd only fails on allocation or parameter errors; store uncompressed rather than fail.
-    let (h, payload) = match &compressed {
-        Some(c) => (h, c.as_slice()),
-        None => (header(Compression::None), plain),
+    let (header, payload) = match compressed {
+        Some(c) => (header(compression), c),
+        None => (header(Compression::None), plain.to_vec()),
     };
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&h), payload);
-    let mut out = Vec::with_capacity(payload.len() + FRAME_OVERHEAD as usize);
-    out.extend_from_slice(&h);
-    out.extend_from_slice(payload);
-    out.extend_from_slice(&trailer(plain.len() as u64, payload.len() as u64, &sha, crc));
-    let framed_size = out.len() as u64;
-    (out, FrameSummary { plain_size: plain.len() as u64, framed_size, sha256: sha })
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&header), &payload);
+    let trailer = trailer(plain.len() as u64, payload.len() as u64, &sha, crc);
+    let summary = FrameSummary {
+        plain_size: plain.len() as u64,
+        framed_size: payload.len() as u64 + FRAME_OVERHEAD,
+        sha256: sha,
+    };
+    Encoded { header, payload, trailer, summary }
 }
 
-/// From this size on, `encode` hashes on a second thread.
-const PARALLEL_HASH_MIN: usize = 1024 * 1024;
+/// Frame an object held in memory into one buffer.
+pub fn encode(plain: &[u8], compression: Compression) -> (Vec<u8>, FrameSummary) {
+    let e = encode_parts(plain, compression);
+    (e.to_vec(), e.summary)
+}
 
 /// Decode and verify a whole frame held in memory.
 pub fn decode(framed: &[u8], what: &str) -> Result<Vec<u8>, FrameError> {
@@ -273,14 +310,16 @@ pub fn trailer_of(framed: &[u8], what: &str) -> Result<Trailer, FrameError> {
 /// Hashes and counts what the decoder produces before handing it on.
 struct Verify<'a, W: Write> {
     out: &'a mut W,
-    hasher: Sha256,
+    hasher: Option<Sha256>,
     n: u64,
 }
 
 impl<W: Write> Write for Verify<'_, W> {
     fn write(&mut self, b: &[u8]) -> io::Result<usize> {
         let n = self.out.write(b)?;
-        self.hasher.update(&b[..n]);
+        if let Some(h) = &mut self.hasher {
+            h.update(&b[..n]);
+        }
         self.n += n as u64;
         Ok(n)
     }
@@ -291,7 +330,34 @@ impl<W: Write> Write for Verify<'_, W> {
 
 /// Stream-decode a frame of `framed_len` bytes from `r` into `out`, verifying size and SHA-256.
 /// `what` names the object (and the file it holds) in errors.
-pub fn copy<R: Read, W: Write>(mut r: R, framed_len: u64, out: &mut W, what: &str) -> Result<FrameSummary, FrameError> {
+pub fn copy<R: Read, W: Write>(r: R, framed_len: u64, out: &mut W, what: &str) -> Result<FrameSummary, FrameError> {
+    copy_checked(r, framed_len, out, what, true)
+}
+
+/// Decode a whole in-memory frame checking sizes and CRCs but not the SHA-256: for reads whose
+/// content is about to be checked by other means (a previous WAL segment that is re-validated
+/// record by record), where hashing 16 MiB would only add latency.
+pub fn decode_crc_only(framed: &[u8], what: &str) -> Result<Vec<u8>, FrameError> {
+    let mut out = Vec::with_capacity(frame_plain_size_hint(framed));
+    copy_checked(framed, framed.len() as u64, &mut out, what, false)?;
+    Ok(out)
+}
+
+fn frame_plain_size_hint(framed: &[u8]) -> usize {
+    if framed.len() < TRAILER_LEN {
+        return 0;
+    }
+    let t = &framed[framed.len() - TRAILER_LEN..];
+    (u64::from_le_bytes(t[0..8].try_into().expect("8 bytes")) as usize).min(1 << 30)
+}
+
+fn copy_checked<R: Read, W: Write>(
+    mut r: R,
+    framed_len: u64,
+    out: &mut W,
+    what: &str,
+    verify_sha: bool,
+) -> Result<FrameSummary, FrameError> {
     if framed_len < FRAME_OVERHEAD {
         return Err(FrameError::damaged(what, format!("truncated ({framed_len} bytes)")));
     }
@@ -301,7 +367,7 @@ pub fn copy<R: Read, W: Write>(mut r: R, framed_len: u64, out: &mut W, what: &st
     let payload_len = framed_len - FRAME_OVERHEAD;
     let mut crc_reader = CrcReader { inner: &mut r, crc: crc32c::crc32c(&h) };
     let mut payload = (&mut crc_reader).take(payload_len);
-    let mut v = Verify { out, hasher: Sha256::new(), n: 0 };
+    let mut v = Verify { out, hasher: verify_sha.then(Sha256::new), n: 0 };
     match compression {
         0 => {
             io::copy(&mut payload, &mut v).map_err(|e| io_or_damaged(e, what))?;
@@ -325,7 +391,7 @@ pub fn copy<R: Read, W: Write>(mut r: R, framed_len: u64, out: &mut W, what: &st
     }
     let stored_crc = crc_reader.crc;
     let plain_n = v.n;
-    let sha: [u8; 32] = v.hasher.finalize().into();
+    let sha: Option<[u8; 32]> = v.hasher.map(|h| h.finalize().into());
     let mut t = [0u8; TRAILER_LEN];
     read_exact(&mut r, &mut t, what)?;
     let t = parse_trailer(&t, what)?;
@@ -341,13 +407,13 @@ pub fn copy<R: Read, W: Write>(mut r: R, framed_len: u64, out: &mut W, what: &st
     if t.stored_crc != stored_crc {
         return Err(FrameError::damaged(what, "stored bytes do not match their CRC"));
     }
-    if t.sha256 != sha {
+    if sha.is_some_and(|sha| t.sha256 != sha) {
         return Err(FrameError::damaged(
             what,
             "checksum mismatch (SHA-256 of the content differs from the one recorded)",
         ));
     }
-    Ok(FrameSummary { plain_size: plain_n, framed_size: framed_len, sha256: sha })
+    Ok(FrameSummary { plain_size: plain_n, framed_size: framed_len, sha256: sha.unwrap_or(t.sha256) })
 }
 
 struct CrcReader<R> {

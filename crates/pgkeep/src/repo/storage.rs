@@ -247,10 +247,16 @@ impl Storage {
 
     /// Store `data` under `key` only if no object exists there.
     pub fn put_new(&self, key: &str, data: Bytes) -> Result<PutOutcome, StorageError> {
+        self.put_new_parts(key, vec![data])
+    }
+
+    /// Like [`Storage::put_new`] for an object given in parts (no concatenation of large data).
+    pub fn put_new_parts(&self, key: &str, parts: Vec<Bytes>) -> Result<PutOutcome, StorageError> {
         self.prepare_parent(key)?;
         let path = Self::path(key);
         let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
-        match self.rt.block_on(self.store.put_opts(&path, PutPayload::from(data), opts)) {
+        let payload: PutPayload = parts.into_iter().collect();
+        match self.rt.block_on(self.store.put_opts(&path, payload, opts)) {
             Ok(_) => {
                 self.finish_owner(key)?;
                 Ok(PutOutcome::Created)
