@@ -13,4 +13,11 @@ mod demo;
 mod docs;
 mod interrupted;
 mod pitr;
+mod snapshot_btrfs;
+#[cfg(feature = "ebs")]
+mod snapshot_ebs;
+mod snapshot_freeze;
+mod snapshot_hooks;
+mod snapshot_reflink;
+mod snapshot_util;
 mod tablespace;
