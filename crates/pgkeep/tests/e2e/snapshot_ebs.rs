@@ -140,6 +140,7 @@ fn snapshot_ebs_against_moto() {
     s.configure(&ebs_config(&[good[0], ("wal", bad, m_wal.as_path()), good[2]], ""));
     let out = with_aws(s.pgkeep(["backup"]), &moto).fails();
     let line = out.one_error_line().to_string();
+    eprintln!("{line}");
     assert!(line.contains(bad) && line.contains("pg_backup_stop was called"), "{line}");
     assert!(line.contains("deleted snapshot(s)") && line.contains("no usable backup"), "{line}");
     let failed_id = failed_backup_id(&line);

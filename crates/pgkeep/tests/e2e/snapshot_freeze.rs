@@ -58,6 +58,7 @@ fn snapshot_freeze_of_loop_mounted_xfs_is_thawed_when_a_snapshot_fails() {
     s.configure(&(ok_member("a") + &failing));
     let out = s.pgkeep(["backup"]).fails();
     let line = out.one_error_line().to_string();
+    eprintln!("{line}");
     assert!(line.contains("volume b (command): snapshot failed") && line.contains("simulated SAN failure"), "{line}");
     assert!(line.contains("deleted snapshot(s) snap-a"), "{line}");
     let text = std::fs::read_to_string(&log).unwrap();

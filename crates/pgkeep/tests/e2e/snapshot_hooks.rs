@@ -92,6 +92,7 @@ fn snapshot_hooks_run_in_order_and_a_failing_before_hook_aborts_cleanly() {
     s.configure(&format!("{hooks}\n{vols}"));
     let out = s.pgkeep(["backup"]).fails();
     let line = out.one_error_line().to_string();
+    eprintln!("{line}");
     assert!(line.contains("before hook") && line.contains("exit status 7") && line.contains("storage array busy"), "{line}");
     assert!(line.contains("pg_backup_stop was called") && line.contains("no snapshot had been taken"), "{line}");
     let failed = failed_backup_id(&line);
@@ -109,6 +110,7 @@ fn snapshot_hooks_run_in_order_and_a_failing_before_hook_aborts_cleanly() {
     s.configure(&format!("[hooks]\n{}\n{vols}", hook("after", &w.log, "; exit 3")));
     let out = s.pgkeep(["backup"]).fails();
     let line = out.one_error_line().to_string();
+    eprintln!("{line}");
     assert!(line.contains("after hook") && line.contains("deleted snapshot(s)"), "{line}");
     let failed = failed_backup_id(&line);
     let log = std::fs::read_to_string(&w.log).unwrap();
@@ -128,6 +130,7 @@ fn snapshot_coverage_check_names_the_uncovered_path() {
     s.configure(&volume("data", &w.data, &w.log, ""));
     let out = s.pgkeep(["backup"]).fails();
     let line = out.one_error_line();
+    eprintln!("{line}");
     let real_wal = std::fs::canonicalize(w.wal.join("pg_wal")).unwrap();
     assert!(line.contains(&format!("pg_wal {}", real_wal.display())), "{line}");
     assert!(line.contains("is not on any configured volume") && line.contains("hint:"), "{line}");
@@ -137,6 +140,7 @@ fn snapshot_coverage_check_names_the_uncovered_path() {
     s.configure(&(volume("data", &w.data, &w.log, "") + &volume("wal", &w.wal, &w.log, "")));
     let out = s.pgkeep(["backup"]).fails();
     let line = out.one_error_line();
+    eprintln!("{line}");
     let real_ts = std::fs::canonicalize(w.ts.join("tbs")).unwrap();
     assert!(line.contains("tablespace ts1") && line.contains(&real_ts.display().to_string()), "{line}");
     // Nothing was started: no snapshot command ran, no backup is on record.
@@ -202,6 +206,7 @@ fn snapshot_pending_no_wait_list_commits_and_wait_timeout_cleans_up() {
     s.configure(&format!("[snapshot]\nwait_timeout = 1\n\n{vols}"));
     let out = s.pgkeep(["backup"]).fails();
     let line = out.one_error_line().to_string();
+    eprintln!("{line}");
     assert!(line.contains("did not complete within 1s") && line.contains("deleted snapshot(s)"), "{line}");
     let failed = failed_backup_id(&line);
     let log = std::fs::read_to_string(&w.log).unwrap();

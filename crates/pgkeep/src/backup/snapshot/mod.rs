@@ -527,7 +527,7 @@ impl SnapshotError {
     pub fn aborted(id: &str, cause: String, cleanup: String) -> SnapshotError {
         let (cause, hint) = match cause.split_once("; hint: ") {
             Some((c, h)) => (c.to_string(), format!("; hint: {h}")),
-            None => (cause, String::new()),
+            None => (cause, "; hint: fix the cause named above, then run `pgkeep backup` again".to_string()),
         };
         SnapshotError::Aborted { id: id.to_string(), cause, cleanup, hint }
     }

@@ -354,6 +354,17 @@ pub fn backup(inputs: BackupInputs<'_>, cfg: &SnapshotConfig, sopts: &SnapshotRu
     };
     repo.put_json(&layout::backup_started_key(&backup_id), &marker)?;
 
+    // What PostgreSQL fsyncs itself (data files at the checkpoint, WAL at commit) is in any
+    // snapshot; files written without fsync (postgresql.conf edited a moment ago) are not in a
+    // block-level snapshot until written back. Flush every volume's file system first, outside
+    // the backup window.
+    progress.phase("sync volumes", None);
+    for r in &roots {
+        if let Err(e) = syncfs(&r.root) {
+            progress.note(&format!("cannot sync the file system of volume {} ({}): {e}", r.volume, r.root.display()));
+        }
+    }
+    progress.finish_phase();
     let label = inputs.options.label.clone().unwrap_or_else(|| format!("pgkeep backup {backup_id}"));
     progress.phase("checkpoint (pg_backup_start)", None);
     let started = rt.block_on(BackupSession::start(client, server.major, &label, inputs.options.fast_checkpoint));
@@ -549,6 +560,18 @@ pub fn backup(inputs: BackupInputs<'_>, cfg: &SnapshotConfig, sopts: &SnapshotRu
             layout,
         }),
     })
+}
+
+/// syncfs(2) of the file system holding `path`.
+fn syncfs(path: &Path) -> std::io::Result<()> {
+    let f = std::fs::File::open(path)?;
+    // SAFETY: syncfs on a valid, owned file descriptor.
+    let rc = unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f)) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 fn refresh_once(
