@@ -33,7 +33,7 @@ cleanup() {
 trap cleanup EXIT
 
 truncate -s 8G "$W/fs.img"
-mkfs.btrfs -q "$W/fs.img"
+mkfs.btrfs -q "$W/fs.img" >/dev/null 2>&1
 mkdir "$W/fs" "$W/sock" "$W/repo"
 mount -o loop "$W/fs.img" "$W/fs"
 btrfs subvolume create "$W/fs/data" >/dev/null
@@ -42,7 +42,7 @@ chown postgres: "$W/fs/data" "$W/fs/wal" "$W/sock" "$W/repo"
 chmod 700 "$W/fs/data" "$W/fs/wal"
 install -m 755 "$PGKEEP" "$W/pgkeep"
 
-as_pg "$PGBIN/initdb -q -D $W/fs/data/pgdata -X $W/fs/wal/pg_wal -U postgres --auth=trust --data-checksums" >/dev/null
+as_pg "$PGBIN/initdb -D $W/fs/data/pgdata -X $W/fs/wal/pg_wal -U postgres --auth=trust --data-checksums" >/dev/null
 cat >> "$W/fs/data/pgdata/postgresql.conf" <<EOF
 port = $PORT
 listen_addresses = ''
@@ -53,7 +53,7 @@ archive_command = '"$W/pgkeep" --repo "$W/repo" archive-push "%p"'
 shared_buffers = 256MB
 max_wal_size = 4GB
 EOF
-as_pg "$PGBIN/pg_ctl -D $W/fs/data/pgdata -l $W/postgres.log -w start" >/dev/null
+as_pg "$PGBIN/pg_ctl -D $W/fs/data/pgdata -l $W/sock/postgres.log -w start" >/dev/null
 PG="host=$W/sock port=$PORT user=postgres dbname=postgres"
 "$W/pgkeep" --repo "$W/repo" --pg "$PG" --pgdata "$W/fs/data/pgdata" init >/dev/null
 "$PGBIN/pgbench" -h "$W/sock" -p "$PORT" -U postgres -i -s "$SCALE" -q postgres >/dev/null 2>&1

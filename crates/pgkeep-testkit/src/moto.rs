@@ -79,12 +79,7 @@ impl MotoServer {
             .envs(self.aws_env())
             .output()
             .expect("run venv python");
-        assert!(
-            out.status.success(),
-            "python failed: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            script
-        );
+        assert!(out.status.success(), "python failed: {}\n{}", String::from_utf8_lossy(&out.stderr), script);
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 

@@ -105,7 +105,13 @@ impl Drop for Mounts {
 
 /// A cluster whose data directory is `pgdata` (created, owned by the server user), with
 /// pg_wal moved to `waldir` (a symlink, like `initdb -X`) when given. Not started.
-pub fn cluster_at(env: &TestEnv, name: &str, pgdata: &Path, waldir: Option<&Path>, opts: ClusterOptions) -> TestCluster {
+pub fn cluster_at(
+    env: &TestEnv,
+    name: &str,
+    pgdata: &Path,
+    waldir: Option<&Path>,
+    opts: ClusterOptions,
+) -> TestCluster {
     std::fs::create_dir_all(pgdata).expect("mkdir pgdata");
     pgkeep::fsutil::set_mode(pgdata, 0o700).expect("chmod pgdata");
     env.chown(pgdata);

@@ -29,7 +29,12 @@ pub struct ShellOutput {
 
 /// Run `sh -c command` with `env` added; fail on a non-zero exit or after `timeout`.
 /// `what` names the command in messages (e.g. "before hook").
-pub fn run_shell(what: &str, command: &str, env: &[(String, String)], timeout: Duration) -> Result<ShellOutput, String> {
+pub fn run_shell(
+    what: &str,
+    command: &str,
+    env: &[(String, String)],
+    timeout: Duration,
+) -> Result<ShellOutput, String> {
     let began = Instant::now();
     let mut cmd = Command::new("/bin/sh");
     cmd.arg("-c").arg(command).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());

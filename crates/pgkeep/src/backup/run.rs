@@ -128,7 +128,11 @@ pub(crate) fn check_server(server: &ServerInfo) -> Result<(), BackupError> {
 }
 
 /// PGDATA as given (checked against the server) or the server's data_directory.
-pub(crate) fn resolve_pgdata(given: Option<&Path>, server: &ServerInfo, conn: &ConnParams) -> Result<PathBuf, BackupError> {
+pub(crate) fn resolve_pgdata(
+    given: Option<&Path>,
+    server: &ServerInfo,
+    conn: &ConnParams,
+) -> Result<PathBuf, BackupError> {
     let pgdata = match (given, &server.data_directory) {
         (Some(p), _) => p.to_path_buf(),
         (None, Some(d)) => PathBuf::from(d),

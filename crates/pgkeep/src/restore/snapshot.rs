@@ -56,7 +56,9 @@ pub struct SnapshotRestoreReport {
 pub fn parse_volume_arg(s: &str) -> Result<(String, PathBuf), SnapshotError> {
     match s.split_once('=') {
         Some((n, p)) if !n.is_empty() && !p.is_empty() => Ok((n.to_string(), absolute(Path::new(p)))),
-        _ => Err(SnapshotError::Config(format!("invalid --volume {s:?}; hint: use NAME=PATH with a volume name from the backup"))),
+        _ => Err(SnapshotError::Config(format!(
+            "invalid --volume {s:?}; hint: use NAME=PATH with a volume name from the backup"
+        ))),
     }
 }
 
@@ -82,7 +84,9 @@ pub fn restore(
     let began = Instant::now();
     let id = m.id.clone();
     let layout: &SnapshotLayout = m.snapshot_layout.as_ref().ok_or_else(|| {
-        SnapshotError::Other(format!("backup {id} has no snapshot layout in its manifest; hint: it was not taken by a snapshot driver"))
+        SnapshotError::Other(format!(
+            "backup {id} has no snapshot layout in its manifest; hint: it was not taken by a snapshot driver"
+        ))
     })?;
     let records = records_from_values(&id, &m.snapshots)?;
     for (name, _) in &sopts.volumes {
@@ -129,7 +133,8 @@ pub fn restore(
             Ok(v) => restored.extend(v),
             Err(e) => {
                 let made: Vec<String> = restored.iter().map(|v| v.created.clone()).collect();
-                let also = if made.is_empty() { String::new() } else { format!(" (already restored: {})", made.join(", ")) };
+                let also =
+                    if made.is_empty() { String::new() } else { format!(" (already restored: {})", made.join(", ")) };
                 return Err(SnapshotError::Other(format!("restore of backup {id} failed: {e}{also}")).into());
             }
         }
@@ -140,7 +145,13 @@ pub fn restore(
         let vols: Vec<String> = restored
             .iter()
             .map(|v| {
-                format!("{}={}:{}:{}", v.volume, v.created, v.device.clone().unwrap_or_default(), v.root.clone().unwrap_or_default())
+                format!(
+                    "{}={}:{}:{}",
+                    v.volume,
+                    v.created,
+                    v.device.clone().unwrap_or_default(),
+                    v.root.clone().unwrap_or_default()
+                )
             })
             .collect();
         let env = vec![
@@ -234,12 +245,19 @@ pub fn restore(
     let mut map_text = String::new();
     for t in &layout.tablespaces {
         let root = root_of(&t.at.volume).ok_or_else(|| {
-            SnapshotError::Other(format!("volume {} (tablespace {}) was not restored on this machine", t.at.volume, t.name))
+            SnapshotError::Other(format!(
+                "volume {} (tablespace {}) was not restored on this machine",
+                t.at.volume, t.name
+            ))
         })?;
         let loc = join(root, &t.at.rel);
         relink(&pgdata.join("pg_tblspc").join(t.oid.to_string()), &loc, owner)?;
         map_text.push_str(&format!("{} {}\n", t.oid, loc.display()));
-        report.tablespaces.push(RestoredTablespace { oid: t.oid, name: t.name.clone(), path: loc.display().to_string() });
+        report.tablespaces.push(RestoredTablespace {
+            oid: t.oid,
+            name: t.name.clone(),
+            path: loc.display().to_string(),
+        });
     }
 
     let mut written = vec![pgdata.join("backup_label")];

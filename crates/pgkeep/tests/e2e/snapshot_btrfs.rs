@@ -27,7 +27,9 @@ pub fn btrfs_world(wal_first: bool) -> BtrfsWorld {
     let ts = mounts.subvolume(&env, &fs.join("ts"));
     let s = SnapSetup::new(env, Some(mounts), &data.join("pgdata"), Some(&wal.join("pg_wal")));
     let ts_oid = s.tablespace("ts1", &ts.join("tbs"));
-    let vol = |name: &str| format!("[[volume]]\nname = \"{name}\"\ndriver = \"btrfs\"\npath = \"{}\"\n\n", fs.join(name).display());
+    let vol = |name: &str| {
+        format!("[[volume]]\nname = \"{name}\"\ndriver = \"btrfs\"\npath = \"{}\"\n\n", fs.join(name).display())
+    };
     let order = if wal_first { ["wal", "data", "ts"] } else { ["data", "wal", "ts"] };
     s.configure(&order.iter().map(|n| vol(n)).collect::<String>());
     s.events_table(Some("ts1"));
@@ -98,6 +100,39 @@ fn snapshot_btrfs_three_subvolumes_under_load_restore_exactly() {
     let restored = s.start_restored("restored", &pgdata);
     assert_clean_restore(&restored, &log);
     assert_eq!(restored.int("SELECT count(*) FROM pgbench_accounts"), 100000);
+    drop(restored);
+
+    // PITR flags and --volume: stop as soon as the backup is consistent, clones where told.
+    let at = |v: &str| format!("{v}={}", w.fs.join(format!("pitr-{v}")).display());
+    let r = s
+        .pgkeep(["restore", "--backup", &id, "--target", "immediate", "--target-action", "promote"])
+        .arg("--volume")
+        .arg(at("data"))
+        .arg("--volume")
+        .arg(at("wal"))
+        .arg("--volume")
+        .arg(at("ts"))
+        .json();
+    let pgdata = PathBuf::from(r["pgdata"].as_str().expect("pgdata"));
+    assert_eq!(pgdata, w.fs.join("pitr-data/pgdata"));
+    let pitr = s.start_restored("pitr", &pgdata);
+    let problems = amcheck(&pitr);
+    assert!(problems.is_empty(), "{problems:?}");
+    let got: std::collections::BTreeSet<i64> =
+        pitr.column("SELECT id FROM events").iter().map(|x| x.parse().unwrap()).collect();
+    // Every row committed before the backup started and never deleted is there; nothing
+    // committed after the backup command returned (so after pg_backup_stop) is.
+    let deleted: std::collections::BTreeSet<i64> =
+        log.iter().filter(|c| c.op == pgkeep_testkit::Op::Delete).map(|c| c.id).collect();
+    let must: Vec<i64> = Load::live_ids(&log, before_backup).difference(&deleted).copied().collect();
+    assert!(must.iter().all(|i| got.contains(i)), "rows committed before the backup are missing");
+    let later: Vec<i64> =
+        log.iter().filter(|c| c.seq >= after_backup && c.op == pgkeep_testkit::Op::Insert).map(|c| c.id).collect();
+    assert!(
+        later.iter().all(|i| !got.contains(i)),
+        "rows committed after pg_backup_stop must not be in an immediate-target restore"
+    );
+    assert!(got.len() > must.len() / 2);
     eprintln!(
         "btrfs snapshot backup {id}: window {window:.3}s, spread {spread:.3}s, {} commits during the backup, {} rows checked; test took {:.1}s",
         after_backup - before_backup,
@@ -173,17 +208,21 @@ fn naive_attempt(w: &BtrfsWorld, load: &Load, attempt: usize, checkpoint_between
     let log = load.log();
     let deleted: std::collections::BTreeSet<i64> =
         log.iter().filter(|c| c.op == pgkeep_testkit::Op::Delete).map(|c| c.id).collect();
-    let expected: std::collections::BTreeSet<i64> = Load::live_ids(&log, committed_before).difference(&deleted).copied().collect();
-    let got: std::collections::BTreeSet<i64> = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.column("SELECT id FROM events"))) {
-        Ok(v) => v.iter().filter_map(|x| x.parse().ok()).collect(),
-        Err(_) => Default::default(),
-    };
+    let expected: std::collections::BTreeSet<i64> =
+        Load::live_ids(&log, committed_before).difference(&deleted).copied().collect();
+    let got: std::collections::BTreeSet<i64> =
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.column("SELECT id FROM events"))) {
+            Ok(v) => v.iter().filter_map(|x| x.parse().ok()).collect(),
+            Err(_) => Default::default(),
+        };
     let lost = expected.difference(&got).count();
     if lost > 0 {
         out.detail.push(format!("{lost} of {} rows committed before the first snapshot are missing", expected.len()));
     }
     // The application writes again.
-    if let Err(e) = c.try_sql("INSERT INTO events (payload) SELECT 'after restore ' || g FROM generate_series(1, 300) g") {
+    if let Err(e) =
+        c.try_sql("INSERT INTO events (payload) SELECT 'after restore ' || g FROM generate_series(1, 300) g")
+    {
         out.detail.push(format!("writing after start-up failed: {e}"));
     }
     if let Err(e) = c.try_sql("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 97 = 0") {
@@ -220,8 +259,7 @@ fn snapshot_btrfs_naive_snapshots_are_a_hazard_the_pgkeep_way_is_clean() {
     }
     // The naive copies ran beside the source without touching it.
     let src = amcheck(&s.pg);
-    if !src.is_empty() {
-    }
+    if !src.is_empty() {}
     assert!(src.is_empty(), "the source itself is damaged: {src:?}");
     let b = s.pgkeep(["backup", "--stagger-snapshots", "2"]).json();
     load.wait_for(load.committed() + 100);

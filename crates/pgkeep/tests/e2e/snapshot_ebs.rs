@@ -77,7 +77,11 @@ fn snapshot_ebs_against_moto() {
     s.tablespace("ts1", &m_ts.join("tbs"));
     s.pg.sql("CREATE TABLE t (id int PRIMARY KEY) TABLESPACE ts1; INSERT INTO t SELECT generate_series(1, 1000)");
     let hook_env = s.env.path("post-attach.env");
-    let good = [("data", vols[0].as_str(), m_data.as_path()), ("wal", vols[1].as_str(), m_wal.as_path()), ("ts", vols[2].as_str(), m_ts.as_path())];
+    let good = [
+        ("data", vols[0].as_str(), m_data.as_path()),
+        ("wal", vols[1].as_str(), m_wal.as_path()),
+        ("ts", vols[2].as_str(), m_ts.as_path()),
+    ];
     s.configure(&ebs_config(
         &good,
         &format!(
@@ -120,7 +124,8 @@ fn snapshot_ebs_against_moto() {
     for a in attached {
         assert_eq!(a[1], "us-east-1a");
         assert_eq!(a[3], dst.as_str());
-        let rec = recs.iter().find(|x| x["snapshot_id"] == a[2]).expect("volume made from one of the backup's snapshots");
+        let rec =
+            recs.iter().find(|x| x["snapshot_id"] == a[2]).expect("volume made from one of the backup's snapshots");
         assert_eq!(a[4], rec["device"]);
         assert!(restored.iter().any(|v| v["created"] == a[0]));
     }

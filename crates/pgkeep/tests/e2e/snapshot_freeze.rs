@@ -12,7 +12,10 @@ use crate::snapshot_util::{failed_backup_id, listed, pgkeep_sessions, SnapSetup}
 
 /// Probe without blocking: freezing an already frozen file system fails with EBUSY.
 fn probe(mount: &Path) -> String {
-    format!("if fsfreeze --freeze {m} 2>/dev/null; then fsfreeze --unfreeze {m}; echo thawed; else echo frozen; fi", m = mount.display())
+    format!(
+        "if fsfreeze --freeze {m} 2>/dev/null; then fsfreeze --unfreeze {m}; echo thawed; else echo frozen; fi",
+        m = mount.display()
+    )
 }
 
 /// True when the file system is not frozen (thawing an unfrozen one fails with EINVAL).
@@ -53,7 +56,9 @@ fn snapshot_freeze_of_loop_mounted_xfs_is_thawed_when_a_snapshot_fails() {
             log = log.display()
         )
     };
-    let ok_member = |name: &str| member(name, &format!("echo \"{name} $({})\" >> {}; echo snap-{name}", probe(&xfs), log.display()));
+    let ok_member = |name: &str| {
+        member(name, &format!("echo \"{name} $({})\" >> {}; echo snap-{name}", probe(&xfs), log.display()))
+    };
     let failing = member("b", "echo simulated SAN failure >&2; exit 1");
     s.configure(&(ok_member("a") + &failing));
     let out = s.pgkeep(["backup"]).fails();

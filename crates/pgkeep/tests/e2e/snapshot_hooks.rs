@@ -52,8 +52,10 @@ fn hook(name: &str, log: &Path, tail: &str) -> String {
 fn snapshot_hooks_run_in_order_and_a_failing_before_hook_aborts_cleanly() {
     let w = cmd_world();
     let s = &w.s;
-    let vols = volume("data", &w.data, &w.log, "") + &volume("wal", &w.wal, &w.log, "") + &volume("ts", &w.ts, &w.log, "");
-    let hooks = format!("[hooks]\n{}{}{}", hook("before", &w.log, ""), hook("after", &w.log, ""), hook("complete", &w.log, ""));
+    let vols =
+        volume("data", &w.data, &w.log, "") + &volume("wal", &w.wal, &w.log, "") + &volume("ts", &w.ts, &w.log, "");
+    let hooks =
+        format!("[hooks]\n{}{}{}", hook("before", &w.log, ""), hook("after", &w.log, ""), hook("complete", &w.log, ""));
     s.configure(&format!("{hooks}\n{vols}"));
     let b = s.pgkeep(["backup"]).json();
     let id = b["id"].as_str().unwrap();
@@ -74,7 +76,8 @@ fn snapshot_hooks_run_in_order_and_a_failing_before_hook_aborts_cleanly() {
     );
     assert_eq!(lines[4], format!("after id={id} start={start} stop=none hook=after"));
     assert_eq!(lines[5], format!("complete id={id} start={start} stop={stop} hook=complete"));
-    let ran: Vec<&str> = b["snapshot"]["hooks"].as_array().unwrap().iter().map(|h| h["hook"].as_str().unwrap()).collect();
+    let ran: Vec<&str> =
+        b["snapshot"]["hooks"].as_array().unwrap().iter().map(|h| h["hook"].as_str().unwrap()).collect();
     assert_eq!(ran, ["before", "after", "complete"]);
     let recs = b["snapshot"]["snapshots"].as_array().unwrap();
     assert!(recs.iter().any(|r| r["snapshot_id"] == format!("snap-data-{id}")), "{b}");
@@ -93,13 +96,19 @@ fn snapshot_hooks_run_in_order_and_a_failing_before_hook_aborts_cleanly() {
     let out = s.pgkeep(["backup"]).fails();
     let line = out.one_error_line().to_string();
     eprintln!("{line}");
-    assert!(line.contains("before hook") && line.contains("exit status 7") && line.contains("storage array busy"), "{line}");
+    assert!(
+        line.contains("before hook") && line.contains("exit status 7") && line.contains("storage array busy"),
+        "{line}"
+    );
     assert!(line.contains("pg_backup_stop was called") && line.contains("no snapshot had been taken"), "{line}");
     let failed = failed_backup_id(&line);
     let log = std::fs::read_to_string(&w.log).unwrap();
     assert_eq!(log.lines().count(), 1, "only the before hook ran: {log}");
     assert_eq!(pgkeep_sessions(&s.pg), 0, "no backup session may be left on the server");
-    assert!(backup_history_label(&w.wal.join("pg_wal"), &failed).is_some(), "pg_backup_stop must have run for {failed}");
+    assert!(
+        backup_history_label(&w.wal.join("pg_wal"), &failed).is_some(),
+        "pg_backup_stop must have run for {failed}"
+    );
     assert_eq!(listed(s), vec![(id.to_string(), "complete".to_string())], "nothing usable from the failed run");
     // The server is not stuck in backup mode: another backup works at once.
     s.configure(&vols);
@@ -151,6 +160,12 @@ fn snapshot_coverage_check_names_the_uncovered_path() {
     // `--driver files` still takes a file copy with the same config.
     let b = s.pgkeep(["backup", "--driver", "files"]).json();
     assert_eq!(b["driver"], "files");
+    // expire works for files backups too.
+    let e = s.pgkeep(["expire", "--backup", b["id"].as_str().unwrap()]).json();
+    assert_eq!(e["removed"], true);
+    assert!(listed(s).is_empty());
+    let out = s.pgkeep(["expire", "--backup", b["id"].as_str().unwrap()]).fails();
+    assert!(out.one_error_line().contains("is not in repository"), "{}", out.stderr);
 }
 
 /// Pending snapshots: `--no-wait` records them as pending (listed, never restored), `pgkeep
@@ -163,7 +178,9 @@ fn snapshot_pending_no_wait_list_commits_and_wait_timeout_cleans_up() {
     let states = s.env.path("states");
     std::fs::create_dir_all(&states).unwrap();
     let status = format!("status_command = 'cat {}/$PGKEEP_VOLUME_NAME 2>/dev/null || echo pending'", states.display());
-    let vols = volume("data", &w.data, &w.log, &status) + &volume("wal", &w.wal, &w.log, &status) + &volume("ts", &w.ts, &w.log, &status);
+    let vols = volume("data", &w.data, &w.log, &status)
+        + &volume("wal", &w.wal, &w.log, &status)
+        + &volume("ts", &w.ts, &w.log, &status);
     s.configure(&vols);
     let b = s.pgkeep(["backup", "--no-wait"]).json();
     let id = b["id"].as_str().unwrap().to_string();

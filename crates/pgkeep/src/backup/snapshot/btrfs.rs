@@ -96,8 +96,12 @@ impl SnapshotDriver for Btrfs {
     fn preflight(&self, vols: &[&VolumeConfig], _ctx: &SnapContext) -> Result<(), SnapshotError> {
         for v in vols {
             if !is_subvolume(v.path()) {
-                return Err(SnapshotError::driver(v, "check", format!("{} is not a btrfs subvolume", v.path().display()))
-                    .with_hint("path must be the subvolume itself (`btrfs subvolume list` shows them)"));
+                return Err(SnapshotError::driver(
+                    v,
+                    "check",
+                    format!("{} is not a btrfs subvolume", v.path().display()),
+                )
+                .with_hint("path must be the subvolume itself (`btrfs subvolume list` shows them)"));
             }
             let dir = snapshot_dir(v);
             std::fs::create_dir_all(&dir).map_err(|e| {
@@ -105,8 +109,12 @@ impl SnapshotDriver for Btrfs {
                     .with_hint("set snapshot_dir to a directory on the same btrfs file system")
             })?;
             if !is_btrfs(&dir) {
-                return Err(SnapshotError::driver(v, "check", format!("snapshot directory {} is not on btrfs", dir.display()))
-                    .with_hint("set snapshot_dir to a directory on the same btrfs file system"));
+                return Err(SnapshotError::driver(
+                    v,
+                    "check",
+                    format!("snapshot directory {} is not on btrfs", dir.display()),
+                )
+                .with_hint("set snapshot_dir to a directory on the same btrfs file system"));
             }
         }
         Ok(())
@@ -118,9 +126,15 @@ impl SnapshotDriver for Btrfs {
             let dir = snapshot_dir(v).join(&ctx.backup_id);
             let dest = dir.join(&v.name);
             let started_at = Utc::now();
-            let res = std::fs::create_dir_all(&dir)
-                .map_err(|e| format!("{}: {e}", dir.display()))
-                .and_then(|_| btrfs(&[OsStr::new("subvolume"), OsStr::new("snapshot"), OsStr::new("-r"), v.path().as_os_str(), dest.as_os_str()]));
+            let res = std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display())).and_then(|_| {
+                btrfs(&[
+                    OsStr::new("subvolume"),
+                    OsStr::new("snapshot"),
+                    OsStr::new("-r"),
+                    v.path().as_os_str(),
+                    dest.as_os_str(),
+                ])
+            });
             if let Err(detail) = res {
                 return Err(SnapshotFailure { error: SnapshotError::driver(v, "snapshot", detail), taken });
             }
@@ -167,17 +181,23 @@ impl SnapshotDriver for Btrfs {
     ) -> Result<Vec<RestoredVolume>, SnapshotError> {
         let mut out = Vec::new();
         for r in reqs {
-            let target = r.target.clone().unwrap_or_else(|| default_target(Path::new(&r.record.source), &opts.backup_id));
+            let target =
+                r.target.clone().unwrap_or_else(|| default_target(Path::new(&r.record.source), &opts.backup_id));
             prepare_target(&r.record.volume, &target)?;
             if let Some(parent) = target.parent() {
                 std::fs::create_dir_all(parent)
                     .map_err(|e| SnapshotError::rec(r.record, "restore", format!("{}: {e}", parent.display())))?;
             }
-            btrfs(&[OsStr::new("subvolume"), OsStr::new("snapshot"), OsStr::new(&r.record.snapshot_id), target.as_os_str()])
-                .map_err(|e| {
-                    SnapshotError::rec(r.record, "restore", e)
-                        .with_hint("the target must be on the same btrfs file system as the snapshot")
-                })?;
+            btrfs(&[
+                OsStr::new("subvolume"),
+                OsStr::new("snapshot"),
+                OsStr::new(&r.record.snapshot_id),
+                target.as_os_str(),
+            ])
+            .map_err(|e| {
+                SnapshotError::rec(r.record, "restore", e)
+                    .with_hint("the target must be on the same btrfs file system as the snapshot")
+            })?;
             out.push(RestoredVolume {
                 volume: r.record.volume.clone(),
                 snapshot_id: r.record.snapshot_id.clone(),

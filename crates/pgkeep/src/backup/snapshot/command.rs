@@ -52,7 +52,8 @@ impl SnapshotDriver for CommandDriver {
 
     fn root(&self, vol: &VolumeConfig) -> Result<PathBuf, SnapshotError> {
         let p = vol.mount.as_deref().unwrap_or(vol.path());
-        std::fs::canonicalize(p).map_err(|e| SnapshotError::driver(vol, "find the volume path", format!("{}: {e}", p.display())))
+        std::fs::canonicalize(p)
+            .map_err(|e| SnapshotError::driver(vol, "find the volume path", format!("{}: {e}", p.display())))
     }
 
     fn preflight(&self, vols: &[&VolumeConfig], _ctx: &SnapContext) -> Result<(), SnapshotError> {
@@ -150,7 +151,10 @@ impl SnapshotDriver for CommandDriver {
             let Some(cmd) = vol.and_then(|v| v.restore_command.as_deref()) else {
                 return Err(SnapshotError::rec(rec, "restore", "no restore_command is configured for this volume"));
             };
-            let target = r.target.clone().unwrap_or_else(|| super::btrfs::default_target(Path::new(&rec.source), &opts.backup_id));
+            let target = r
+                .target
+                .clone()
+                .unwrap_or_else(|| super::btrfs::default_target(Path::new(&rec.source), &opts.backup_id));
             super::btrfs::prepare_target(&rec.volume, &target)?;
             let mut env = rec_env(rec);
             env.push(("PGKEEP_RESTORE_PATH".into(), target.display().to_string()));

@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_ec2::types::{
-    Filter, InstanceSpecification, ResourceType, SnapshotState as AwsSnapshotState, Tag, TagSpecification,
-    VolumeState, VolumeType,
+    Filter, InstanceSpecification, ResourceType, SnapshotState as AwsSnapshotState, Tag, TagSpecification, VolumeState,
+    VolumeType,
 };
 use aws_sdk_ec2::Client;
 use chrono::{DateTime, Utc};
@@ -160,7 +160,10 @@ impl Ebs {
     ) -> Result<Vec<SnapshotRecord>, SnapshotFailure> {
         let wanted: Vec<String> = vols.iter().filter_map(|v| v.volume_id.clone()).collect();
         let first = vols.first().map(|v| (*v).clone()).unwrap_or_default();
-        let fail = |detail: String| SnapshotFailure { error: SnapshotError::driver(&first, "snapshot (CreateSnapshots)", detail), taken: Vec::new() };
+        let fail = |detail: String| SnapshotFailure {
+            error: SnapshotError::driver(&first, "snapshot (CreateSnapshots)", detail),
+            taken: Vec::new(),
+        };
         // Which volumes does the instance have? Exclude everything not configured.
         let inst = self
             .rt
@@ -211,24 +214,39 @@ impl Ebs {
                 let _ = self.rt.block_on(self.client.delete_snapshot().snapshot_id(sid).send());
                 continue;
             };
-            let mut r = Self::record(vol, sid, state_of(s.state()), chrono_of(s.start_time()).unwrap_or(started_at), attached.get(vid).cloned());
+            let mut r = Self::record(
+                vol,
+                sid,
+                state_of(s.state()),
+                chrono_of(s.start_time()).unwrap_or(started_at),
+                attached.get(vid).cloned(),
+            );
             r.started_at = started_at;
             taken.push(r);
         }
         for v in vols {
             if !taken.iter().any(|r| r.volume == v.name) {
                 return Err(SnapshotFailure {
-                    error: SnapshotError::driver(v, "snapshot (CreateSnapshots)", "the call returned no snapshot for this volume"),
+                    error: SnapshotError::driver(
+                        v,
+                        "snapshot (CreateSnapshots)",
+                        "the call returned no snapshot for this volume",
+                    ),
                     taken,
                 });
             }
         }
         // The role of each snapshot (CreateSnapshots tags all of them alike).
         for r in &taken {
-            let res = self.rt.block_on(self.client.create_tags().resources(&r.snapshot_id).tags(tag("pgkeep:volume", &r.volume)).send());
+            let res = self.rt.block_on(
+                self.client.create_tags().resources(&r.snapshot_id).tags(tag("pgkeep:volume", &r.volume)).send(),
+            );
             if let Err(e) = res {
                 let vol = vols.iter().find(|v| v.name == r.volume).map(|v| (*v).clone()).unwrap_or_default();
-                return Err(SnapshotFailure { error: SnapshotError::driver(&vol, "tag (CreateTags)", api_err(e)), taken });
+                return Err(SnapshotFailure {
+                    error: SnapshotError::driver(&vol, "tag (CreateTags)", api_err(e)),
+                    taken,
+                });
             }
         }
         Ok(taken)
@@ -255,12 +273,16 @@ impl Ebs {
                 Ok(o) => match o.snapshot_id() {
                     Some(sid) => taken.push(Self::record(v, sid, state_of(o.state()), started_at, None)),
                     None => {
-                        first_err.get_or_insert_with(|| SnapshotError::driver(v, "snapshot (CreateSnapshot)", "no snapshot id in the response"));
+                        first_err.get_or_insert_with(|| {
+                            SnapshotError::driver(v, "snapshot (CreateSnapshot)", "no snapshot id in the response")
+                        });
                     }
                 },
                 Err(e) => {
                     let vid = v.volume_id.clone().unwrap_or_default();
-                    first_err.get_or_insert_with(|| SnapshotError::driver(v, "snapshot (CreateSnapshot)", format!("{vid}: {}", api_err(e))));
+                    first_err.get_or_insert_with(|| {
+                        SnapshotError::driver(v, "snapshot (CreateSnapshot)", format!("{vid}: {}", api_err(e)))
+                    });
                 }
             }
         }
@@ -274,7 +296,8 @@ impl Ebs {
         let deadline = Instant::now() + timeout;
         let mut pause = Duration::from_millis(200);
         loop {
-            let out = self.client.describe_volumes().set_volume_ids(Some(ids.to_vec())).send().await.map_err(api_err)?;
+            let out =
+                self.client.describe_volumes().set_volume_ids(Some(ids.to_vec())).send().await.map_err(api_err)?;
             let pending: Vec<String> = out
                 .volumes()
                 .iter()
@@ -285,7 +308,12 @@ impl Ebs {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(format!("volumes not {} after {}s: {}", want.as_str(), timeout.as_secs(), pending.join(", ")));
+                return Err(format!(
+                    "volumes not {} after {}s: {}",
+                    want.as_str(),
+                    timeout.as_secs(),
+                    pending.join(", ")
+                ));
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_secs(5));
@@ -304,7 +332,8 @@ impl SnapshotDriver for Ebs {
 
     fn root(&self, vol: &VolumeConfig) -> Result<PathBuf, SnapshotError> {
         let p = vol.mount.as_deref().unwrap_or(vol.path());
-        std::fs::canonicalize(p).map_err(|e| SnapshotError::driver(vol, "find the mount point", format!("{}: {e}", p.display())))
+        std::fs::canonicalize(p)
+            .map_err(|e| SnapshotError::driver(vol, "find the mount point", format!("{}: {e}", p.display())))
     }
 
     fn preflight(&self, _vols: &[&VolumeConfig], _ctx: &SnapContext) -> Result<(), SnapshotError> {
@@ -336,7 +365,8 @@ impl SnapshotDriver for Ebs {
             }
         }
         // Device names for restore (per-volume mode learns them here, after pg_backup_stop).
-        let missing: Vec<String> = recs.iter().filter(|r| r.device.is_none()).filter_map(|r| r.volume_id.clone()).collect();
+        let missing: Vec<String> =
+            recs.iter().filter(|r| r.device.is_none()).filter_map(|r| r.volume_id.clone()).collect();
         if !missing.is_empty() {
             if let Ok(devs) = self.rt.block_on(self.devices(&missing)) {
                 for r in recs.iter_mut().filter(|r| r.device.is_none()) {
@@ -388,7 +418,15 @@ impl SnapshotDriver for Ebs {
                 )
                 .map_err(|e| {
                     let made: Vec<&str> = created.iter().map(|(_, v)| v.as_str()).collect();
-                    SnapshotError::rec(r.record, "restore (CreateVolume)", format!("{}; volumes created so far: {}", api_err(e), if made.is_empty() { "none".into() } else { made.join(", ") }))
+                    SnapshotError::rec(
+                        r.record,
+                        "restore (CreateVolume)",
+                        format!(
+                            "{}; volumes created so far: {}",
+                            api_err(e),
+                            if made.is_empty() { "none".into() } else { made.join(", ") }
+                        ),
+                    )
                 })?;
             let vid = out.volume_id().unwrap_or_default().to_string();
             created.push((i, vid));
@@ -403,12 +441,22 @@ impl SnapshotDriver for Ebs {
             let device = r.config.and_then(|c| c.device.clone()).or_else(|| r.record.device.clone());
             if let Some(inst) = &opts.attach_to {
                 let Some(dev) = &device else {
-                    return Err(SnapshotError::rec(r.record, "restore (AttachVolume)", format!("no device name is recorded for volume {vid}"))
-                        .with_hint("set device = \"/dev/sdX\" for this volume in the config"));
+                    return Err(SnapshotError::rec(
+                        r.record,
+                        "restore (AttachVolume)",
+                        format!("no device name is recorded for volume {vid}"),
+                    )
+                    .with_hint("set device = \"/dev/sdX\" for this volume in the config"));
                 };
                 self.rt
                     .block_on(self.client.attach_volume().volume_id(vid).instance_id(inst).device(dev).send())
-                    .map_err(|e| SnapshotError::rec(r.record, "restore (AttachVolume)", format!("{vid} → {inst} {dev}: {}", api_err(e))))?;
+                    .map_err(|e| {
+                        SnapshotError::rec(
+                            r.record,
+                            "restore (AttachVolume)",
+                            format!("{vid} → {inst} {dev}: {}", api_err(e)),
+                        )
+                    })?;
             }
             let path = r.target.clone().or_else(|| r.record.detail.get("path").map(PathBuf::from));
             out.push(RestoredVolume {

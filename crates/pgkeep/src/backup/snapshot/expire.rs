@@ -48,7 +48,9 @@ pub fn expire(repo: &Repository, cfg: &SnapshotConfig, id: &str) -> crate::Resul
         || progress.is_some()
         || repo.storage().head(&layout::backup_started_key(id))?.is_some();
     if !exists {
-        return Err(crate::repo::RepoError::NoSuchBackup { location: repo.location().to_string(), id: id.to_string() }.into());
+        return Err(
+            crate::repo::RepoError::NoSuchBackup { location: repo.location().to_string(), id: id.to_string() }.into()
+        );
     }
     let mut recs: Vec<SnapshotRecord> = Vec::new();
     let mut driver = None;

@@ -454,7 +454,11 @@ pub trait SnapshotDriver: Send + Sync {
 }
 
 /// The driver for `kind`.
-pub fn driver(kind: DriverKind, cfg: &SnapshotConfig, rt: &tokio::runtime::Handle) -> Result<Box<dyn SnapshotDriver>, SnapshotError> {
+pub fn driver(
+    kind: DriverKind,
+    cfg: &SnapshotConfig,
+    rt: &tokio::runtime::Handle,
+) -> Result<Box<dyn SnapshotDriver>, SnapshotError> {
     let _ = (cfg, rt);
     Ok(match kind {
         DriverKind::Btrfs => Box::new(btrfs::Btrfs),
@@ -549,7 +553,12 @@ pub(crate) fn run_tool(prog: &str, args: &[&std::ffi::OsStr]) -> Result<String, 
     } else {
         let err = String::from_utf8_lossy(&out.stderr);
         let err = err.lines().filter(|l| !l.trim().is_empty()).take(3).collect::<Vec<_>>().join(" | ");
-        Err(format!("{prog} {}: {} ({})", args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" "), err, out.status))
+        Err(format!(
+            "{prog} {}: {} ({})",
+            args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" "),
+            err,
+            out.status
+        ))
     }
 }
 
@@ -649,7 +658,8 @@ snapshot_command = "true"
         assert!(e.contains("paht"), "{e}");
         let e = parse("[[volume]]\nname = \"w\"\ndriver = \"zfs\"\npath = \"/x\"\n").unwrap_err();
         assert!(e.contains("zfs"), "{e}");
-        let e = parse("[[volume]]\nname = \"a\"\ndriver = \"btrfs\"\npath = \"/x\"\nstripe_group = \"g\"\n").unwrap_err();
+        let e =
+            parse("[[volume]]\nname = \"a\"\ndriver = \"btrfs\"\npath = \"/x\"\nstripe_group = \"g\"\n").unwrap_err();
         assert!(e.contains("stripe_group"), "{e}");
     }
 

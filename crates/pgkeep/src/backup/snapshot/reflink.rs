@@ -95,14 +95,19 @@ impl SnapshotDriver for Reflink {
             return std::fs::canonicalize(m).map_err(|e| SnapshotError::driver(vol, "find the mount point", e));
         }
         mounted_at(vol).map(|(m, _)| m).ok_or_else(|| {
-            SnapshotError::driver(vol, "find the file system", format!("image {} is not loop-mounted", vol.path().display()))
-                .with_hint("mount it (mount -o loop IMAGE DIR) or set mount = \"DIR\" for this volume")
+            SnapshotError::driver(
+                vol,
+                "find the file system",
+                format!("image {} is not loop-mounted", vol.path().display()),
+            )
+            .with_hint("mount it (mount -o loop IMAGE DIR) or set mount = \"DIR\" for this volume")
         })
     }
 
     fn preflight(&self, vols: &[&VolumeConfig], _ctx: &SnapContext) -> Result<(), SnapshotError> {
         for v in vols {
-            let m = std::fs::metadata(v.path()).map_err(|e| SnapshotError::driver(v, "check", format!("{}: {e}", v.path().display())))?;
+            let m = std::fs::metadata(v.path())
+                .map_err(|e| SnapshotError::driver(v, "check", format!("{}: {e}", v.path().display())))?;
             if !m.is_file() {
                 return Err(SnapshotError::driver(v, "check", format!("{} is not an image file", v.path().display()))
                     .with_hint("for the reflink driver, path is the volume's image file"));
@@ -129,7 +134,11 @@ impl SnapshotDriver for Reflink {
             let res = std::fs::create_dir_all(&dir).and_then(|_| clone_file(v.path(), &dest, 0o600));
             if let Err(e) = res {
                 return Err(SnapshotFailure {
-                    error: SnapshotError::driver(v, "snapshot (FICLONE)", format!("{} → {}: {e}", v.path().display(), dest.display())),
+                    error: SnapshotError::driver(
+                        v,
+                        "snapshot (FICLONE)",
+                        format!("{} → {}: {e}", v.path().display(), dest.display()),
+                    ),
                     taken,
                 });
             }
@@ -197,7 +206,9 @@ impl SnapshotDriver for Reflink {
                     rec.volume
                 )));
             }
-            let mode = std::fs::metadata(&rec.source).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777).unwrap_or(0o600);
+            let mode = std::fs::metadata(&rec.source)
+                .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
+                .unwrap_or(0o600);
             clone_file(Path::new(&rec.snapshot_id), &image, mode | 0o600)
                 .map_err(|e| SnapshotError::rec(rec, "restore (FICLONE)", format!("→ {}: {e}", image.display())))?;
             let mut root = None;

@@ -22,12 +22,12 @@ use serde::{Deserialize, Serialize};
 use super::coverage::{self, PgPaths, Root};
 use super::freeze::Frozen;
 use super::{
-    driver, records_from_values, records_to_values, validate, DriverKind, SnapContext, SnapshotConfig,
-    SnapshotDriver, SnapshotError, SnapshotFailure, SnapshotLayout, SnapshotRecord, SnapshotState, VolumeConfig,
+    driver, records_from_values, records_to_values, validate, DriverKind, SnapContext, SnapshotConfig, SnapshotDriver,
+    SnapshotError, SnapshotFailure, SnapshotLayout, SnapshotRecord, SnapshotState, VolumeConfig,
 };
 use crate::backup::hooks::{run_hook, HookRun};
-use crate::backup::run::{check_server, confirm_wal, remove_stale, resolve_pgdata, BackupInputs, BackupReport};
 use crate::backup::id;
+use crate::backup::run::{check_server, confirm_wal, remove_stale, resolve_pgdata, BackupInputs, BackupReport};
 use crate::pg::session::parse_backup_label;
 use crate::pg::{BackupSession, ServerInfo};
 use crate::repo::catalog::{self, BackupState};
@@ -183,7 +183,9 @@ fn take_snapshots(
             let handles: Vec<_> = units.iter().map(|u| s.spawn(|| run_unit(u, drivers, ctx))).collect();
             handles
                 .into_iter()
-                .map(|h| h.join().unwrap_or_else(|_| Err(SnapshotError::Other("a snapshot thread panicked".into()).into())))
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| Err(SnapshotError::Other("a snapshot thread panicked".into()).into()))
+                })
                 .collect()
         }),
     };
@@ -218,7 +220,8 @@ pub fn delete_records(
     let drivers = match drivers_for(cfg, recs.iter().map(|r| r.driver), rt) {
         Ok(d) => d,
         Err(e) => {
-            failed.push(format!("{} ({e})", recs.iter().map(|r| r.snapshot_id.as_str()).collect::<Vec<_>>().join(", ")));
+            failed
+                .push(format!("{} ({e})", recs.iter().map(|r| r.snapshot_id.as_str()).collect::<Vec<_>>().join(", ")));
             return (deleted, failed);
         }
     };
@@ -248,8 +251,7 @@ fn discard(repo: &Repository, cfg: &SnapshotConfig, id: &str, recs: &[SnapshotRe
     if failed.is_empty() {
         let _ = repo.storage().delete_prefix(&layout::backup_dir(id));
     } else {
-        let left: Vec<SnapshotRecord> =
-            recs.iter().filter(|r| !deleted.contains(&r.snapshot_id)).cloned().collect();
+        let left: Vec<SnapshotRecord> = recs.iter().filter(|r| !deleted.contains(&r.snapshot_id)).cloned().collect();
         let _ = repo.put_json(&snapshots_key(id), &SnapshotProgress { id: id.to_string(), snapshots: left });
         s.push_str(&format!(
             "; ORPHANED (kept on record under backup {id}; retry with `pgkeep expire --backup {id}`): {}",
@@ -309,7 +311,11 @@ fn driver_name(cfg: &SnapshotConfig) -> String {
 }
 
 /// Take a snapshot backup.
-pub fn backup(inputs: BackupInputs<'_>, cfg: &SnapshotConfig, sopts: &SnapshotRunOptions) -> crate::Result<BackupReport> {
+pub fn backup(
+    inputs: BackupInputs<'_>,
+    cfg: &SnapshotConfig,
+    sopts: &SnapshotRunOptions,
+) -> crate::Result<BackupReport> {
     let began = Instant::now();
     let repo = inputs.repo;
     let rt = repo.runtime().clone();
@@ -417,7 +423,9 @@ pub fn backup(inputs: BackupInputs<'_>, cfg: &SnapshotConfig, sopts: &SnapshotRu
             let mut cleanup = discard(repo, cfg, &backup_id, &f.taken);
             cleanup = match stop {
                 Ok(_) => format!("pg_backup_stop was called; {cleanup}"),
-                Err(e) => format!("pg_backup_stop failed ({e}), the session was closed (which ends the backup); {cleanup}"),
+                Err(e) => {
+                    format!("pg_backup_stop failed ({e}), the session was closed (which ends the backup); {cleanup}")
+                }
             };
             return Err(SnapshotError::aborted(&backup_id, f.error.to_string(), cleanup).into());
         }
@@ -473,8 +481,10 @@ pub fn backup(inputs: BackupInputs<'_>, cfg: &SnapshotConfig, sopts: &SnapshotRu
         };
         layout.snapshot_spread_seconds = spread;
         layout.frozen = taken.frozen.keys().cloned().collect();
-        let tablespaces: Vec<Tablespace> =
-            ts_sql.iter().map(|(oid, name, location)| Tablespace { oid: *oid, name: name.clone(), location: location.clone() }).collect();
+        let tablespaces: Vec<Tablespace> = ts_sql
+            .iter()
+            .map(|(oid, name, location)| Tablespace { oid: *oid, name: name.clone(), location: location.clone() })
+            .collect();
         let manifest = Manifest {
             format: MANIFEST_FORMAT,
             id: backup_id.clone(),
@@ -633,7 +643,12 @@ pub struct Finished {
 /// Refresh pending backups: commit those whose snapshots all completed, remove those with a
 /// failed snapshot. With `wait`, wait (up to the wait timeout) for each. Skips quietly when
 /// another backup holds the lock and `wait` is off.
-pub fn finish_pending(repo: &Repository, cfg: &SnapshotConfig, wait: bool, archive_timeout: Duration) -> crate::Result<Vec<Finished>> {
+pub fn finish_pending(
+    repo: &Repository,
+    cfg: &SnapshotConfig,
+    wait: bool,
+    archive_timeout: Duration,
+) -> crate::Result<Vec<Finished>> {
     let pending: Vec<String> =
         catalog::list(repo)?.into_iter().filter(|e| e.state == BackupState::Pending).map(|e| e.id).collect();
     if pending.is_empty() {
@@ -681,7 +696,12 @@ pub fn finish_pending(repo: &Repository, cfg: &SnapshotConfig, wait: bool, archi
         m.snapshots = records_to_values(&recs);
         repo.put_json(&layout::manifest_key(&id), &m)?;
         let _ = repo.storage().delete(&pending_key(&id));
-        let env = lsn_env(&id, m.start_lsn, Some(m.stop_lsn), Path::new(&m.snapshot_layout.as_ref().map(|l| l.pgdata.original.clone()).unwrap_or_default()));
+        let env = lsn_env(
+            &id,
+            m.start_lsn,
+            Some(m.stop_lsn),
+            Path::new(&m.snapshot_layout.as_ref().map(|l| l.pgdata.original.clone()).unwrap_or_default()),
+        );
         let detail = match run_hook("complete", cfg.hooks.complete.as_ref(), cfg, &env) {
             Ok(_) => "every snapshot completed; committed".to_string(),
             Err(e) => format!("every snapshot completed; committed; but {e}"),
