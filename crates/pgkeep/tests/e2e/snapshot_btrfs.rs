@@ -259,7 +259,6 @@ fn snapshot_btrfs_naive_snapshots_are_a_hazard_the_pgkeep_way_is_clean() {
     }
     // The naive copies ran beside the source without touching it.
     let src = amcheck(&s.pg);
-    if !src.is_empty() {}
     assert!(src.is_empty(), "the source itself is damaged: {src:?}");
     let b = s.pgkeep(["backup", "--stagger-snapshots", "2"]).json();
     load.wait_for(load.committed() + 100);

@@ -112,7 +112,9 @@ fn snapshot_hooks_run_in_order_and_a_failing_before_hook_aborts_cleanly() {
     assert_eq!(listed(s), vec![(id.to_string(), "complete".to_string())], "nothing usable from the failed run");
     // The server is not stuck in backup mode: another backup works at once.
     s.configure(&vols);
-    s.pgkeep(["backup"]).ok();
+    let text = s.pgkeep(["backup"]).ok().stdout;
+    assert!(text.contains("pg_backup_start..pg_backup_stop window") && text.contains("spread"), "{text}");
+    eprintln!("{text}");
 
     // A failing after hook: the snapshots taken are deleted.
     std::fs::write(&w.log, "").unwrap();

@@ -136,7 +136,7 @@ impl SnapshotDriver for Btrfs {
                 ])
             });
             if let Err(detail) = res {
-                return Err(SnapshotFailure { error: SnapshotError::driver(v, "snapshot", detail), taken });
+                return Err(SnapshotFailure::new(SnapshotError::driver(v, "snapshot", detail), taken));
             }
             taken.push(SnapshotRecord {
                 volume: v.name.clone(),

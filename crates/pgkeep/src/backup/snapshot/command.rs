@@ -73,7 +73,7 @@ impl SnapshotDriver for CommandDriver {
             let started_at = Utc::now();
             let out = match run_shell(&format!("snapshot_command of volume {}", v.name), cmd, &env, timeout(Some(v))) {
                 Ok(o) => o,
-                Err(e) => return Err(SnapshotFailure { error: SnapshotError::driver(v, "snapshot", e), taken }),
+                Err(e) => return Err(SnapshotFailure::new(SnapshotError::driver(v, "snapshot", e), taken)),
             };
             let acknowledged_at = Utc::now();
             let id = out

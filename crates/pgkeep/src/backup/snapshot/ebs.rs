@@ -160,9 +160,8 @@ impl Ebs {
     ) -> Result<Vec<SnapshotRecord>, SnapshotFailure> {
         let wanted: Vec<String> = vols.iter().filter_map(|v| v.volume_id.clone()).collect();
         let first = vols.first().map(|v| (*v).clone()).unwrap_or_default();
-        let fail = |detail: String| SnapshotFailure {
-            error: SnapshotError::driver(&first, "snapshot (CreateSnapshots)", detail),
-            taken: Vec::new(),
+        let fail = |detail: String| {
+            SnapshotFailure::new(SnapshotError::driver(&first, "snapshot (CreateSnapshots)", detail), Vec::new())
         };
         // Which volumes does the instance have? Exclude everything not configured.
         let inst = self
@@ -226,14 +225,14 @@ impl Ebs {
         }
         for v in vols {
             if !taken.iter().any(|r| r.volume == v.name) {
-                return Err(SnapshotFailure {
-                    error: SnapshotError::driver(
+                return Err(SnapshotFailure::new(
+                    SnapshotError::driver(
                         v,
                         "snapshot (CreateSnapshots)",
                         "the call returned no snapshot for this volume",
                     ),
                     taken,
-                });
+                ));
             }
         }
         // The role of each snapshot (CreateSnapshots tags all of them alike).
@@ -243,10 +242,7 @@ impl Ebs {
             );
             if let Err(e) = res {
                 let vol = vols.iter().find(|v| v.name == r.volume).map(|v| (*v).clone()).unwrap_or_default();
-                return Err(SnapshotFailure {
-                    error: SnapshotError::driver(&vol, "tag (CreateTags)", api_err(e)),
-                    taken,
-                });
+                return Err(SnapshotFailure::new(SnapshotError::driver(&vol, "tag (CreateTags)", api_err(e)), taken));
             }
         }
         Ok(taken)
@@ -287,7 +283,7 @@ impl Ebs {
             }
         }
         match first_err {
-            Some(error) => Err(SnapshotFailure { error, taken }),
+            Some(error) => Err(SnapshotFailure::new(error, taken)),
             None => Ok(taken),
         }
     }

@@ -386,13 +386,19 @@ pub struct SnapContext {
 /// What a failed snapshot call leaves: the error, and the snapshots it did take.
 #[derive(Debug)]
 pub struct SnapshotFailure {
-    pub error: SnapshotError,
+    pub error: Box<SnapshotError>,
     pub taken: Vec<SnapshotRecord>,
+}
+
+impl SnapshotFailure {
+    pub fn new(error: SnapshotError, taken: Vec<SnapshotRecord>) -> SnapshotFailure {
+        SnapshotFailure { error: Box::new(error), taken }
+    }
 }
 
 impl From<SnapshotError> for SnapshotFailure {
     fn from(error: SnapshotError) -> Self {
-        SnapshotFailure { error, taken: Vec::new() }
+        SnapshotFailure::new(error, Vec::new())
     }
 }
 

@@ -133,14 +133,14 @@ impl SnapshotDriver for Reflink {
             let started_at = Utc::now();
             let res = std::fs::create_dir_all(&dir).and_then(|_| clone_file(v.path(), &dest, 0o600));
             if let Err(e) = res {
-                return Err(SnapshotFailure {
-                    error: SnapshotError::driver(
+                return Err(SnapshotFailure::new(
+                    SnapshotError::driver(
                         v,
                         "snapshot (FICLONE)",
                         format!("{} → {}: {e}", v.path().display(), dest.display()),
                     ),
                     taken,
-                });
+                ));
             }
             let acknowledged_at = Utc::now();
             let _ = crate::fsutil::set_mode(&dest, 0o400);

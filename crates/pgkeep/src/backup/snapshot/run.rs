@@ -72,8 +72,8 @@ fn drivers_for(
 ) -> Result<BTreeMap<DriverKind, Box<dyn SnapshotDriver>>, SnapshotError> {
     let mut m = BTreeMap::new();
     for k in kinds {
-        if !m.contains_key(&k) {
-            m.insert(k, driver(k, cfg, rt)?);
+        if let std::collections::btree_map::Entry::Vacant(e) = m.entry(k) {
+            e.insert(driver(k, cfg, rt)?);
         }
     }
     Ok(m)
@@ -130,11 +130,14 @@ struct Taken {
     frozen: BTreeMap<String, f64>,
 }
 
+/// The records of one unit, and (stripe group, seconds frozen) when it was frozen.
+type UnitOutcome = (Vec<SnapshotRecord>, Option<(String, f64)>);
+
 fn run_unit(
     u: &Unit<'_>,
     drivers: &BTreeMap<DriverKind, Box<dyn SnapshotDriver>>,
     ctx: &SnapContext,
-) -> Result<(Vec<SnapshotRecord>, Option<(String, f64)>), SnapshotFailure> {
+) -> Result<UnitOutcome, SnapshotFailure> {
     let d = drivers.get(&u.kind).ok_or_else(|| SnapshotError::Other(format!("no {} driver", u.kind)))?;
     let frozen = match &u.freeze {
         Some((_, p)) => Some(Frozen::freeze(p)?),
@@ -147,7 +150,7 @@ fn run_unit(
             Ok(s) => Some((g.clone(), s)),
             Err(e) => {
                 let taken = res.unwrap_or_else(|f| f.taken);
-                return Err(SnapshotFailure { error: e, taken });
+                return Err(SnapshotFailure::new(e, taken));
             }
         },
         _ => None,
@@ -398,7 +401,7 @@ pub fn backup(
         // On record before anything else can fail, so the snapshots are never lost track of.
         let prog = SnapshotProgress { id: backup_id.clone(), snapshots: taken.records.clone() };
         if let Err(e) = repo.put_json(&snapshots_key(&backup_id), &prog) {
-            return Err(SnapshotFailure { error: SnapshotError::Other(e.to_string()), taken: taken.records });
+            return Err(SnapshotFailure::new(SnapshotError::Other(e.to_string()), taken.records));
         }
         let mut env2 = env.clone();
         env2.push((
@@ -408,7 +411,7 @@ pub fn backup(
         match run_hook("after", cfg.hooks.after.as_ref(), cfg, &env2) {
             Ok(Some(h)) => hooks.push(h),
             Ok(None) => {}
-            Err(e) => return Err(SnapshotFailure { error: e, taken: taken.records }),
+            Err(e) => return Err(SnapshotFailure::new(e, taken.records)),
         }
         Ok(taken)
     })();
