@@ -210,28 +210,31 @@ fn naive_attempt(w: &BtrfsWorld, load: &Load, attempt: usize, checkpoint_between
         log.iter().filter(|c| c.op == pgkeep_testkit::Op::Delete).map(|c| c.id).collect();
     let expected: std::collections::BTreeSet<i64> =
         Load::live_ids(&log, committed_before).difference(&deleted).copied().collect();
-    let got: std::collections::BTreeSet<i64> =
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.column("SELECT id FROM events"))) {
-            Ok(v) => v.iter().filter_map(|x| x.parse().ok()).collect(),
-            Err(_) => Default::default(),
-        };
+    let got: std::collections::BTreeSet<i64> = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        c.column("SET statement_timeout = '30s'; SELECT id FROM events")
+    })) {
+        Ok(v) => v.iter().filter_map(|x| x.parse().ok()).collect(),
+        Err(_) => Default::default(),
+    };
     let lost = expected.difference(&got).count();
     if lost > 0 {
         out.detail.push(format!("{lost} of {} rows committed before the first snapshot are missing", expected.len()));
     }
     // The application writes again.
     if let Err(e) =
-        c.try_sql("INSERT INTO events (payload) SELECT 'after restore ' || g FROM generate_series(1, 300) g")
+        c.try_sql("SET statement_timeout = '10s'; INSERT INTO events (payload) SELECT 'after restore ' || g FROM generate_series(1, 300) g")
     {
         out.detail.push(format!("writing after start-up failed: {e}"));
     }
-    if let Err(e) = c.try_sql("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 97 = 0") {
+    if let Err(e) = c.try_sql(
+        "SET statement_timeout = '10s'; UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 97 = 0",
+    ) {
         out.detail.push(format!("updating after start-up failed: {e}"));
     }
     match try_int(
         &c,
         "SET enable_indexscan = off; SET enable_indexonlyscan = off; SET enable_bitmapscan = off; \
-         SELECT count(*) FROM (SELECT id FROM events GROUP BY id HAVING count(*) > 1) x",
+         SET statement_timeout = '30s'; SELECT count(*) FROM (SELECT id FROM events GROUP BY id HAVING count(*) > 1) x",
     ) {
         Ok(0) => {}
         Ok(d) => out.detail.push(format!("after new writes: {d} duplicate key value(s)")),
@@ -248,7 +251,12 @@ fn naive_attempt(w: &BtrfsWorld, load: &Load, attempt: usize, checkpoint_between
 /// the same 2 s stagger, is asserted clean every time.
 #[test]
 fn snapshot_btrfs_naive_snapshots_are_a_hazard_the_pgkeep_way_is_clean() {
-    let w = btrfs_world(true);
+    let mut w = btrfs_world(true);
+    // A small buffer pool: pages are written out between the snapshots, as on a busy server
+    // whose working set exceeds shared_buffers.
+    w.s.pg.stop();
+    w.s.pg.set("shared_buffers", "1MB");
+    w.s.pg.start();
     let s = &w.s;
     let load = Load::inserts_and_deletes(&s.pg, &s.env.rt, "events", 4);
     load.wait_for(200);
@@ -281,7 +289,13 @@ fn snapshot_btrfs_naive_snapshots_are_a_hazard_the_pgkeep_way_is_clean() {
             if o.checkpoint_between { "checkpoint between snapshots" } else { "no checkpoint between" },
             if o.damaged() {
                 let started = if o.started { "started; " } else { "" };
-                format!("DAMAGED — {started}{}", o.detail.join(" || "))
+                // The server's message, not the query text.
+                let short: Vec<String> = o
+                    .detail
+                    .iter()
+                    .map(|d| d.find("ERROR:").map(|i| &d[i..]).unwrap_or(d).chars().take(300).collect())
+                    .collect();
+                format!("DAMAGED — {started}{}", short.join(" || "))
             } else {
                 "came back clean this time".into()
             }

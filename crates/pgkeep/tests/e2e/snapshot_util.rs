@@ -94,7 +94,9 @@ pub fn amcheck(c: &TestCluster) -> Vec<String> {
     if let Err(e) = c.try_sql("CREATE EXTENSION IF NOT EXISTS amcheck") {
         return vec![format!("CREATE EXTENSION amcheck: {e}")];
     }
-    let btree = r#"DO $$ DECLARE r record; errs text := ''; n int := 0; BEGIN
+    // A damaged copy can make statements wait forever (a tuple locked by a transaction "from
+    // the future"): every check is bounded.
+    let btree = r#"SET statement_timeout = '120s'; DO $$ DECLARE r record; errs text := ''; n int := 0; BEGIN
         FOR r IN SELECT c.oid, c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
                  JOIN pg_am a ON a.oid = c.relam WHERE a.amname = 'btree' AND c.relpersistence = 'p' LOOP
             n := n + 1;
@@ -107,7 +109,7 @@ pub fn amcheck(c: &TestCluster) -> Vec<String> {
     if let Err(e) = c.try_sql(btree) {
         problems.push(e);
     }
-    let heap = r#"DO $$ DECLARE msg text; BEGIN
+    let heap = r#"SET statement_timeout = '120s'; DO $$ DECLARE msg text; BEGIN
         SELECT string_agg(c.relname || ' blk ' || v.blkno || ': ' || v.msg, '; ') INTO msg
           FROM (SELECT c.oid, c.relname FROM pg_class c WHERE c.relkind IN ('r', 'm', 't') AND c.relpersistence = 'p') c,
                LATERAL verify_heapam(c.oid) v;
@@ -122,7 +124,7 @@ pub fn amcheck(c: &TestCluster) -> Vec<String> {
 pub fn duplicate_keys(c: &TestCluster) -> Result<i64, String> {
     try_int(
         c,
-        "SET enable_indexscan = off; SET enable_indexonlyscan = off; SET enable_bitmapscan = off; \
+        "SET statement_timeout = '60s'; SET enable_indexscan = off; SET enable_indexonlyscan = off; SET enable_bitmapscan = off; \
          SELECT count(*) FROM (SELECT id FROM events GROUP BY id HAVING count(*) > 1) x",
     )
 }
