@@ -74,7 +74,10 @@ fn state_of(s: Option<&AwsSnapshotState>) -> SnapshotState {
 
 impl Ebs {
     pub fn new(cfg: &SnapshotConfig, rt: Handle) -> Result<Ebs, SnapshotError> {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+        let https =
+            aws_smithy_http_client::Builder::new().tls_provider(Provider::Rustls(CryptoMode::Ring)).build_https();
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(https);
         if let Some(r) = &cfg.ebs.region {
             loader = loader.region(aws_config::Region::new(r.clone()));
         }
