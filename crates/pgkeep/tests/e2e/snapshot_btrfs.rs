@@ -56,7 +56,7 @@ fn pgbench(s: &SnapSetup, seconds: u32) -> std::process::Child {
 /// (`bt_index_check(…, true)` on every index, `verify_heapam` on every table) is clean, no key
 /// is duplicated, and exactly the committed rows are there.
 #[test]
-fn snapshot_btrfs_three_subvolumes_under_load_restore_exactly() {
+fn snapshot_btrfs_root_three_subvolumes_under_load_restore_exactly() {
     let began = Instant::now();
     let w = btrfs_world(true);
     let s = &w.s;
@@ -250,7 +250,7 @@ fn naive_attempt(w: &BtrfsWorld, load: &Load, attempt: usize, checkpoint_between
 /// printed, not asserted (it varies from run to run). The pgkeep way, under the same load and
 /// the same 2 s stagger, is asserted clean every time.
 #[test]
-fn snapshot_btrfs_naive_snapshots_are_a_hazard_the_pgkeep_way_is_clean() {
+fn snapshot_btrfs_root_naive_snapshots_are_a_hazard_the_pgkeep_way_is_clean() {
     let mut w = btrfs_world(true);
     // A small buffer pool: pages are written out between the snapshots, as on a busy server
     // whose working set exceeds shared_buffers.

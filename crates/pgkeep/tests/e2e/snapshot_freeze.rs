@@ -40,7 +40,7 @@ fn write_completes(mount: &Path) -> bool {
 /// snapshot call fails; the backup then fails cleanly. With both calls succeeding the backup
 /// completes and reports how long the group was frozen.
 #[test]
-fn snapshot_freeze_of_loop_mounted_xfs_is_thawed_when_a_snapshot_fails() {
+fn snapshot_freeze_root_loop_mounted_xfs_is_thawed_when_a_snapshot_fails() {
     let env = env();
     let mounts = Mounts::new(&env);
     let xfs = mounts.loop_fs(&env.path("xfs.img"), &env.path("xfs"), "xfs", 512);

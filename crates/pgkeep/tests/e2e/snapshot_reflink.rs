@@ -14,7 +14,7 @@ use crate::snapshot_util::{assert_clean_restore, SnapSetup};
 /// the images) 2 s apart; restore clones the images again and loop-mounts the clones; the
 /// copy starts and passes amcheck with exactly the committed rows.
 #[test]
-fn snapshot_reflink_images_on_xfs_round_trip() {
+fn snapshot_reflink_root_images_on_xfs_round_trip() {
     let began = Instant::now();
     let env = env();
     let mounts = Mounts::new(&env);
