@@ -6,6 +6,8 @@
 #   - an unprivileged OS user for the servers the tests and the demo start (`postgres`)
 #   - btrfs-progs and xfsprogs (snapshot tests on loop-mounted file systems)
 #   - cargo-nextest (the test runner), if the toolchain lacks it
+#   - a Python venv with moto[server] (a fake EC2 API for the EBS snapshot tests) at
+#     $PGKEEP_MOTO_VENV (default /opt/pgkeep-venv)
 set -euo pipefail
 
 SUDO=""
@@ -20,6 +22,8 @@ ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=(postgresql po
 ls /usr/lib/postgresql/*/lib/amcheck.so >/dev/null 2>&1 || missing+=(postgresql-contrib)
 command -v mkfs.btrfs >/dev/null 2>&1 || missing+=(btrfs-progs)
 command -v mkfs.xfs >/dev/null 2>&1 || missing+=(xfsprogs)
+command -v mkfs.ext4 >/dev/null 2>&1 || missing+=(e2fsprogs)
+/usr/bin/python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 
 if [ ${#missing[@]} -gt 0 ]; then
     echo "setup.sh: installing ${missing[*]}" >&2
@@ -33,6 +37,13 @@ fi
 
 if ! id postgres >/dev/null 2>&1; then
     $SUDO useradd --system --user-group --create-home --home-dir /var/lib/postgresql --shell /bin/bash postgres
+fi
+
+VENV="${PGKEEP_MOTO_VENV:-/opt/pgkeep-venv}"
+if ! [ -x "$VENV/bin/moto_server" ] || ! "$VENV/bin/python" -c 'import moto, boto3' >/dev/null 2>&1; then
+    echo "setup.sh: creating $VENV with moto[server]" >&2
+    $SUDO /usr/bin/python3 -m venv "$VENV"
+    $SUDO "$VENV/bin/pip" install -q --disable-pip-version-check 'moto[server]>=5,<6'
 fi
 
 if ! cargo nextest --version >/dev/null 2>&1; then

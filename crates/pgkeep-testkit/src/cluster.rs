@@ -45,7 +45,14 @@ pub struct TestCluster {
 impl TestCluster {
     pub(crate) fn create(env: &TestEnv, name: &str, opts: ClusterOptions) -> TestCluster {
         let home = env.owned_dir(name);
-        let pgdata = home.join("data");
+        Self::create_at(env, name, &home.join("data"), opts)
+    }
+
+    /// Like `create`, with the data directory at `pgdata` (socket and log in the test's
+    /// directory `name`).
+    pub(crate) fn create_at(env: &TestEnv, name: &str, pgdata: &Path, opts: ClusterOptions) -> TestCluster {
+        let home = env.owned_dir(name);
+        let pgdata = pgdata.to_path_buf();
         let inst = Instance::new(env.bin.clone(), &pgdata, &home, free_port(), env.owner.clone());
         inst.initdb(&InitdbOptions { data_checksums: opts.data_checksums, wal_segsize_mb: opts.wal_segsize_mb })
             .unwrap_or_else(|e| panic!("initdb {name}: {e}"));

@@ -9,8 +9,12 @@ pub mod cluster;
 pub mod cmd;
 pub mod env;
 pub mod load;
+pub mod moto;
+pub mod volumes;
 
 pub use cluster::{ClusterOptions, TestCluster};
 pub use cmd::{CmdOutput, PgkeepCmd};
 pub use env::TestEnv;
 pub use load::{Committed, Load, Op};
+pub use moto::MotoServer;
+pub use volumes::{cluster_at, require_root, Mounts};

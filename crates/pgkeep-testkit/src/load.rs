@@ -83,6 +83,11 @@ impl Load {
         self.log.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
+    /// A copy of the commit log so far (the load keeps running).
+    pub fn log(&self) -> Vec<Committed> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// Everything with `seq < mark()` was committed before this call returned.
     pub fn mark(&self) -> u64 {
         self.committed() as u64

@@ -62,11 +62,13 @@ pub enum Command {
     Backup(BackupArgs),
     /// Restore a backup into an empty directory, optionally to a point in time.
     Restore(RestoreArgs),
-    /// List backups with their LSNs, times, sizes and state.
+    /// List backups with their LSNs, times, sizes and state (commits finished pending snapshot backups).
     List(ListArgs),
     /// Restore drill: prove a backup (or, with --pgdata, any copy of a data directory)
     /// restores clean — amcheck, full read, duplicate keys, page LSNs, assertions.
     Verify(VerifyArgs),
+    /// Delete one backup: its repository objects and, for snapshot backups, its snapshots.
+    Expire(ExpireArgs),
     /// The whole story on a throw-away cluster: load, back up under writes, restore to a point in time.
     Demo(DemoArgs),
     /// WAL integrity and forensics: check the archive, inspect a data directory's WAL.
@@ -144,13 +146,25 @@ pub struct BackupArgs {
     /// Let the starting checkpoint spread out instead of forcing it now.
     #[arg(long)]
     pub spread_checkpoint: bool,
-    /// Backup driver: files copies PGDATA through pgkeep.
+    /// Backup driver: files copies PGDATA through pgkeep (also when snapshot volumes are
+    /// configured; without this flag, configured [[volume]]s mean a snapshot backup).
     #[arg(long, value_enum)]
     pub driver: Option<DriverArg>,
     /// Run a restore drill on the new backup right away (`pgkeep verify ID`); the exit status
     /// is 0 only when it passes.
     #[arg(long)]
     pub verify: bool,
+    /// Snapshot backups: do not wait for snapshots to complete; the backup is listed as
+    /// `pending` and committed later by `pgkeep list` or `pgkeep backup --finish`.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Finish pending snapshot backups (wait for their snapshots, then commit) instead of
+    /// taking a new backup.
+    #[arg(long, conflicts_with_all = ["no_wait", "driver"])]
+    pub finish: bool,
+    /// Test knob: seconds to wait between volume snapshots.
+    #[arg(long, hide = true, value_name = "SECONDS")]
+    pub stagger_snapshots: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -160,9 +174,21 @@ pub enum DriverArg {
 
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
-    /// Target data directory; must be absent or empty.
+    /// Target data directory; must be absent or empty (files backups; snapshot backups are
+    /// cloned volume by volume, see --volume).
     #[arg(long, value_name = "DIR")]
-    pub to: PathBuf,
+    pub to: Option<PathBuf>,
+    /// Snapshot backups: clone volume NAME to PATH (repeatable; default: beside the original,
+    /// suffixed with the backup id; reflink: PATH is the clone image).
+    #[arg(long = "volume", value_name = "NAME=PATH")]
+    pub volume: Vec<String>,
+    /// EBS snapshot backups: availability zone for the new volumes (or [ebs] availability_zone).
+    #[arg(long, value_name = "AZ")]
+    pub availability_zone: Option<String>,
+    /// EBS snapshot backups: attach the new volumes to this instance at the recorded device
+    /// names, then run the post-attach hook.
+    #[arg(long, value_name = "INSTANCE_ID")]
+    pub attach_to: Option<String>,
     /// Backup id, or `latest` (default: the newest backup that can reach the target).
     #[arg(long, value_name = "ID")]
     pub backup: Option<String>,
@@ -255,6 +281,13 @@ pub struct VerifyArgs {
     /// parent directory first, so reflink clones work).
     #[arg(long, value_name = "DIR")]
     pub scratch: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExpireArgs {
+    /// The backup to delete (snapshot backups: its snapshots too).
+    #[arg(long, value_name = "ID")]
+    pub backup: String,
 }
 
 #[derive(Debug, Args)]

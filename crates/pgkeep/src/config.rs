@@ -34,6 +34,15 @@ pub struct FileConfig {
     pub compress_level: Option<i32>,
     pub archive_timeout: Option<u64>,
     pub max_rate: Option<String>,
+    /// Snapshot volumes (`[[volume]]`); when present, `pgkeep backup` takes snapshot backups.
+    #[serde(default)]
+    pub volume: Vec<crate::backup::snapshot::VolumeConfig>,
+    /// Snapshot backup hooks (`[hooks]`).
+    pub hooks: Option<crate::backup::snapshot::HooksConfig>,
+    /// AWS EBS settings (`[ebs]`).
+    pub ebs: Option<crate::backup::snapshot::EbsConfig>,
+    /// Settings shared by the snapshot drivers (`[snapshot]`).
+    pub snapshot: Option<crate::backup::snapshot::SnapshotSettings>,
 }
 
 #[derive(Debug, Clone)]

@@ -37,6 +37,8 @@ pub enum Error {
     Wal(#[from] wal::WalError),
     #[error(transparent)]
     Verify(#[from] verify::VerifyError),
+    #[error(transparent)]
+    Snapshot(#[from] backup::snapshot::SnapshotError),
     #[error("{0}")]
     Other(String),
 }
@@ -46,6 +48,7 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Config(_) => 2,
+            Error::Snapshot(s) if s.is_usage() => 2,
             // PostgreSQL treats a restore_command exit status above 125 as fatal: recovery stops
             // instead of ending early at a damaged or unreadable archive copy.
             Error::Archive(archive::ArchiveError::Damaged { .. }) => 126,

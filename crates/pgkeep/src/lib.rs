@@ -105,13 +105,34 @@ pub fn run(cli: &Cli, progress: Arc<dyn Progress>, rt: tokio::runtime::Handle) -
                 compress_level: a.compress_level.unwrap_or(cfg.compress_level),
                 fast_checkpoint: !a.spread_checkpoint,
             };
-            let r = backup::run(backup::run::BackupInputs {
+            let snap = backup::snapshot::SnapshotConfig::from_file(&cfg.file);
+            if a.finish {
+                let r = backup::snapshot::run::finish_pending(&repo, &snap, true, opts.archive_timeout)?;
+                let ok = r.iter().all(|f| f.state == "complete");
+                return Ok(Outcome::new(&r, render::finished(&r), ok));
+            }
+            let inputs = backup::run::BackupInputs {
                 repo: &repo,
                 conn: &c,
                 pgdata: cfg.pgdata.as_deref(),
                 options: &opts,
                 progress: progress.clone(),
-            })?;
+            };
+            let r = if snap.volumes.is_empty() || a.driver == Some(cli::DriverArg::Files) {
+                if a.no_wait || a.stagger_snapshots.is_some() {
+                    return Err(backup::snapshot::SnapshotError::Config(
+                        "--no-wait and --stagger-snapshots apply to snapshot backups; hint: configure [[volume]]s in the config file".into(),
+                    )
+                    .into());
+                }
+                backup::run(inputs)?
+            } else {
+                let sopts = backup::snapshot::run::SnapshotRunOptions {
+                    stagger: a.stagger_snapshots.map(|s| std::time::Duration::from_secs_f64(s.max(0.0))),
+                    no_wait: a.no_wait,
+                };
+                backup::snapshot::run::backup(inputs, &snap, &sopts)?
+            };
             if !a.verify {
                 return Ok(Outcome::new(&r, render::backup(&r), true));
             }
@@ -129,17 +150,59 @@ pub fn run(cli: &Cli, progress: Arc<dyn Progress>, rt: tokio::runtime::Handle) -
         }
         Command::Restore(a) => {
             let repo = open_repo()?;
-            let opts = restore_options(a, &cfg)?;
+            let mut opts = restore_options(a, &cfg)?;
+            let id = restore::plan::choose_backup_id(&repo, opts.backup.as_deref(), &opts.target)?;
+            let manifest = repo.manifest(&id)?;
+            if manifest.snapshot_layout.is_some() {
+                if a.to.is_some() {
+                    return Err(backup::snapshot::SnapshotError::Config(format!(
+                        "backup {id} is a snapshot backup ({}): it is restored by cloning its volumes, not into --to; hint: use --volume NAME=PATH to choose where each clone goes",
+                        manifest.driver
+                    ))
+                    .into());
+                }
+                let snap = backup::snapshot::SnapshotConfig::from_file(&cfg.file);
+                let mut volumes = Vec::new();
+                for v in &a.volume {
+                    volumes.push(restore::snapshot::parse_volume_arg(v)?);
+                }
+                let sopts = restore::snapshot::SnapshotRestoreOptions {
+                    volumes,
+                    availability_zone: a.availability_zone.clone(),
+                    attach_to: a.attach_to.clone(),
+                };
+                let r = restore::snapshot::restore(&repo, &snap, &manifest, &opts, &sopts)?;
+                return Ok(Outcome::new(&r, render::snapshot_restore(&r), true));
+            }
+            if a.to.is_none() || !a.volume.is_empty() {
+                return Err(config::ConfigError::Invalid(format!(
+                    "backup {id} is a files backup: pass --to DIR (an empty directory){}",
+                    if a.volume.is_empty() { "" } else { "; --volume applies to snapshot backups only" }
+                ))
+                .into());
+            }
+            opts.backup = Some(id);
             let plan = restore::RestorePlan::build(&repo, &opts)?;
             let r = plan.run(&repo, progress)?;
             Ok(Outcome::new(&r, render::restore(&r), true))
         }
         Command::List(_) => {
             let repo = open_repo()?;
+            // Pending snapshot backups whose snapshots completed are committed now.
+            let snap = backup::snapshot::SnapshotConfig::from_file(&cfg.file);
+            if let Err(e) = backup::snapshot::run::finish_pending(&repo, &snap, false, cfg.archive_timeout) {
+                tracing::warn!("could not refresh pending snapshot backups: {e}");
+            }
             let r = report::list::list(&repo)?;
             Ok(Outcome::new(&r, render::list(&r), true))
         }
         Command::Verify(a) => verify_command(cli, a, &cfg, progress, rt),
+        Command::Expire(a) => {
+            let repo = open_repo()?;
+            let snap = backup::snapshot::SnapshotConfig::from_file(&cfg.file);
+            let r = backup::snapshot::expire::expire(&repo, &snap, &a.backup)?;
+            Ok(Outcome::new(&r, render::expire(&r), true))
+        }
         Command::Demo(a) => {
             let r = command::demo::demo(a, progress, rt.clone())?;
             Ok(Outcome::new(&r, render::demo(&r), r.ok))
@@ -243,7 +306,7 @@ fn restore_options(a: &cli::RestoreArgs, cfg: &Config) -> Result<restore::Restor
         map.push(restore::plan::parse_tablespace_map(m)?);
     }
     Ok(restore::RestoreOptions {
-        to: a.to.clone(),
+        to: a.to.clone().unwrap_or_default(),
         backup: a.backup.clone(),
         target,
         action,

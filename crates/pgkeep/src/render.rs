@@ -61,6 +61,9 @@ pub fn get(r: &GetOutcome) -> String {
 }
 
 pub fn backup(r: &BackupReport) -> String {
+    if let Some(snap) = &r.snapshot {
+        return snapshot_backup(r, snap);
+    }
     let mut s = format!(
         "backup {} complete: {} files, {} (stored {}), timeline {}, WAL {} .. {} ({} .. {})\n",
         r.id,
@@ -86,6 +89,92 @@ pub fn backup(r: &BackupReport) -> String {
     }
     if !r.removed_incomplete.is_empty() {
         let _ = write!(s, "\nremoved interrupted backup(s): {}", r.removed_incomplete.join(", "));
+    }
+    s
+}
+
+fn snapshot_backup(r: &BackupReport, snap: &crate::backup::snapshot::run::SnapshotReport) -> String {
+    let mut s = format!(
+        "snapshot backup {} {} ({}): {} snapshot(s), timeline {}, WAL {} .. {} ({} .. {})\n",
+        r.id,
+        if snap.state == "pending" { "taken, PENDING" } else { "complete" },
+        r.driver,
+        snap.snapshots.len(),
+        r.timeline,
+        r.start_lsn,
+        r.stop_lsn,
+        r.start_wal,
+        r.stop_wal
+    );
+    let _ = write!(
+        s,
+        "took {:.1}s; pg_backup_start..pg_backup_stop window {:.3}s; first..last snapshot start spread {:.3}s",
+        r.duration_seconds, r.backup_window_seconds, snap.snapshot_spread_seconds
+    );
+    for v in &snap.snapshots {
+        let _ = write!(
+            s,
+            "\nvolume {} ({}): {} [{}] started {}",
+            v.volume,
+            v.driver,
+            v.snapshot_id,
+            format!("{:?}", v.state).to_lowercase(),
+            v.started_at.format("%H:%M:%S%.3f")
+        );
+    }
+    for (g, secs) in &snap.frozen {
+        let _ = write!(s, "\nstripe group {g} frozen for {:.3}s", secs);
+    }
+    for h in &snap.hooks {
+        let _ = write!(s, "\nhook {} ran ({:.2}s)", h.hook, h.seconds);
+    }
+    if snap.state == "pending" {
+        let _ = write!(s, "\nnot usable until every snapshot completes: `pgkeep list` commits it then, `pgkeep backup --finish` waits for it");
+    }
+    if !r.removed_incomplete.is_empty() {
+        let _ = write!(s, "\nremoved interrupted backup(s): {}", r.removed_incomplete.join(", "));
+    }
+    s
+}
+
+pub fn finished(r: &[crate::backup::snapshot::run::Finished]) -> String {
+    if r.is_empty() {
+        return "no pending snapshot backups".into();
+    }
+    r.iter().map(|f| format!("{} {}: {}", f.id, f.state, f.detail)).collect::<Vec<_>>().join("\n")
+}
+
+pub fn snapshot_restore(r: &crate::restore::snapshot::SnapshotRestoreReport) -> String {
+    let mut s = format!("restored snapshot backup {} ({})\n", r.backup, r.driver);
+    for v in &r.volumes {
+        let _ = write!(s, "volume {}: {} → {}", v.volume, v.snapshot_id, v.created);
+        if let Some(root) = &v.root {
+            if root != &v.created {
+                let _ = write!(s, " (mounted at {root})");
+            }
+        }
+        if let (Some(i), Some(d)) = (&v.attached_to, &v.device) {
+            let _ = write!(s, " attached to {i} at {d}");
+        }
+        s.push('\n');
+    }
+    if let Some(p) = &r.pgdata {
+        let _ = writeln!(s, "data directory: {p}");
+    }
+    if let Some(w) = &r.pg_wal {
+        let _ = writeln!(s, "pg_wal: {w}");
+    }
+    for t in &r.tablespaces {
+        let _ = writeln!(s, "tablespace {} (oid {}) → {}", t.name, t.oid, t.path);
+    }
+    let _ = write!(s, "recovery target: {}\nnext: {}", r.target, r.next);
+    s
+}
+
+pub fn expire(r: &crate::backup::snapshot::expire::ExpireReport) -> String {
+    let mut s = format!("backup {} deleted", r.backup);
+    if !r.deleted_snapshots.is_empty() {
+        let _ = write!(s, " with its snapshot(s) {}", r.deleted_snapshots.join(", "));
     }
     s
 }

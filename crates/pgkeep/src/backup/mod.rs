@@ -2,9 +2,11 @@
 //! non-exclusive backup session, then WAL confirmation, then the manifest commit.
 
 pub mod files;
+pub mod hooks;
 pub mod id;
 pub mod plan;
 pub mod run;
+pub mod snapshot;
 pub mod throttle;
 
 pub use run::{run, BackupOptions, BackupReport};

@@ -55,6 +55,9 @@ pub struct BackupReport {
     pub stored_size: u64,
     pub tablespaces: Vec<Tablespace>,
     pub removed_incomplete: Vec<String>,
+    /// Snapshot backups: the snapshot set, spread, hooks, state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<super::snapshot::run::SnapshotReport>,
 }
 
 /// Everything a backup needs, resolved by the command entry point.
@@ -107,7 +110,7 @@ pub fn run(inputs: BackupInputs<'_>) -> crate::Result<BackupReport> {
     }
 }
 
-fn check_server(server: &ServerInfo) -> Result<(), BackupError> {
+pub(crate) fn check_server(server: &ServerInfo) -> Result<(), BackupError> {
     if server.in_recovery {
         return Err(BackupError::Standby);
     }
@@ -125,7 +128,11 @@ fn check_server(server: &ServerInfo) -> Result<(), BackupError> {
 }
 
 /// PGDATA as given (checked against the server) or the server's data_directory.
-fn resolve_pgdata(given: Option<&Path>, server: &ServerInfo, conn: &ConnParams) -> Result<PathBuf, BackupError> {
+pub(crate) fn resolve_pgdata(
+    given: Option<&Path>,
+    server: &ServerInfo,
+    conn: &ConnParams,
+) -> Result<PathBuf, BackupError> {
     let pgdata = match (given, &server.data_directory) {
         (Some(p), _) => p.to_path_buf(),
         (None, Some(d)) => PathBuf::from(d),
@@ -151,10 +158,15 @@ fn resolve_pgdata(given: Option<&Path>, server: &ServerInfo, conn: &ConnParams) 
 
 /// Remove backups left incomplete by killed runs. Safe: we hold the backup lock, so none of
 /// them is running.
-fn remove_stale(repo: &Repository) -> crate::Result<Vec<String>> {
+pub(crate) fn remove_stale(repo: &Repository) -> crate::Result<Vec<String>> {
     let mut removed = Vec::new();
     for e in catalog::list(repo)? {
         if e.state == BackupState::Incomplete {
+            // Snapshots on record: only the snapshot flow (or expire) may remove it, after
+            // deleting them.
+            if repo.storage().head(&super::snapshot::run::snapshots_key(&e.id))?.is_some() {
+                continue;
+            }
             repo.storage().delete_prefix(&layout::backup_dir(&e.id))?;
             removed.push(e.id);
         }
@@ -286,6 +298,7 @@ fn take(
         stored_size: manifest.stored_size,
         tablespaces,
         removed_incomplete: Vec::new(),
+        snapshot: None,
     })
 }
 
@@ -415,5 +428,6 @@ fn build_manifest(p: ManifestParts<'_>) -> Manifest {
         objects,
         entries,
         snapshots: Vec::new(),
+        snapshot_layout: None,
     }
 }

@@ -14,6 +14,9 @@ pub enum BackupState {
     Complete,
     /// Started but never committed (interrupted, failed, or still running): never restored.
     Incomplete,
+    /// Snapshot backup taken with `--no-wait` whose snapshots are not all completed yet:
+    /// committed later by `pgkeep list` / `pgkeep backup --finish`; never restored until then.
+    Pending,
 }
 
 #[derive(Debug, Clone)]
@@ -35,7 +38,15 @@ pub fn list(repo: &Repository) -> crate::Result<Vec<CatalogEntry>> {
             Err(e) => return Err(e),
         };
         let started: Option<StartedMarker> = repo.get_json(&layout::backup_started_key(&id)).ok();
-        let state = if summary.is_some() { BackupState::Complete } else { BackupState::Incomplete };
+        let mut state = if summary.is_some() { BackupState::Complete } else { BackupState::Incomplete };
+        let mut summary = summary;
+        if summary.is_none() {
+            let key = crate::backup::snapshot::run::pending_key(&id);
+            if let Ok(p) = repo.get_json::<ManifestSummary>(&key) {
+                summary = Some(p);
+                state = BackupState::Pending;
+            }
+        }
         out.push(CatalogEntry { id, state, summary, started });
     }
     Ok(out)
@@ -43,5 +54,5 @@ pub fn list(repo: &Repository) -> crate::Result<Vec<CatalogEntry>> {
 
 /// Complete backups only, oldest first.
 pub fn complete(repo: &Repository) -> crate::Result<Vec<ManifestSummary>> {
-    Ok(list(repo)?.into_iter().filter_map(|e| e.summary).collect())
+    Ok(list(repo)?.into_iter().filter(|e| e.state == BackupState::Complete).filter_map(|e| e.summary).collect())
 }

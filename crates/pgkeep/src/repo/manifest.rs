@@ -47,6 +47,9 @@ pub struct Manifest {
     /// Snapshot set of a snapshot backup (driver-specific records).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub snapshots: Vec<serde_json::Value>,
+    /// Snapshot backups: where PGDATA, pg_wal and each tablespace lie inside the volumes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_layout: Option<crate::backup::snapshot::SnapshotLayout>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -5,6 +5,7 @@
 pub mod materialize;
 pub mod plan;
 pub mod recovery;
+pub mod snapshot;
 pub mod target;
 
 pub use plan::{RestoreOptions, RestorePlan, RestoreReport};

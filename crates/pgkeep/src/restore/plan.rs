@@ -76,20 +76,7 @@ impl RestorePlan {
         {
             return Err(RestoreError::TargetNotEmpty { dir: to.display().to_string() }.into());
         }
-        let id = match opts.backup.as_deref() {
-            Some(id) if id != "latest" => id.to_string(),
-            choice => {
-                let complete = catalog::complete(repo)?;
-                if complete.is_empty() {
-                    return Err(RestoreError::NoBackups { location: repo.location().to_string() }.into());
-                }
-                if choice == Some("latest") {
-                    complete.last().map(|b| b.id.clone()).unwrap_or_default()
-                } else {
-                    target::choose(&complete, &opts.target)?.id.clone()
-                }
-            }
-        };
+        let id = choose_backup_id(repo, opts.backup.as_deref(), &opts.target)?;
         let manifest = repo.manifest(&id)?;
         let mut tablespaces = BTreeMap::new();
         for (oid, dir) in &opts.tablespace_map {
@@ -179,6 +166,24 @@ impl RestorePlan {
             recovery_settings: self.settings.pairs().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
         })
     }
+}
+
+/// The backup to restore: `id` as given, `latest`, or (None) the newest that reaches `target`.
+pub fn choose_backup_id(repo: &Repository, backup: Option<&str>, target: &RecoveryTarget) -> crate::Result<String> {
+    Ok(match backup {
+        Some(id) if id != "latest" => id.to_string(),
+        choice => {
+            let complete = catalog::complete(repo)?;
+            if complete.is_empty() {
+                return Err(RestoreError::NoBackups { location: repo.location().to_string() }.into());
+            }
+            if choice == Some("latest") {
+                complete.last().map(|b| b.id.clone()).unwrap_or_default()
+            } else {
+                target::choose(&complete, target)?.id.clone()
+            }
+        }
+    })
 }
 
 fn sha256(b: &[u8]) -> [u8; 32] {

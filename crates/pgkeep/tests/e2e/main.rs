@@ -15,6 +15,13 @@ mod init;
 mod interrupted;
 mod pitr;
 mod rpo;
+mod snapshot_btrfs;
+#[cfg(feature = "ebs")]
+mod snapshot_ebs;
+mod snapshot_freeze;
+mod snapshot_hooks;
+mod snapshot_reflink;
+mod snapshot_util;
 mod tablespace;
 mod verify;
 mod verify_pgdata;
