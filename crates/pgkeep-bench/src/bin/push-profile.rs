@@ -4,12 +4,12 @@
 
 use std::time::Instant;
 
-use sha2_free::sha256;
+use sha2_free::blake3;
 
 mod sha2_free {
-    pub fn sha256(b: &[u8]) -> [u8; 32] {
+    pub fn blake3(b: &[u8]) -> [u8; 32] {
         let (_, s) = pgkeep::repo::frame::encode(b, pgkeep::repo::Compression::None);
-        s.sha256
+        s.blake3
     }
 }
 
@@ -34,7 +34,7 @@ fn main() {
     let r = pgkeep_wal::validate_segment(&data, &exp, None);
     let validate = t.elapsed();
     let t = Instant::now();
-    let _ = sha256(&data);
+    let _ = blake3(&data);
     let hash = t.elapsed();
     let mut out = Vec::new();
     for level in [1, 3, -1] {
@@ -42,8 +42,8 @@ fn main() {
         let (f, _) = pgkeep::repo::frame::encode(&data, pgkeep::repo::Compression::Zstd(level));
         out.push((level, t.elapsed(), f.len()));
     }
-    println!("read {read:?} validate {validate:?} ({:?}) sha256+crc {hash:?}", r.map(|s| s.records));
+    println!("read {read:?} validate {validate:?} ({:?}) blake3+crc {hash:?}", r.map(|s| s.records));
     for (l, d, n) in out {
-        println!("zstd level {l}: {d:?} → {} KiB (includes sha256)", n / 1024);
+        println!("zstd level {l}: {d:?} → {} KiB (includes blake3)", n / 1024);
     }
 }

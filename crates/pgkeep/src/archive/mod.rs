@@ -14,7 +14,7 @@ pub enum ArchiveError {
     Read { path: String, detail: String },
     #[error("refusing to archive {name}: {detail}; the archive is unchanged; hint: {hint}")]
     Invalid { name: String, detail: String, hint: String },
-    #[error("refusing to archive {name}: the archive already holds a different {name} (stored sha256 {stored}, this file {new}); the stored copy is kept; hint: two servers may be archiving into one repository, or this server's WAL diverged (e.g. restored without a new timeline); investigate before changing anything")]
+    #[error("refusing to archive {name}: the archive already holds a different {name} (stored blake3 {stored}, this file {new}); the stored copy is kept; hint: two servers may be archiving into one repository, or this server's WAL diverged (e.g. restored without a new timeline); investigate before changing anything")]
     Conflict { name: String, stored: String, new: String },
     #[error("cannot write {dest}: {detail}; hint: restore_command runs as the server's OS user, which must be able to write there (pgkeep archive-get %f \"%p\")")]
     Write { dest: String, detail: String },

@@ -25,7 +25,7 @@ pub struct PushReport {
     pub outcome: PushOutcome,
     pub size: u64,
     pub stored_size: u64,
-    pub sha256: String,
+    pub blake3: String,
 }
 
 /// Compression for WAL: level 1 keeps archive_command fast; WAL compresses well anyway.
@@ -55,27 +55,27 @@ pub fn push(repo: &Repository, path: &Path) -> crate::Result<PushReport> {
     let summary = encoded.summary;
 
     let key = layout::wal_key(&name);
-    let sha = hex::encode(summary.sha256);
+    let digest = hex::encode(summary.blake3);
     let report = |outcome| PushReport {
         file: name.clone(),
         outcome,
         size: data.len() as u64,
         stored_size: summary.framed_size,
-        sha256: sha.clone(),
+        blake3: digest.clone(),
     };
     if let Some(stored) = stored_sha(repo, &key, &name)? {
-        return if stored == summary.sha256 {
+        return if stored == summary.blake3 {
             Ok(report(PushOutcome::AlreadyArchived))
         } else {
-            Err(ArchiveError::Conflict { name: name.clone(), stored: hex::encode(stored), new: sha.clone() }.into())
+            Err(ArchiveError::Conflict { name: name.clone(), stored: hex::encode(stored), new: digest.clone() }.into())
         };
     }
     match repo.storage().put_new_parts(&key, encoded.into_parts())? {
         PutOutcome::Created => Ok(report(PushOutcome::Stored)),
         // Someone stored it between our check and our write: same rules.
         PutOutcome::AlreadyExists => match stored_sha(repo, &key, &name)? {
-            Some(s) if s == summary.sha256 => Ok(report(PushOutcome::AlreadyArchived)),
-            Some(s) => Err(ArchiveError::Conflict { name, stored: hex::encode(s), new: sha }.into()),
+            Some(s) if s == summary.blake3 => Ok(report(PushOutcome::AlreadyArchived)),
+            Some(s) => Err(ArchiveError::Conflict { name, stored: hex::encode(s), new: digest }.into()),
             None => Err(ArchiveError::Write { dest: key, detail: "object vanished while archiving".into() }.into()),
         },
     }
@@ -112,7 +112,7 @@ impl Input {
     }
 }
 
-/// SHA-256 recorded in a stored object's trailer, if the object exists.
+/// BLAKE3 recorded in a stored object's trailer, if the object exists.
 fn stored_sha(repo: &Repository, key: &str, name: &str) -> crate::Result<Option<[u8; 32]>> {
     let Some(head) = repo.storage().head(key)? else { return Ok(None) };
     if head.size < frame::FRAME_OVERHEAD {
@@ -122,7 +122,7 @@ fn stored_sha(repo: &Repository, key: &str, name: &str) -> crate::Result<Option<
     }
     let tail = repo.storage().get_range(key, head.size - frame::TRAILER_LEN as u64..head.size)?;
     let t = frame::parse_trailer(&tail, &format!("archived {name}"))?;
-    Ok(Some(t.sha256))
+    Ok(Some(t.blake3))
 }
 
 fn validate(repo: &Repository, name: &str, kind: WalFileName, data: &[u8]) -> crate::Result<()> {

@@ -1,4 +1,4 @@
-//! The files driver's worker: stream each file through a frame (zstd + SHA-256) into the
+//! The files driver's worker: stream each file through a frame (zstd + BLAKE3) into the
 //! repository. Small files are appended to per-worker bundles (one durable object per ~64 MiB
 //! instead of one per file); large files get an object of their own.
 
@@ -28,7 +28,7 @@ pub struct StoredFile {
     pub size: u64,
     pub mode: u32,
     pub mtime: i64,
-    pub sha256: [u8; 32],
+    pub blake3: [u8; 32],
     pub object: String,
     pub offset: u64,
     pub length: u64,
@@ -151,12 +151,12 @@ fn record(
     length: u64,
 ) {
     match stored {
-        Some((size, sha256)) => out.files.push(StoredFile {
+        Some((size, blake3)) => out.files.push(StoredFile {
             rel: task.rel.clone(),
             size,
             mode: task.mode,
             mtime: task.mtime,
-            sha256,
+            blake3,
             object,
             offset,
             length,
@@ -205,7 +205,7 @@ pub fn store_file(
         params.progress.advance(n as u64);
     }
     let (_, summary) = fw.finish().map_err(|e| write_err(params, &e))?;
-    Ok(Some((summary.plain_size, summary.sha256)))
+    Ok(Some((summary.plain_size, summary.blake3)))
 }
 
 fn write_err(params: &CopyParams<'_>, e: &io::Error) -> crate::Error {

@@ -210,7 +210,7 @@ fn take(
     let control_key = layout::data_key(backup_id, "pg_control");
     let mut w = repo.storage().create_writer(&control_key)?;
     let mut buf = vec![0u8; 64 * 1024];
-    let (size, sha256) = store_file(&plan.pg_control, &mut w, &params, &mut buf)?.ok_or_else(|| BackupError::Read {
+    let (size, blake3) = store_file(&plan.pg_control, &mut w, &params, &mut buf)?.ok_or_else(|| BackupError::Read {
         path: plan.pg_control.abs.display().to_string(),
         detail: "vanished".into(),
     })?;
@@ -222,7 +222,7 @@ fn take(
         size,
         mode: plan.pg_control.mode,
         mtime: plan.pg_control.mtime,
-        sha256,
+        blake3,
         object: "pg_control".into(),
         offset: 0,
         length,
@@ -272,8 +272,8 @@ fn take(
         start_time: start.time,
         stop_time: stop.time,
         window,
-        label_sha: hex::encode(label_summary.sha256),
-        map_sha: map_summary.map(|s| hex::encode(s.sha256)),
+        label_sha: hex::encode(label_summary.blake3),
+        map_sha: map_summary.map(|s| hex::encode(s.blake3)),
         tablespaces: tablespaces.clone(),
         plan: &plan,
         outcome: &outcome,
@@ -374,7 +374,7 @@ fn build_manifest(p: ManifestParts<'_>) -> Manifest {
             mode: s.mode,
             size: 0,
             mtime: s.mtime,
-            sha256: None,
+            blake3: None,
             object: None,
             offset: 0,
             length: 0,
@@ -388,7 +388,7 @@ fn build_manifest(p: ManifestParts<'_>) -> Manifest {
             mode: f.mode,
             size: f.size,
             mtime: f.mtime,
-            sha256: Some(hex::encode(f.sha256)),
+            blake3: Some(hex::encode(f.blake3)),
             object: index(&f.object),
             offset: f.offset,
             length: f.length,
@@ -419,8 +419,8 @@ fn build_manifest(p: ManifestParts<'_>) -> Manifest {
         start_time: p.start_time,
         stop_time: p.stop_time,
         backup_window_seconds: p.window,
-        backup_label_sha256: p.label_sha,
-        tablespace_map_sha256: p.map_sha,
+        backup_label_blake3: p.label_sha,
+        tablespace_map_blake3: p.map_sha,
         tablespaces: p.tablespaces,
         size,
         stored_size,

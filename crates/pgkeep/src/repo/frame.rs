@@ -4,20 +4,19 @@
 //! header  16 bytes  "PGKF" | version u8 (1) | compression u8 (0 none, 1 zstd) | encryption u8 (0)
 //!                   | reserved u8 | reserved u64
 //! payload           the (compressed) content
-//! trailer 60 bytes  plain_size u64 LE | payload_size u64 LE | sha256(plain) [32]
+//! trailer 60 bytes  plain_size u64 LE | payload_size u64 LE | blake3(plain) [32]
 //!                   | crc32c(header and payload) u32 LE | crc32c(previous 52 bytes) u32 LE | "PGKT"
 //! ```
-//! The SHA-256 proves the content; the CRC over the stored bytes also catches damage that
-//! happens not to change the decoded content (e.g. in the compressed stream's own header).
-//! The trailer comes last so objects can be written in one streaming pass. The SHA-256 of the
-//! plain content is checked on every read (invariant 4); it is also what manifests record, so a
-//! restored file can be re-checked with `sha256sum`. Frames may be concatenated (bundles); a
+//! The BLAKE3-256 hash proves the content (cryptographic, and twice as fast as SHA-256 here, which
+//! matters when every byte of a backup is hashed); the CRC over the stored bytes also catches
+//! damage that happens not to change the decoded content (e.g. in the compressed stream's own
+//! header). The trailer comes last so objects can be written in one streaming pass. The hash of
+//! the plain content is checked on every read (invariant 4); it is also what manifests record,
+//! so a restored file can be re-checked with `b3sum`. Frames may be concatenated (bundles); a
 //! frame is then located by offset and length from the manifest.
 //! The format is versioned in docs/repo-format.md.
 
 use std::io::{self, Read, Write};
-
-use sha2::{Digest, Sha256};
 
 pub const HEADER_LEN: usize = 16;
 pub const TRAILER_LEN: usize = 60;
@@ -46,7 +45,7 @@ impl Compression {
 pub struct FrameSummary {
     pub plain_size: u64,
     pub framed_size: u64,
-    pub sha256: [u8; 32],
+    pub blake3: [u8; 32],
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,11 +72,11 @@ fn header(c: Compression) -> [u8; HEADER_LEN] {
     h
 }
 
-fn trailer(plain: u64, payload: u64, sha: &[u8; 32], stored_crc: u32) -> [u8; TRAILER_LEN] {
+fn trailer(plain: u64, payload: u64, digest: &[u8; 32], stored_crc: u32) -> [u8; TRAILER_LEN] {
     let mut t = [0u8; TRAILER_LEN];
     t[0..8].copy_from_slice(&plain.to_le_bytes());
     t[8..16].copy_from_slice(&payload.to_le_bytes());
-    t[16..48].copy_from_slice(sha);
+    t[16..48].copy_from_slice(digest);
     t[48..52].copy_from_slice(&stored_crc.to_le_bytes());
     let crc = crc32c::crc32c(&t[..52]);
     t[52..56].copy_from_slice(&crc.to_le_bytes());
@@ -90,7 +89,7 @@ fn trailer(plain: u64, payload: u64, sha: &[u8; 32], stored_crc: u32) -> [u8; TR
 pub struct Trailer {
     pub plain_size: u64,
     pub payload_size: u64,
-    pub sha256: [u8; 32],
+    pub blake3: [u8; 32],
     /// CRC-32C of the frame's header and payload as stored.
     pub stored_crc: u32,
 }
@@ -106,12 +105,12 @@ pub fn parse_trailer(t: &[u8], what: &str) -> Result<Trailer, FrameError> {
     if crc32c::crc32c(&t[..52]) != crc {
         return Err(FrameError::damaged(what, "trailer checksum mismatch"));
     }
-    let mut sha = [0u8; 32];
-    sha.copy_from_slice(&t[16..48]);
+    let mut digest = [0u8; 32];
+    digest.copy_from_slice(&t[16..48]);
     Ok(Trailer {
         plain_size: u64::from_le_bytes(t[0..8].try_into().expect("8 bytes")),
         payload_size: u64::from_le_bytes(t[8..16].try_into().expect("8 bytes")),
-        sha256: sha,
+        blake3: digest,
         stored_crc: u32::from_le_bytes([t[48], t[49], t[50], t[51]]),
     })
 }
@@ -165,7 +164,7 @@ enum Sink<W: Write> {
 /// Streaming frame writer: write plain bytes, `finish` appends the trailer.
 pub struct FrameWriter<W: Write> {
     sink: Sink<W>,
-    hasher: Sha256,
+    hasher: blake3::Hasher,
     plain: u64,
 }
 
@@ -182,7 +181,7 @@ impl<W: Write> FrameWriter<W> {
                 Sink::Zstd(enc)
             }
         };
-        Ok(FrameWriter { sink, hasher: Sha256::new(), plain: 0 })
+        Ok(FrameWriter { sink, hasher: blake3::Hasher::new(), plain: 0 })
     }
 
     pub fn finish(self) -> io::Result<(W, FrameSummary)> {
@@ -190,10 +189,10 @@ impl<W: Write> FrameWriter<W> {
             Sink::Raw(c) => c,
             Sink::Zstd(enc) => enc.finish()?,
         };
-        let sha: [u8; 32] = self.hasher.finalize().into();
+        let digest: [u8; 32] = self.hasher.finalize().into();
         let Counting { mut inner, count, crc } = counting;
-        inner.write_all(&trailer(self.plain, count, &sha, crc))?;
-        Ok((inner, FrameSummary { plain_size: self.plain, framed_size: count + FRAME_OVERHEAD, sha256: sha }))
+        inner.write_all(&trailer(self.plain, count, &digest, crc))?;
+        Ok((inner, FrameSummary { plain_size: self.plain, framed_size: count + FRAME_OVERHEAD, blake3: digest }))
     }
 }
 
@@ -242,11 +241,11 @@ impl Encoded {
 const PARALLEL_MIN: usize = 1024 * 1024;
 
 /// Frame an object held in memory (WAL segments, JSON). Large objects are compressed one-shot
-/// by two zstd workers while the SHA-256 is computed on another thread: archive_command
+/// by two zstd workers while the BLAKE3 is computed on another thread: archive_command
 /// latency bounds how fast a busy server can archive.
 pub fn encode_parts(plain: &[u8], compression: Compression) -> Encoded {
     let parallel = plain.len() >= PARALLEL_MIN;
-    let hash = || -> [u8; 32] { Sha256::digest(plain).into() };
+    let hash = || -> [u8; 32] { blake3::hash(plain).into() };
     let compress = || -> Option<Vec<u8>> {
         let Compression::Zstd(level) = compression else { return None };
         let mut c = zstd::bulk::Compressor::new(level).ok()?;
@@ -256,7 +255,7 @@ pub fn encode_parts(plain: &[u8], compression: Compression) -> Encoded {
         }
         c.compress(plain).ok()
     };
-    let (sha, compressed) = if parallel {
+    let (digest, compressed) = if parallel {
         std::thread::scope(|s| {
             let hasher = s.spawn(hash);
             let c = compress();
@@ -271,11 +270,11 @@ pub fn encode_parts(plain: &[u8], compression: Compression) -> Encoded {
         None => (header(Compression::None), plain.to_vec()),
     };
     let crc = crc32c::crc32c_append(crc32c::crc32c(&header), &payload);
-    let trailer = trailer(plain.len() as u64, payload.len() as u64, &sha, crc);
+    let trailer = trailer(plain.len() as u64, payload.len() as u64, &digest, crc);
     let summary = FrameSummary {
         plain_size: plain.len() as u64,
         framed_size: payload.len() as u64 + FRAME_OVERHEAD,
-        sha256: sha,
+        blake3: digest,
     };
     Encoded { header, payload, trailer, summary }
 }
@@ -310,7 +309,7 @@ pub fn trailer_of(framed: &[u8], what: &str) -> Result<Trailer, FrameError> {
 /// Hashes and counts what the decoder produces before handing it on.
 struct Verify<'a, W: Write> {
     out: &'a mut W,
-    hasher: Option<Sha256>,
+    hasher: Option<blake3::Hasher>,
     n: u64,
 }
 
@@ -328,13 +327,13 @@ impl<W: Write> Write for Verify<'_, W> {
     }
 }
 
-/// Stream-decode a frame of `framed_len` bytes from `r` into `out`, verifying size and SHA-256.
+/// Stream-decode a frame of `framed_len` bytes from `r` into `out`, verifying size and BLAKE3.
 /// `what` names the object (and the file it holds) in errors.
 pub fn copy<R: Read, W: Write>(r: R, framed_len: u64, out: &mut W, what: &str) -> Result<FrameSummary, FrameError> {
     copy_checked(r, framed_len, out, what, true)
 }
 
-/// Decode a whole in-memory frame checking sizes and CRCs but not the SHA-256: for reads whose
+/// Decode a whole in-memory frame checking sizes and CRCs but not the BLAKE3: for reads whose
 /// content is about to be checked by other means (a previous WAL segment that is re-validated
 /// record by record), where hashing 16 MiB would only add latency.
 pub fn decode_crc_only(framed: &[u8], what: &str) -> Result<Vec<u8>, FrameError> {
@@ -356,7 +355,7 @@ fn copy_checked<R: Read, W: Write>(
     framed_len: u64,
     out: &mut W,
     what: &str,
-    verify_sha: bool,
+    verify_hash: bool,
 ) -> Result<FrameSummary, FrameError> {
     if framed_len < FRAME_OVERHEAD {
         return Err(FrameError::damaged(what, format!("truncated ({framed_len} bytes)")));
@@ -367,7 +366,7 @@ fn copy_checked<R: Read, W: Write>(
     let payload_len = framed_len - FRAME_OVERHEAD;
     let mut crc_reader = CrcReader { inner: &mut r, crc: crc32c::crc32c(&h) };
     let mut payload = (&mut crc_reader).take(payload_len);
-    let mut v = Verify { out, hasher: verify_sha.then(Sha256::new), n: 0 };
+    let mut v = Verify { out, hasher: verify_hash.then(blake3::Hasher::new), n: 0 };
     match compression {
         0 => {
             io::copy(&mut payload, &mut v).map_err(|e| io_or_damaged(e, what))?;
@@ -391,7 +390,7 @@ fn copy_checked<R: Read, W: Write>(
     }
     let stored_crc = crc_reader.crc;
     let plain_n = v.n;
-    let sha: Option<[u8; 32]> = v.hasher.map(|h| h.finalize().into());
+    let digest: Option<[u8; 32]> = v.hasher.map(|h| h.finalize().into());
     let mut t = [0u8; TRAILER_LEN];
     read_exact(&mut r, &mut t, what)?;
     let t = parse_trailer(&t, what)?;
@@ -407,13 +406,13 @@ fn copy_checked<R: Read, W: Write>(
     if t.stored_crc != stored_crc {
         return Err(FrameError::damaged(what, "stored bytes do not match their CRC"));
     }
-    if sha.is_some_and(|sha| t.sha256 != sha) {
+    if digest.is_some_and(|digest| t.blake3 != digest) {
         return Err(FrameError::damaged(
             what,
-            "checksum mismatch (SHA-256 of the content differs from the one recorded)",
+            "checksum mismatch (BLAKE3 of the content differs from the one recorded)",
         ));
     }
-    Ok(FrameSummary { plain_size: plain_n, framed_size: framed_len, sha256: sha.unwrap_or(t.sha256) })
+    Ok(FrameSummary { plain_size: plain_n, framed_size: framed_len, blake3: digest.unwrap_or(t.blake3) })
 }
 
 struct CrcReader<R> {
@@ -460,7 +459,7 @@ mod tests {
             let (f, s) = encode(&data, c);
             assert_eq!(s.framed_size as usize, f.len());
             assert_eq!(decode(&f, "t").unwrap(), data);
-            assert_eq!(trailer_of(&f, "t").unwrap().sha256, s.sha256);
+            assert_eq!(trailer_of(&f, "t").unwrap().blake3, s.blake3);
         }
     }
 

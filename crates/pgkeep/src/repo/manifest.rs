@@ -34,8 +34,8 @@ pub struct Manifest {
     pub stop_time: DateTime<Utc>,
     /// Seconds between pg_backup_start returning and pg_backup_stop being called.
     pub backup_window_seconds: f64,
-    pub backup_label_sha256: String,
-    pub tablespace_map_sha256: Option<String>,
+    pub backup_label_blake3: String,
+    pub tablespace_map_blake3: Option<String>,
     pub tablespaces: Vec<Tablespace>,
     /// Plain bytes of all files.
     pub size: u64,
@@ -87,7 +87,7 @@ pub struct Entry {
     #[serde(default, skip_serializing_if = "is_zero_i")]
     pub mtime: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sha256: Option<String>,
+    pub blake3: Option<String>,
     /// Index into `objects`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub object: Option<u32>,

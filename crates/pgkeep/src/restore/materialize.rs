@@ -1,5 +1,5 @@
 //! Writing a backup's files into place: one worker per data object at a time, frames decoded
-//! and checked (size, SHA-256 from the object, SHA-256 from the manifest), each file fsynced.
+//! and checked (size, BLAKE3 from the object, BLAKE3 from the manifest), each file fsynced.
 
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
@@ -183,8 +183,8 @@ fn restore_object(
         let mut w = BufWriter::with_capacity(256 * 1024, file);
         let what = format!("file {} (object {} of backup {})", e.path, object.name, m.id);
         let summary = frame::copy(&mut reader, e.length, &mut w, &what).map_err(|x| fail(&e.path, x.to_string()))?;
-        if let Some(sha) = &e.sha256 {
-            if hex::encode(summary.sha256) != *sha {
+        if let Some(sha) = &e.blake3 {
+            if hex::encode(summary.blake3) != *sha {
                 return Err(fail(&e.path, "content does not match the checksum recorded in the manifest".into()));
             }
         }

@@ -122,7 +122,7 @@ impl RestorePlan {
 
         let pgdata = &self.map.pgdata;
         let label = repo.get_framed(&layout::backup_label_key(&m.id))?;
-        if hex::encode(sha256(&label)) != m.backup_label_sha256 {
+        if hex::encode(blake3(&label)) != m.backup_label_blake3 {
             return Err(RestoreError::File {
                 id: m.id.clone(),
                 path: "backup_label".into(),
@@ -132,7 +132,7 @@ impl RestorePlan {
             .into());
         }
         materialize::write_small(&pgdata.join("backup_label"), &label)?;
-        if m.tablespace_map_sha256.is_some() || !self.map.tablespaces.is_empty() {
+        if m.tablespace_map_blake3.is_some() || !self.map.tablespaces.is_empty() {
             let mut text = String::new();
             for (oid, dir) in &self.map.tablespaces {
                 text.push_str(&format!("{oid} {}\n", dir.display()));
@@ -186,9 +186,8 @@ pub fn choose_backup_id(repo: &Repository, backup: Option<&str>, target: &Recove
     })
 }
 
-fn sha256(b: &[u8]) -> [u8; 32] {
-    use sha2::Digest;
-    sha2::Sha256::digest(b).into()
+fn blake3(b: &[u8]) -> [u8; 32] {
+    blake3::hash(b).into()
 }
 
 fn absolute(p: &Path) -> PathBuf {

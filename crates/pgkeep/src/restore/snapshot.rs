@@ -100,7 +100,7 @@ pub fn restore(
         }
     }
     let label = repo.get_framed(&layout::backup_label_key(&id))?;
-    if hex::encode(sha256(&label)) != m.backup_label_sha256 {
+    if hex::encode(blake3(&label)) != m.backup_label_blake3 {
         return Err(SnapshotError::Other(format!(
             "backup {id}: the stored backup_label does not match the checksum in the manifest; hint: restore another backup"
         ))
@@ -262,7 +262,7 @@ pub fn restore(
 
     let mut written = vec![pgdata.join("backup_label")];
     materialize::write_small(&pgdata.join("backup_label"), &label)?;
-    if m.tablespace_map_sha256.is_some() || !layout.tablespaces.is_empty() {
+    if m.tablespace_map_blake3.is_some() || !layout.tablespaces.is_empty() {
         materialize::write_small(&pgdata.join("tablespace_map"), map_text.as_bytes())?;
         written.push(pgdata.join("tablespace_map"));
     }
@@ -321,7 +321,6 @@ fn clear_dir(dir: &Path) -> Result<(), SnapshotError> {
     Ok(())
 }
 
-fn sha256(b: &[u8]) -> [u8; 32] {
-    use sha2::Digest;
-    sha2::Sha256::digest(b).into()
+fn blake3(b: &[u8]) -> [u8; 32] {
+    blake3::hash(b).into()
 }
