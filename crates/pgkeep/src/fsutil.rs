@@ -11,6 +11,26 @@ pub fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// `syncfs(2)` once per file system holding any of `paths` (errors since Linux 5.8 report
+/// writeback failures of that file system).
+pub fn syncfs_all(paths: &[std::path::PathBuf]) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut done = Vec::new();
+    for p in paths {
+        let dir = File::open(p)?;
+        let dev = dir.metadata()?.dev();
+        if done.contains(&dev) {
+            continue;
+        }
+        // SAFETY: syncfs on a valid, open file descriptor.
+        if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        done.push(dev);
+    }
+    Ok(())
+}
+
 /// Write `data` to `path` atomically and durably: temp file, fsync, rename, fsync directory.
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));

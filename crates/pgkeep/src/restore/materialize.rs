@@ -188,8 +188,10 @@ fn restore_object(
                 return Err(fail(&e.path, "content does not match the checksum recorded in the manifest".into()));
             }
         }
-        let file = w.into_inner().map_err(|x| fail(&e.path, x.to_string()))?;
-        file.sync_all().map_err(|x| fail(&e.path, x.to_string()))?;
+        // No fsync here: a thousand fsyncs serialise on the file system journal and stall the
+        // workers' file creation (measured: restore twice as slow). `sync_restored` makes
+        // everything durable with one syncfs per file system before pg_control is published.
+        w.into_inner().map_err(|x| fail(&e.path, x.to_string()))?;
         pos = e.offset + e.length;
         bytes += summary.plain_size;
         progress.advance(summary.plain_size);
@@ -197,16 +199,32 @@ fn restore_object(
     Ok((entries.len() as u64, bytes))
 }
 
-/// fsync every restored directory (entries created in them must survive a crash).
-pub fn sync_dirs(m: &Manifest, map: &PathMap) -> Result<(), RestoreError> {
-    let mut dirs: Vec<PathBuf> =
-        m.entries.iter().filter(|e| e.kind == EntryKind::Dir).map(|e| map.dest(&e.path)).collect();
-    dirs.push(map.pgdata.clone());
-    dirs.extend(map.tablespaces.values().cloned());
-    for d in dirs {
-        crate::fsutil::fsync_dir(&d).map_err(|e| werr(&d, e))?;
+/// Make every restored file and directory durable: `syncfs` on each file system involved (the
+/// data directory's and each tablespace's), as PostgreSQL's `--sync-method=syncfs` does. It
+/// also flushes unrelated dirty data of those file systems, but one call replaces a thousand
+/// journal commits. Where
+/// syncfs is unavailable, every restored file and directory is fsynced.
+pub fn sync_restored(m: &Manifest, map: &PathMap) -> Result<(), RestoreError> {
+    let mut roots = vec![map.pgdata.clone()];
+    roots.extend(map.tablespaces.values().cloned());
+    match crate::fsutil::syncfs_all(&roots) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
+            for entry in &m.entries {
+                let p = map.dest(&entry.path);
+                match entry.kind {
+                    EntryKind::File => std::fs::File::open(&p).and_then(|f| f.sync_all()).map_err(|e| werr(&p, e))?,
+                    EntryKind::Dir => crate::fsutil::fsync_dir(&p).map_err(|e| werr(&p, e))?,
+                    EntryKind::Link => {}
+                }
+            }
+            for r in &roots {
+                crate::fsutil::fsync_dir(r).map_err(|e| werr(r, e))?;
+            }
+            Ok(())
+        }
+        Err(e) => Err(werr(&map.pgdata, format!("syncfs failed: {e}"))),
     }
-    Ok(())
 }
 
 /// Final step: pg_control under its real name, durably.

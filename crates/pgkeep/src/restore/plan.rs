@@ -144,7 +144,7 @@ impl RestorePlan {
             path: pgdata.join("postgresql.auto.conf").display().to_string(),
             detail: e.to_string(),
         })?;
-        materialize::sync_dirs(m, &self.map)?;
+        materialize::sync_restored(m, &self.map)?;
         materialize::publish_pg_control(&self.map)?;
 
         Ok(RestoreReport {
