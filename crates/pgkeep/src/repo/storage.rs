@@ -12,7 +12,7 @@
 //! the async `object_store` with the runtime handle. Never call it from inside an async task.
 
 use std::fs::{self, DirBuilder};
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -201,27 +201,30 @@ impl Storage {
         ObjPath::from(key)
     }
 
-    /// Create parent directories owned by the repository owner before object_store writes
-    /// into them (object_store would create them as the current user).
+    /// Create missing parent directories of `key` durably (fsync of each new entry's parent),
+    /// owned by the repository owner when root writes into someone else's repository
+    /// (object_store would create them as the current user).
     fn prepare_parent(&self, key: &str) -> Result<(), StorageError> {
         let Some(local) = &self.local else { return Ok(()) };
-        let Some(owner) = local.owner else { return Ok(()) };
         let mut dir = local.root.clone();
         let parts: Vec<&str> = key.split('/').collect();
         for part in &parts[..parts.len().saturating_sub(1)] {
             dir.push(part);
-            if !dir.exists() {
-                match DirBuilder::new().mode(0o750).create(&dir) {
-                    Ok(()) => {
+            if dir.is_dir() {
+                continue;
+            }
+            match DirBuilder::new().mode(0o750).create(&dir) {
+                Ok(()) => {
+                    if let Some(owner) = local.owner {
                         fsutil::chown(&dir, owner.uid, owner.gid)
                             .map_err(|e| io_err(&self.location, "set the owner of", key, &e))?;
-                        if let Some(parent) = dir.parent() {
-                            fsutil::fsync_dir(parent).map_err(|e| io_err(&self.location, "sync", key, &e))?;
-                        }
                     }
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                    Err(e) => return Err(io_err(&self.location, "create a directory for", key, &e)),
+                    if let Some(parent) = dir.parent() {
+                        fsutil::fsync_dir(parent).map_err(|e| io_err(&self.location, "sync", key, &e))?;
+                    }
                 }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io_err(&self.location, "create a directory for", key, &e)),
             }
         }
         Ok(())
@@ -269,13 +272,15 @@ impl Storage {
     /// A streaming writer; the object exists only after [`ObjectWriter::finish`].
     pub fn create_writer(&self, key: &str) -> Result<ObjectWriter, StorageError> {
         self.prepare_parent(key)?;
-        Ok(ObjectWriter {
-            storage: self.clone(),
-            key: key.to_string(),
-            buf: Vec::with_capacity(64 * 1024),
-            upload: None,
-            written: 0,
-        })
+        let sink = match &self.local {
+            Some(local) => {
+                let dest = local.root.join(key);
+                let (file, staging) = create_staging(&dest).map_err(|e| io_err(&self.location, "write", key, &e))?;
+                Sink::File { file: io::BufWriter::with_capacity(1024 * 1024, file), staging, dest }
+            }
+            None => Sink::Parts { buf: Vec::with_capacity(64 * 1024), upload: None },
+        };
+        Ok(ObjectWriter { storage: self.clone(), key: key.to_string(), sink, written: 0, done: false })
     }
 
     pub fn get(&self, key: &str) -> Result<Bytes, StorageError> {
@@ -381,33 +386,55 @@ impl Storage {
     }
 }
 
-/// Streaming writer: buffers up to one part, uploads parts as they fill; small objects go out
-/// in a single PUT at `finish`.
+/// Streaming writer. Local repositories write a staging file beside the object and rename it
+/// into place durably at `finish` (the same contract object_store's local backend keeps, without
+/// a buffer copy and a thread hop per part); other backends upload parts as they fill, and
+/// small objects go out in a single PUT.
 pub struct ObjectWriter {
     storage: Storage,
     key: String,
-    buf: Vec<u8>,
-    upload: Option<Box<dyn MultipartUpload>>,
+    sink: Sink,
     written: u64,
+    done: bool,
+}
+
+enum Sink {
+    File { file: io::BufWriter<std::fs::File>, staging: PathBuf, dest: PathBuf },
+    Parts { buf: Vec<u8>, upload: Option<Box<dyn MultipartUpload>> },
+}
+
+/// A new staging file `<dest>#<digits>`: object_store's naming, so listings never show it.
+fn create_staging(dest: &Path) -> io::Result<(std::fs::File, PathBuf)> {
+    let mut n = std::process::id() as u64 * 1000;
+    loop {
+        let mut name = dest.as_os_str().to_owned();
+        name.push(format!("#{n}"));
+        let staging = PathBuf::from(name);
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(&staging) {
+            Ok(f) => return Ok((f, staging)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => n += 1,
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 impl ObjectWriter {
     fn flush_part(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
+        let Sink::Parts { buf, upload } = &mut self.sink else { return Ok(()) };
+        if buf.is_empty() {
             return Ok(());
         }
         let st = &self.storage;
-        if self.upload.is_none() {
+        if upload.is_none() {
             let path = Storage::path(&self.key);
             let up = st
                 .rt
                 .block_on(st.store.put_multipart(&path))
                 .map_err(|e| io::Error::other(os_err(&st.location, "write", &self.key, e)))?;
-            self.upload = Some(up);
+            *upload = Some(up);
         }
-        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(PART_SIZE));
-        let upload = self.upload.as_mut().expect("upload was just created");
-        let fut = upload.put_part(PutPayload::from(data));
+        let data = std::mem::replace(buf, Vec::with_capacity(PART_SIZE));
+        let fut = upload.as_mut().expect("upload was just created").put_part(PutPayload::from(data));
         st.rt.block_on(fut).map_err(|e| io::Error::other(os_err(&st.location, "write", &self.key, e)))
     }
 
@@ -423,17 +450,31 @@ impl ObjectWriter {
     /// Complete the object durably; returns its size.
     pub fn finish(mut self) -> Result<u64, StorageError> {
         let st = self.storage.clone();
-        match self.upload.take() {
-            None => {
-                let data = std::mem::take(&mut self.buf);
-                st.put(&self.key, Bytes::from(data))?;
+        let key = self.key.clone();
+        let ioe = |e: io::Error| io_err(&st.location, "write", &key, &e);
+        match &mut self.sink {
+            Sink::File { file, staging, dest } => {
+                file.flush().map_err(ioe)?;
+                file.get_ref().sync_all().map_err(ioe)?;
+                std::fs::rename(&*staging, &*dest).map_err(ioe)?;
+                if let Some(parent) = dest.parent() {
+                    fsutil::fsync_dir(parent).map_err(ioe)?;
+                }
+                self.done = true;
+                st.finish_owner(&key)?;
             }
-            Some(up) => {
-                self.upload = Some(up);
-                self.flush_part().map_err(|e| io_err(&st.location, "write", &self.key, &e))?;
-                let mut up = self.upload.take().expect("upload present");
-                st.rt.block_on(up.complete()).map_err(|e| os_err(&st.location, "write", &self.key, e))?;
-                st.finish_owner(&self.key)?;
+            Sink::Parts { upload: None, buf } => {
+                let data = std::mem::take(buf);
+                self.done = true;
+                st.put(&key, Bytes::from(data))?;
+            }
+            Sink::Parts { upload: Some(_), .. } => {
+                self.flush_part().map_err(ioe)?;
+                let Sink::Parts { upload, .. } = &mut self.sink else { unreachable!("matched above") };
+                let mut up = upload.take().expect("upload present");
+                self.done = true;
+                st.rt.block_on(up.complete()).map_err(|e| os_err(&st.location, "write", &key, e))?;
+                st.finish_owner(&key)?;
             }
         }
         Ok(self.written)
@@ -442,11 +483,16 @@ impl ObjectWriter {
 
 impl io::Write for ObjectWriter {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.buf.extend_from_slice(data);
-        self.written += data.len() as u64;
-        if self.buf.len() >= PART_SIZE {
-            self.flush_part()?;
+        match &mut self.sink {
+            Sink::File { file, .. } => file.write_all(data)?,
+            Sink::Parts { buf, .. } => {
+                buf.extend_from_slice(data);
+                if buf.len() >= PART_SIZE {
+                    self.flush_part()?;
+                }
+            }
         }
+        self.written += data.len() as u64;
         Ok(data.len())
     }
 
@@ -457,8 +503,18 @@ impl io::Write for ObjectWriter {
 
 impl Drop for ObjectWriter {
     fn drop(&mut self) {
-        if let Some(mut up) = self.upload.take() {
-            let _ = self.storage.rt.block_on(up.abort());
+        if self.done {
+            return;
+        }
+        match &mut self.sink {
+            Sink::File { staging, .. } => {
+                let _ = std::fs::remove_file(&*staging);
+            }
+            Sink::Parts { upload, .. } => {
+                if let Some(mut up) = upload.take() {
+                    let _ = self.storage.rt.block_on(up.abort());
+                }
+            }
         }
     }
 }
