@@ -8,5 +8,5 @@ fn ci_runs_exactly_the_readme_test_command() {
     let ci_cmd = ci.lines().last().unwrap().trim();
     let readme_cmd = readme.lines().find(|l| l.contains("cargo nextest run")).expect("test command in README");
     assert_eq!(readme_cmd.trim(), format!("bash scripts/setup.sh && {ci_cmd}"));
-    assert!(readme.lines().any(|l| l.trim() == "bash scripts/setup.sh && cargo run --release -p pgkeep -- demo"));
+    assert!(readme.lines().any(|l| l.trim() == "bash scripts/setup.sh && cargo run -p pgkeep -- demo"));
 }
