@@ -278,7 +278,8 @@ pub struct VerifyArgs {
     #[arg(long, short = 'j', value_name = "N")]
     pub jobs: Option<usize>,
     /// Parent directory for the scratch copy (default: TMPDIR; for --pgdata, the copy's
-    /// parent directory first, so reflink clones work).
+    /// parent directory first, so reflink clones work). Snapshot backups are cloned beside
+    /// their volumes instead (`<volume>.pgkeep-verify-<id>-<pid>`, removed afterwards).
     #[arg(long, value_name = "DIR")]
     pub scratch: Option<PathBuf>,
 }

@@ -137,7 +137,7 @@ pub fn run(cli: &Cli, progress: Arc<dyn Progress>, rt: tokio::runtime::Handle) -
                 return Ok(Outcome::new(&r, render::backup(&r), true));
             }
             // `backup --verify`: the restore drill right after the backup.
-            let vopts = verify::VerifyOptions { jobs: opts.jobs, ..Default::default() };
+            let vopts = verify::VerifyOptions { jobs: opts.jobs, snapshot: snap, ..Default::default() };
             let interrupt = verify::Interrupt::install(&rt);
             let d = verify::verify_backup(&repo, &r.id, &vopts, progress, &interrupt).map_err(|e| match e {
                 Error::Verify(v @ verify::VerifyError::Interrupted { .. }) => Error::Verify(v),
@@ -260,6 +260,7 @@ fn verify_command(
         memory_mb: verify::parse_memory(&a.memory)?,
         jobs: a.jobs.unwrap_or(cfg.jobs).max(1),
         scratch: a.scratch.clone(),
+        snapshot: backup::snapshot::SnapshotConfig::from_file(&cfg.file),
         ..Default::default()
     };
     let pgdata_mode = a.backup.is_none() && (cli.global.pgdata_on_command_line || a.wal_dir.is_some());

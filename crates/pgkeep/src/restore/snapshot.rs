@@ -81,6 +81,22 @@ pub fn restore(
     opts: &RestoreOptions,
     sopts: &SnapshotRestoreOptions,
 ) -> crate::Result<SnapshotRestoreReport> {
+    let mut made = Vec::new();
+    restore_tracked(repo, cfg, m, opts, sopts, &mut made)
+}
+
+/// [`restore`], reporting each volume's clone in `made` (which starts empty) as soon as it
+/// exists — also when a later step fails — so a caller that throws the restore away (a restore
+/// drill) can discard every clone. A clone a failed driver call left half-made at an explicit
+/// target that did not exist before is reported too.
+pub fn restore_tracked(
+    repo: &Repository,
+    cfg: &SnapshotConfig,
+    m: &Manifest,
+    opts: &RestoreOptions,
+    sopts: &SnapshotRestoreOptions,
+    made: &mut Vec<RestoredVolume>,
+) -> crate::Result<SnapshotRestoreReport> {
     let began = Instant::now();
     let id = m.id.clone();
     let layout: &SnapshotLayout = m.snapshot_layout.as_ref().ok_or_else(|| {
@@ -107,7 +123,8 @@ pub fn restore(
         .into());
     }
 
-    // Each driver restores its own snapshots.
+    // Each driver restores its own snapshots: local clones one volume per call (so each is
+    // reported the moment it exists), cloud volumes as one set.
     let rt = repo.runtime().clone();
     let mut by_kind: BTreeMap<DriverKind, Vec<&SnapshotRecord>> = BTreeMap::new();
     for r in &records {
@@ -118,7 +135,6 @@ pub fn restore(
         attach_to: sopts.attach_to.clone(),
         backup_id: id.clone(),
     };
-    let mut restored: Vec<RestoredVolume> = Vec::new();
     for (kind, recs) in &by_kind {
         let d = driver(*kind, cfg, &rt)?;
         let reqs: Vec<RestoreRequest<'_>> = recs
@@ -129,16 +145,43 @@ pub fn restore(
                 target: sopts.volumes.iter().find(|(n, _)| n == &r.volume).map(|(_, p)| p.clone()),
             })
             .collect();
-        match d.restore(&reqs, &set, cfg) {
-            Ok(v) => restored.extend(v),
-            Err(e) => {
-                let made: Vec<String> = restored.iter().map(|v| v.created.clone()).collect();
-                let also =
-                    if made.is_empty() { String::new() } else { format!(" (already restored: {})", made.join(", ")) };
-                return Err(SnapshotError::Other(format!("restore of backup {id} failed: {e}{also}")).into());
+        let one_by_one = d.features().local_restore;
+        let batches: Vec<&[RestoreRequest<'_>]> = if one_by_one { reqs.chunks(1).collect() } else { vec![&reqs] };
+        for batch in batches {
+            let existed: Vec<bool> =
+                batch.iter().map(|r| r.target.as_ref().is_some_and(|t| std::fs::symlink_metadata(t).is_ok())).collect();
+            match d.restore(batch, &set, cfg) {
+                Ok(v) => made.extend(v),
+                Err(e) => {
+                    let done: Vec<String> = made.iter().map(|v| v.created.clone()).collect();
+                    let also = if done.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (already restored: {})", done.join(", "))
+                    };
+                    if one_by_one {
+                        for (r, existed) in batch.iter().zip(existed) {
+                            match &r.target {
+                                Some(t) if !existed && std::fs::symlink_metadata(t).is_ok() => {
+                                    made.push(RestoredVolume {
+                                        volume: r.record.volume.clone(),
+                                        snapshot_id: r.record.snapshot_id.clone(),
+                                        root: None,
+                                        created: t.display().to_string(),
+                                        device: None,
+                                        attached_to: None,
+                                    })
+                                }
+                                _ => {}
+                            }
+                        }
+                    }
+                    return Err(SnapshotError::Other(format!("restore of backup {id} failed: {e}{also}")).into());
+                }
             }
         }
     }
+    let restored: &[RestoredVolume] = made;
 
     let mut hooks = Vec::new();
     if sopts.attach_to.is_some() && by_kind.contains_key(&DriverKind::Ebs) {
@@ -182,7 +225,7 @@ pub fn restore(
         driver: m.driver.clone(),
         pgdata: None,
         pg_wal: None,
-        volumes: restored.clone(),
+        volumes: restored.to_vec(),
         tablespaces: Vec::new(),
         target: settings.target.clone(),
         recovery_settings: settings.pairs().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),

@@ -1,15 +1,18 @@
 //! Restore drills: `pgkeep verify` proves a backup restores clean, and `verify --pgdata`
 //! says whether any copy of a data directory (an AMI, a snapshot someone else took) is safe.
 //!
-//! A drill: materialise the copy in a scratch directory ([`materialise_backup`], or
-//! [`scratch::clone_pgdata`]) → scan every page's LSN ([`pagelsn`]) → start a private server
-//! on it and let it recover ([`server`]) → run the checks in every database ([`checks`]) and
-//! the operator's assertions ([`assertions`]) → optional logical dumps → stop the server,
-//! remove the scratch directory → store the verdict with the backup. Nothing is left behind:
-//! not on success, not on failure, not on SIGINT ([`interrupt`]).
+//! A drill: materialise the copy ([`materialise_backup`]: a files backup restored into a
+//! scratch directory, a snapshot backup's volumes cloned beside their originals ([`clones`]);
+//! or [`scratch::clone_pgdata`]) → scan every page's LSN ([`pagelsn`]) → start a private
+//! server on it and let it recover ([`server`]) → run the checks in every database
+//! ([`checks`]) and the operator's assertions ([`assertions`]) → optional logical dumps → stop
+//! the server, discard the clones, remove the scratch directory → store the verdict with the
+//! backup. Nothing is left behind: not on success, not on failure, not on SIGINT
+//! ([`interrupt`]).
 
 pub mod assertions;
 pub mod checks;
+pub mod clones;
 pub mod interrupt;
 pub mod pagelsn;
 pub mod report;
@@ -29,8 +32,10 @@ pub use interrupt::Interrupt;
 pub use report::{CheckResult, CheckStatus, DrillReport, DrillSource};
 
 use self::checks::Found;
+use self::clones::Clones;
 use self::report::{AssertionResult, DumpFile, PhaseTime};
 use self::scratch::Scratch;
+use crate::backup::snapshot::{records_from_values, SnapshotConfig};
 use crate::pg::instance::free_port;
 use crate::pg::{describe, ConnParams, Instance, OsUser, PgBin, PgClient, StopMode};
 use crate::progress::Progress;
@@ -67,6 +72,10 @@ pub enum VerifyError {
     BadMemory { value: String },
     #[error("cannot connect to the drill's server on {socket}: {detail}; hint: the copy's bootstrap superuser may have another name: set PGKEEP_VERIFY_USER")]
     Connect { socket: String, detail: String },
+    #[error("{detail}")]
+    SnapshotDrill { detail: String },
+    #[error("the drill could not remove its clone(s) {paths}: {detail}")]
+    ClonesLeft { paths: String, detail: String },
 }
 
 impl VerifyError {
@@ -94,6 +103,9 @@ pub struct VerifyOptions {
     pub scratch: Option<PathBuf>,
     /// Seconds to wait for recovery to finish.
     pub recovery_timeout: Duration,
+    /// `[[volume]]`s and the rest of the config file's snapshot settings: drills of snapshot
+    /// backups clone and discard volumes with their drivers (command volumes need them).
+    pub snapshot: SnapshotConfig,
 }
 
 impl Default for VerifyOptions {
@@ -106,6 +118,7 @@ impl Default for VerifyOptions {
             jobs: 2,
             scratch: None,
             recovery_timeout: Duration::from_secs(6 * 3600),
+            snapshot: SnapshotConfig::default(),
         }
     }
 }
@@ -129,6 +142,11 @@ pub fn parse_memory(s: &str) -> std::result::Result<u64, VerifyError> {
 
 /// What the materialise step produced.
 pub struct Materialised {
+    /// The data directory the drill's server runs on: `scratch.data`, or the clone of a
+    /// snapshot backup's PGDATA volume.
+    pub pgdata: PathBuf,
+    /// Who owns `pgdata` and so runs the server (None: the drill's default user).
+    pub owner: Option<OsUser>,
     pub control: Option<ControlFileData>,
     /// No page LSN at or below this needs remembering (the end of WAL cannot precede it).
     pub lower_bound: Lsn,
@@ -144,23 +162,30 @@ pub enum MaterialiseError {
     Env(Error),
 }
 
-/// Materialise backup `m` into `scratch` with recovery settings for `target` and
+/// Materialise backup `m` with recovery settings for `target` and
 /// `recovery_target_action = promote`.
 ///
 /// This is the one step of a drill that depends on how the backup was stored. Files backups
-/// are restored object by object with [`RestorePlan`] (every object's checksums verified).
-/// Snapshot backups (issue 4) plug in here: when `m.snapshots` is non-empty, clone the
-/// snapshot set into `scratch.data` / `scratch.tblspc` instead, then write `backup_label` and
-/// the same recovery settings — everything after this function stays as it is.
+/// are restored object by object into `scratch.data` / `scratch.tblspc` with [`RestorePlan`]
+/// (every object's checksums verified). Snapshot backups (`m.snapshot_layout`) are restored
+/// with [`crate::restore::snapshot`]: every volume cloned beside its original (see
+/// [`clones`]), each clone recorded in `clones` the moment it exists so the drill discards it
+/// whatever happens next; pg_wal and tablespace links repointed, `backup_label` and the same
+/// recovery settings written. Everything after this function runs on [`Materialised::pgdata`].
+#[allow(clippy::too_many_arguments)]
 pub fn materialise_backup(
     repo: &Repository,
     m: &Manifest,
     target: &RecoveryTarget,
     scratch: &Scratch,
+    clones: &mut Clones,
     jobs: usize,
     progress: Arc<dyn Progress>,
     cancel: &AtomicBool,
 ) -> std::result::Result<Materialised, MaterialiseError> {
+    if m.snapshot_layout.is_some() {
+        return materialise_snapshot(repo, m, target, clones, jobs, cancel);
+    }
     let opts = RestoreOptions {
         to: scratch.data.clone(),
         backup: Some(m.id.clone()),
@@ -189,10 +214,11 @@ pub fn materialise_backup(
         return Err(MaterialiseError::Env(VerifyError::Interrupted { what: "the drill's restore".into() }.into()));
     }
     let r = result.map_err(classify_restore_error)?;
-    let control =
-        std::fs::read(scratch.data.join("global/pg_control")).ok().and_then(|b| pgkeep_wal::parse_pg_control(&b).ok());
+    let control = read_control(&scratch.data);
     let redo = control.as_ref().map(|c| c.checkPointCopy.redo).unwrap_or(Lsn(0));
     Ok(Materialised {
+        pgdata: scratch.data.clone(),
+        owner: None,
         lower_bound: Lsn(redo.0.min(m.start_lsn.0)),
         pg_major: Some(m.pg_major),
         control,
@@ -202,6 +228,88 @@ pub fn materialise_backup(
             crate::fsutil::human_bytes(r.size),
             m.id,
             r.duration_seconds
+        ),
+    })
+}
+
+fn read_control(pgdata: &Path) -> Option<ControlFileData> {
+    std::fs::read(pgdata.join("global/pg_control")).ok().and_then(|b| pgkeep_wal::parse_pg_control(&b).ok())
+}
+
+/// A snapshot backup: each volume cloned by its driver beside its original (the only place a
+/// snapshot can be cloned), restored the way `pgkeep restore` does it.
+fn materialise_snapshot(
+    repo: &Repository,
+    m: &Manifest,
+    target: &RecoveryTarget,
+    clones: &mut Clones,
+    jobs: usize,
+    cancel: &AtomicBool,
+) -> std::result::Result<Materialised, MaterialiseError> {
+    let records = records_from_values(&m.id, &m.snapshots).map_err(|e| MaterialiseError::Backup(e.to_string()))?;
+    let tag = format!("pgkeep-verify-{}-{}", m.id, std::process::id());
+    let sopts = crate::restore::snapshot::SnapshotRestoreOptions {
+        volumes: records.iter().map(|r| (r.volume.clone(), clones::drill_target(r, &tag))).collect(),
+        availability_zone: None,
+        attach_to: None,
+    };
+    let opts = RestoreOptions {
+        to: PathBuf::new(),
+        backup: Some(m.id.clone()),
+        target: target.clone(),
+        action: Some(TargetAction::Promote),
+        inclusive: true,
+        timeline: None,
+        tablespace_map: Vec::new(),
+        jobs,
+    };
+    // Clones are instant (btrfs, reflink) or the operator's command (bounded by its
+    // command_timeout): an interrupt is acted on when the restore returns.
+    let mut made = Vec::new();
+    let cfg = clones.config().clone();
+    let result = crate::restore::snapshot::restore_tracked(repo, &cfg, m, &opts, &sopts, &mut made);
+    for v in made {
+        if let Some(rec) = records.iter().find(|r| r.volume == v.volume) {
+            clones.add(rec.clone(), v);
+        }
+    }
+    if cancel.load(Ordering::SeqCst) {
+        return Err(MaterialiseError::Env(VerifyError::Interrupted { what: "the drill's restore".into() }.into()));
+    }
+    let r = match result {
+        Ok(r) => r,
+        // A bad configuration is the operator's to fix, not a verdict on the backup.
+        Err(e @ Error::Snapshot(crate::backup::snapshot::SnapshotError::Config(_))) => {
+            return Err(MaterialiseError::Env(e))
+        }
+        Err(e) => return Err(MaterialiseError::Backup(e.to_string())),
+    };
+    let Some(pgdata) = r.pgdata.as_deref().map(PathBuf::from) else {
+        return Err(MaterialiseError::Backup(format!(
+            "the restored volumes of backup {} hold no data directory on this machine: {}",
+            m.id, r.next
+        )));
+    };
+    let control = read_control(&pgdata);
+    let redo = control.as_ref().map(|c| c.checkPointCopy.redo).unwrap_or(Lsn(0));
+    // The clone belongs to whoever owned the original: the server runs as that user.
+    let owner = OsUser::owner_of(&pgdata).filter(|u| u.uid != 0 || !crate::fsutil::running_as_root());
+    let cloned: Vec<String> =
+        r.volumes.iter().map(|v| format!("{} → {}", v.volume, v.root.as_deref().unwrap_or(&v.created))).collect();
+    Ok(Materialised {
+        pgdata: pgdata.clone(),
+        owner,
+        lower_bound: Lsn(redo.0.min(m.start_lsn.0)),
+        pg_major: Some(m.pg_major),
+        control,
+        detail: format!(
+            "cloned {} volume(s) of snapshot backup {} ({}) in {:.1}s: {}; data directory {}",
+            r.volumes.len(),
+            m.id,
+            m.driver,
+            r.duration_seconds,
+            cloned.join(", "),
+            pgdata.display()
         ),
     })
 }
@@ -241,6 +349,10 @@ pub fn verify_backups(
             vec![chosen]
         }
     };
+    // Refuse a snapshot backup a drill cannot clone and discard before any drill runs.
+    for id in &ids {
+        clones::refuse_unsupported(&repo.manifest(id)?, &opts.snapshot)?;
+    }
     let mut out = Vec::new();
     for (i, id) in ids.iter().enumerate() {
         let mut o = opts.clone();
@@ -264,6 +376,7 @@ pub fn verify_backup(
     interrupt: &Interrupt,
 ) -> Result<DrillReport> {
     let m = repo.manifest(id)?;
+    clones::refuse_unsupported(&m, &opts.snapshot)?;
     let target = match opts.target_time {
         Some(t) => RecoveryTarget::Time(t),
         None => RecoveryTarget::Immediate,
@@ -273,9 +386,11 @@ pub fn verify_backup(
     let parent = opts.scratch.clone().unwrap_or_else(std::env::temp_dir);
     let scratch = Scratch::create(&parent, Some(&owner))?;
     let rt = repo.runtime().clone();
-    let mut report = Drill::new(source, opts, progress.clone(), rt, interrupt, owner).run(scratch, |scratch| {
+    let clones = Clones::new(opts.snapshot.clone(), rt.clone());
+    let drill = Drill::new(source, opts, progress.clone(), rt, interrupt, owner);
+    let mut report = drill.run(scratch, clones, |scratch, clones| {
         progress.phase(&format!("restore backup {id}"), None);
-        let r = materialise_backup(repo, &m, &target, scratch, opts.jobs, progress.clone(), interrupt.flag());
+        let r = materialise_backup(repo, &m, &target, scratch, clones, opts.jobs, progress.clone(), interrupt.flag());
         progress.finish_phase();
         r
     })?;
@@ -338,16 +453,18 @@ pub fn verify_pgdata(
         clone_method: String::new(),
     };
     let method_ref = &mut method;
-    let mut report = Drill::new(source, opts, progress.clone(), rt, interrupt, owner).run(scratch, |scratch| {
+    let clones = Clones::new(SnapshotConfig::default(), rt.clone());
+    let drill = Drill::new(source, opts, progress.clone(), rt, interrupt, owner);
+    let mut report = drill.run(scratch, clones, |scratch, _| {
         progress.phase(&format!("clone {}", src.display()), None);
         let r = scratch::clone_pgdata(&src, wal_dir, scratch, interrupt.flag());
         progress.finish_phase();
         let stats = r.map_err(|e| MaterialiseError::Env(e.into()))?;
         *method_ref = stats.method().to_string();
-        let control = std::fs::read(scratch.data.join("global/pg_control"))
-            .ok()
-            .and_then(|b| pgkeep_wal::parse_pg_control(&b).ok());
+        let control = read_control(&scratch.data);
         Ok(Materialised {
+            pgdata: scratch.data.clone(),
+            owner: None,
             lower_bound: control.as_ref().map(|c| c.checkPointCopy.redo).unwrap_or(Lsn(0)),
             pg_major: control.as_ref().and_then(|c| c.pg_major()),
             control,
@@ -391,10 +508,14 @@ struct Drill<'a> {
     began: Instant,
 }
 
-/// The server and the scratch directory, stopped and removed in that order when dropped.
+/// The server, the clones of a snapshot backup's volumes and the scratch directory: stopped,
+/// discarded and removed in that order when dropped (fields drop in declaration order).
 struct Running {
     inst: Option<Instance>,
     log_path: Option<PathBuf>,
+    /// The data directory the server runs on, once materialised.
+    pgdata: Option<PathBuf>,
+    clones: Clones,
     scratch: Scratch,
 }
 
@@ -404,7 +525,7 @@ impl Running {
             let t = Instant::now();
             let _ = i.stop(StopMode::Immediate);
             tracing::debug!("postmaster stopped in {:.2}s", t.elapsed().as_secs_f64());
-            wait_for_processes_to_leave(&self.scratch.data);
+            wait_for_processes_to_leave(self.pgdata.as_deref().unwrap_or(&self.scratch.data));
             tracing::debug!("all server processes gone after {:.2}s", t.elapsed().as_secs_f64());
         }
     }
@@ -413,6 +534,7 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         self.stop();
+        // `clones` (then `scratch`) are dropped next: their Drop discards (removes) them.
     }
 }
 
@@ -496,11 +618,13 @@ impl<'a> Drill<'a> {
         Ok(())
     }
 
-    /// Run the drill on `scratch`, filled by `materialise`; always stops and cleans up.
+    /// Run the drill on what `materialise` puts in `scratch` (or clones, recorded in
+    /// `clones`); always stops the server, discards the clones and removes the scratch directory.
     fn run(
         mut self,
         scratch: Scratch,
-        materialise: impl FnOnce(&Scratch) -> std::result::Result<Materialised, MaterialiseError>,
+        clones: Clones,
+        materialise: impl FnOnce(&Scratch, &mut Clones) -> std::result::Result<Materialised, MaterialiseError>,
     ) -> Result<DrillReport> {
         // Validate what the operator passed before any work.
         let mut asserts = Vec::new();
@@ -511,7 +635,7 @@ impl<'a> Drill<'a> {
             std::fs::create_dir_all(d)
                 .map_err(|e| VerifyError::DumpDir { path: d.display().to_string(), detail: e.to_string() })?;
         }
-        let mut running = Running { inst: None, log_path: None, scratch };
+        let mut running = Running { inst: None, log_path: None, pgdata: None, clones, scratch };
         let result = self.steps(&mut running, &asserts, materialise);
         let t = Instant::now();
         self.progress.phase("stop and clean up", None);
@@ -521,10 +645,12 @@ impl<'a> Drill<'a> {
         if let Some(p) = &running.log_path {
             self.report.server_log = server::notable_log_lines(p, 60);
         }
+        let discarded = running.clones.discard();
         let cleanup = running.scratch.remove();
         self.progress.finish_phase();
         self.phase("cleanup", t);
         result?;
+        discarded?;
         cleanup?;
         self.interrupted("the drill")?;
         self.report.ok = !self.report.checks.is_empty() && self.report.checks.iter().all(|c| c.ok);
@@ -537,7 +663,7 @@ impl<'a> Drill<'a> {
         &mut self,
         running: &mut Running,
         asserts: &[assertions::Assertion],
-        materialise: impl FnOnce(&Scratch) -> std::result::Result<Materialised, MaterialiseError>,
+        materialise: impl FnOnce(&Scratch, &mut Clones) -> std::result::Result<Materialised, MaterialiseError>,
     ) -> Result<()> {
         let opts = self.opts;
         let progress = self.progress.clone();
@@ -547,7 +673,7 @@ impl<'a> Drill<'a> {
         // 1. Materialise the copy.
         let t = Instant::now();
         let name = if is_backup { "restore" } else { "clone" };
-        let mat = match materialise(&running.scratch) {
+        let mat = match materialise(&running.scratch, &mut running.clones) {
             Ok(m) => {
                 self.phase(name, t);
                 self.check(CheckResult::passed(name, m.detail.clone()));
@@ -561,6 +687,10 @@ impl<'a> Drill<'a> {
             }
             Err(MaterialiseError::Env(e)) => return Err(e),
         };
+        running.pgdata = Some(mat.pgdata.clone());
+        if let Some(o) = &mat.owner {
+            self.owner = o.clone();
+        }
         self.interrupted("the drill")?;
         server::write_config(&running.scratch)?;
         running.scratch.hand_over(Some(&self.owner))?;
@@ -572,7 +702,7 @@ impl<'a> Drill<'a> {
             _ => (8192, 131072),
         };
         let scan = pagelsn::scan(
-            &running.scratch.data,
+            &mat.pgdata,
             mat.lower_bound,
             bs,
             relseg,
@@ -586,7 +716,7 @@ impl<'a> Drill<'a> {
         let t = Instant::now();
         let bin = PgBin::find(mat.pg_major)?;
         let sc = &running.scratch;
-        let mut inst = Instance::new(bin, &sc.data, &sc.socket_dir, free_port(), Some(self.owner.clone()));
+        let mut inst = Instance::new(bin, &mat.pgdata, &sc.socket_dir, free_port(), Some(self.owner.clone()));
         inst.log_path = sc.run.join("postgres.log");
         inst.own_process_group();
         server::configure(&mut inst, sc, mat.control.as_ref(), opts.memory_mb, opts.jobs);

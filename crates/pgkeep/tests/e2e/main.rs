@@ -25,4 +25,5 @@ mod snapshot_util;
 mod tablespace;
 mod verify;
 mod verify_pgdata;
+mod verify_snapshot;
 mod wal;

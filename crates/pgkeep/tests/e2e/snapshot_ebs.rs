@@ -154,6 +154,21 @@ fn snapshot_ebs_against_moto() {
     assert_eq!(pgkeep_sessions(&s.pg), 0);
     assert!(backup_history_label(&m_wal.join("pg_wal"), &failed_id).is_some(), "pg_backup_stop must have run");
 
+    // A restore drill of an EBS backup is refused before any volume is created (the new
+    // volumes would have to be attached and mounted here); the refusal says what to do instead.
+    s.configure(&ebs_config(&good, "[ebs]\navailability_zone = \"us-east-1a\"\n"));
+    let volumes_before = moto.json("print(json.dumps(len(ec2().describe_volumes()['Volumes'])))");
+    let out = with_aws(s.pgkeep(["verify", &id]), &moto).fails();
+    assert_eq!(out.code, Some(1));
+    let line = out.one_error_line();
+    assert!(line.contains("EBS snapshot backup") && line.contains("nothing was created"), "{line}");
+    assert!(
+        line.contains(&format!("pgkeep restore --backup {id} --attach-to")) && line.contains("verify --pgdata"),
+        "{line}"
+    );
+    assert_eq!(moto.json("print(json.dumps(len(ec2().describe_volumes()['Volumes'])))"), volumes_before);
+    assert!(s.pgkeep(["list"]).json()[0]["verified"].is_null());
+
     // expire deletes the snapshots of a backup.
     s.configure(&ebs_config(&good, ""));
     let e = with_aws(s.pgkeep(["expire", "--backup", &id]), &moto).json();

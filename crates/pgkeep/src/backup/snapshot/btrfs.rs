@@ -209,4 +209,28 @@ impl SnapshotDriver for Btrfs {
         }
         Ok(out)
     }
+
+    fn discard(
+        &self,
+        rec: &SnapshotRecord,
+        restored: &RestoredVolume,
+        _cfg: &SnapshotConfig,
+    ) -> Result<(), SnapshotError> {
+        let p = Path::new(&restored.created);
+        if std::fs::symlink_metadata(p).is_err() {
+            return Ok(());
+        }
+        if !is_subvolume(p) {
+            return Err(SnapshotError::rec(
+                rec,
+                "discard the restored clone",
+                format!("{} is not a btrfs subvolume, so it is not the clone; left in place", p.display()),
+            ));
+        }
+        btrfs(&[OsStr::new("subvolume"), OsStr::new("delete"), p.as_os_str()]).map_err(|e| {
+            SnapshotError::rec(rec, "discard the restored clone", e)
+                .with_hint(&format!("delete it by hand: btrfs subvolume delete {}", p.display()))
+        })?;
+        Ok(())
+    }
 }

@@ -7,7 +7,10 @@
 //! - `status_command` (optional) prints `pending`, `completed` or `error`; without it a
 //!   snapshot is completed when `snapshot_command` exits;
 //! - `delete_command` deletes PGKEEP_SNAPSHOT_ID (without it, deleting is refused);
-//! - `restore_command` makes the snapshot's content appear at PGKEEP_RESTORE_PATH.
+//! - `restore_command` makes the snapshot's content appear at PGKEEP_RESTORE_PATH;
+//! - `discard_command` (optional) removes what `restore_command` made at PGKEEP_RESTORE_PATH
+//!   (a restore drill's clone); without it `pgkeep verify` refuses this volume's backups
+//!   rather than leave a clone behind it cannot remove.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -170,5 +173,44 @@ impl SnapshotDriver for CommandDriver {
             });
         }
         Ok(out)
+    }
+
+    fn discard(
+        &self,
+        rec: &SnapshotRecord,
+        restored: &RestoredVolume,
+        cfg: &SnapshotConfig,
+    ) -> Result<(), SnapshotError> {
+        let vol = cfg.volume(&rec.volume);
+        let target = Path::new(&restored.created);
+        let Some(cmd) = vol.and_then(|v| v.discard_command.as_deref()) else {
+            return Err(SnapshotError::rec(
+                rec,
+                "discard the restored clone",
+                format!("no discard_command is configured for this volume; {} is left in place", target.display()),
+            )
+            .with_hint("set discard_command (it removes PGKEEP_RESTORE_PATH), and remove the clone by hand"));
+        };
+        let mut env = rec_env(rec);
+        env.push(("PGKEEP_RESTORE_PATH".into(), restored.created.clone()));
+        run_shell(&format!("discard_command of volume {}", rec.volume), cmd, &env, timeout(vol)).map_err(|e| {
+            SnapshotError::rec(rec, "discard the restored clone", e)
+                .with_hint(&format!("remove {} by hand", target.display()))
+        })?;
+        // An empty mount point the command left is pgkeep's to remove; anything more means the
+        // clone is still there.
+        let empty_dir = std::fs::read_dir(target).map(|mut it| it.next().is_none());
+        match empty_dir {
+            Err(_) if std::fs::symlink_metadata(target).is_err() => Ok(()),
+            Ok(true) => std::fs::remove_dir(target).map_err(|e| {
+                SnapshotError::rec(rec, "discard the restored clone", format!("{}: {e}", target.display()))
+            }),
+            _ => Err(SnapshotError::rec(
+                rec,
+                "discard the restored clone",
+                format!("discard_command succeeded but {} still exists", target.display()),
+            )
+            .with_hint("discard_command must remove PGKEEP_RESTORE_PATH; remove it by hand")),
+        }
     }
 }

@@ -131,6 +131,13 @@ pub fn mount_of_source(device: &Path) -> Option<(PathBuf, String)> {
     None
 }
 
+/// True when `path` is a mount point (listed in /proc/self/mountinfo).
+pub fn is_mount_point(path: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let want = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    text.lines().filter_map(|l| l.split(' ').nth(4)).any(|m| Path::new(&unescape(m)) == want)
+}
+
 /// The loop device whose backing file is `image`, if any (/sys/block/loop*/loop/backing_file).
 pub fn loop_device_of(image: &Path) -> Option<PathBuf> {
     let image = std::fs::canonicalize(image).ok()?;

@@ -474,4 +474,21 @@ impl SnapshotDriver for Ebs {
         }
         Ok(out)
     }
+
+    /// Restore drills refuse EBS backups before creating anything (the new volumes would have
+    /// to be attached and mounted here), so there is never a drill's EBS volume to discard;
+    /// volumes `pgkeep restore` created belong to the operator.
+    fn discard(
+        &self,
+        rec: &SnapshotRecord,
+        restored: &RestoredVolume,
+        _cfg: &SnapshotConfig,
+    ) -> Result<(), SnapshotError> {
+        Err(SnapshotError::rec(
+            rec,
+            "discard the restored volume",
+            format!("pgkeep does not delete restored EBS volumes; {} is left in place", restored.created),
+        )
+        .with_hint("detach and delete it with the AWS console or CLI when it is no longer needed"))
+    }
 }

@@ -15,6 +15,8 @@
 //!   caller can delete them: nothing a failed backup created outlives it unnoticed.
 //! - [`SnapshotDriver::delete`] is idempotent: a snapshot that is already gone is a success.
 //! - [`SnapshotDriver::restore`] never writes over an existing, non-empty target (invariant 7).
+//! - [`SnapshotDriver::discard`] removes exactly what `restore` reported (a restore drill's
+//!   clone) and nothing else; already gone is a success.
 //! - Nothing here prints; secrets (cloud credentials) are never part of a record or message.
 //!
 //! The flow around the drivers (coverage check, hooks, freeze, pg_backup_start/stop, WAL
@@ -105,6 +107,10 @@ pub struct VolumeConfig {
     /// command: makes PGKEEP_SNAPSHOT_ID's content appear at PGKEEP_RESTORE_PATH.
     #[serde(default)]
     pub restore_command: Option<String>,
+    /// command: removes what restore_command made at PGKEEP_RESTORE_PATH (a restore drill's
+    /// clone, `pgkeep verify`); without it, drills of this volume's backups are refused.
+    #[serde(default)]
+    pub discard_command: Option<String>,
     /// command: seconds each command may run (default 300).
     #[serde(default)]
     pub command_timeout: Option<u64>,
@@ -457,6 +463,16 @@ pub trait SnapshotDriver: Send + Sync {
         opts: &RestoreSetOptions,
         cfg: &SnapshotConfig,
     ) -> Result<Vec<RestoredVolume>, SnapshotError>;
+    /// Remove a clone this driver's `restore` made from `rec` (restore drills throw theirs
+    /// away): btrfs deletes the subvolume, reflink unmounts and removes the image, command
+    /// runs `discard_command`. Already gone is a success; anything else at that path is left
+    /// alone and reported.
+    fn discard(
+        &self,
+        rec: &SnapshotRecord,
+        restored: &RestoredVolume,
+        cfg: &SnapshotConfig,
+    ) -> Result<(), SnapshotError>;
 }
 
 /// The driver for `kind`.

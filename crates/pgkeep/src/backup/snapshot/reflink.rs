@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use chrono::Utc;
 
-use super::coverage::{loop_device_of, mount_of_source};
+use super::coverage::{is_mount_point, loop_device_of, mount_of_source};
 use super::{
     run_tool, DriverFeatures, DriverKind, RestoreRequest, RestoreSetOptions, RestoredVolume, SnapContext,
     SnapshotConfig, SnapshotDriver, SnapshotError, SnapshotFailure, SnapshotRecord, SnapshotState, VolumeConfig,
@@ -213,13 +213,23 @@ impl SnapshotDriver for Reflink {
                 .map_err(|e| SnapshotError::rec(rec, "restore (FICLONE)", format!("→ {}: {e}", image.display())))?;
             let mut root = None;
             if let Some(fstype) = rec.detail.get("fstype") {
-                super::btrfs::prepare_target(&rec.volume, &mount)?;
-                std::fs::create_dir_all(&mount)
-                    .map_err(|e| SnapshotError::rec(rec, "restore", format!("{}: {e}", mount.display())))?;
-                // A clone carries its original's file system UUID; XFS refuses a duplicate unless told.
-                let options = if fstype == "xfs" { "loop,nouuid" } else { "loop" };
-                run_tool("mount", &["-o".as_ref(), options.as_ref(), image.as_os_str(), mount.as_os_str()])
-                    .map_err(|e| SnapshotError::rec(rec, "mount the restored image", e))?;
+                let mounted = super::btrfs::prepare_target(&rec.volume, &mount).and_then(|_| {
+                    std::fs::create_dir_all(&mount)
+                        .map_err(|e| SnapshotError::rec(rec, "restore", format!("{}: {e}", mount.display())))?;
+                    // A clone carries its original's file system UUID; XFS refuses a duplicate unless told.
+                    let options = if fstype == "xfs" { "loop,nouuid" } else { "loop" };
+                    run_tool("mount", &["-o".as_ref(), options.as_ref(), image.as_os_str(), mount.as_os_str()]).map_err(
+                        |e| {
+                            // Nothing half-made stays behind: the empty mount point and the clone go.
+                            let _ = std::fs::remove_dir(&mount);
+                            SnapshotError::rec(rec, "mount the restored image", e)
+                        },
+                    )
+                });
+                if let Err(e) = mounted {
+                    let _ = std::fs::remove_file(&image);
+                    return Err(e);
+                }
                 root = Some(mount.display().to_string());
             }
             out.push(RestoredVolume {
@@ -232,5 +242,58 @@ impl SnapshotDriver for Reflink {
             });
         }
         Ok(out)
+    }
+
+    fn discard(
+        &self,
+        rec: &SnapshotRecord,
+        restored: &RestoredVolume,
+        _cfg: &SnapshotConfig,
+    ) -> Result<(), SnapshotError> {
+        let image = Path::new(&restored.created);
+        let err = |detail: String, hint: String| {
+            SnapshotError::rec(rec, "discard the restored clone", detail).with_hint(&hint)
+        };
+        // The clone's file system first (restore mounted it at `root`), then the image.
+        if let Some(root) = restored.root.as_deref().map(Path::new) {
+            if is_mount_point(root) {
+                // A server that just stopped may hold the file system for a moment.
+                let mut last = String::new();
+                for attempt in 0..20 {
+                    match run_tool("umount", &[root.as_os_str()]) {
+                        Ok(_) => {
+                            last.clear();
+                            break;
+                        }
+                        Err(e) => last = e,
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(100 * (attempt + 1).min(5)));
+                }
+                if !last.is_empty() {
+                    return Err(err(
+                        last,
+                        format!("unmount {} and remove {} by hand", root.display(), image.display()),
+                    ));
+                }
+            }
+            match std::fs::remove_dir(root) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(err(
+                        format!("cannot remove the mount point {}: {e}", root.display()),
+                        format!("remove {} and {} by hand", root.display(), image.display()),
+                    ))
+                }
+            }
+        }
+        match std::fs::remove_file(image) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(err(
+                format!("cannot remove {}: {e}", image.display()),
+                format!("remove {} by hand", image.display()),
+            )),
+        }
     }
 }
