@@ -135,7 +135,10 @@ impl CloneStats {
 
 /// Files of a live server that must not reach the clone: the lock file (a running PID would
 /// make the drill's server refuse to start) and signal files (a copy of a standby would
-/// otherwise wait for WAL forever, or want a restore_command).
+/// otherwise wait for WAL forever, or want a restore_command). One exception: a restored base
+/// backup that was never started (`backup_label` and `recovery.signal`) keeps its
+/// `recovery.signal`, because its WAL is in the archive its `restore_command` names, not in
+/// its (empty) pg_wal.
 const SKIP_IN_CLONE: &[&str] = &["postmaster.pid", "postmaster.opts", "standby.signal", "recovery.signal"];
 
 /// Clone a data directory (and its tablespaces, and optionally a separate WAL directory) into
@@ -148,6 +151,7 @@ pub fn clone_pgdata(
     cancel: &AtomicBool,
 ) -> Result<CloneStats, VerifyError> {
     let mut stats = CloneStats::default();
+    let unstarted_restore = src.join("backup_label").is_file() && src.join("recovery.signal").is_file();
     let rd = fs::read_dir(src).map_err(|e| clone_err(src, e))?;
     for entry in rd {
         let entry = entry.map_err(|e| clone_err(src, e))?;
@@ -155,7 +159,7 @@ pub fn clone_pgdata(
         let name_s = name.to_string_lossy();
         let from = entry.path();
         let to = scratch.data.join(&name);
-        if SKIP_IN_CLONE.contains(&name_s.as_ref()) {
+        if SKIP_IN_CLONE.contains(&name_s.as_ref()) && !(unstarted_restore && name_s == "recovery.signal") {
             continue;
         }
         match name_s.as_ref() {

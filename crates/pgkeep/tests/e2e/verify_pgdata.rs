@@ -409,3 +409,29 @@ fn verify_pgdata_on_btrfs_uses_reflink_clones_root_only() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// A restored base backup that was never started (`backup_label`, `recovery.signal`, empty
+/// pg_wal) is drilled through its archive: the clone keeps `recovery.signal`, so the drill's
+/// server fetches WAL with the copy's own `restore_command`. Without it the server would find
+/// no checkpoint record and the drill would fail a good copy.
+#[test]
+fn verify_pgdata_on_a_fresh_restore_recovers_through_the_archive() {
+    let s = Setup::new();
+    s.pg.sql("CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 20000) g; ALTER TABLE t ADD PRIMARY KEY (id);");
+    s.backup();
+    s.pg.sql("INSERT INTO t SELECT g, 'after' FROM generate_series(20001, 20500) g");
+    s.pg.switch_and_wait_archived(&s.repo);
+    let dir = s.env.path("fresh");
+    s.restore(&dir, &[]);
+    s.env.chown(&dir);
+    let parent = scratch_parent(&s.env);
+    let before = fingerprint(&dir);
+    let out = s.env.pgkeep(["--pgdata"]).arg(&dir).arg("verify").arg("--json").arg("--scratch").arg(&parent).run();
+    let r: serde_json::Value =
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {} {}", out.stdout, out.stderr));
+    show("fresh restore", &r);
+    assert_eq!(out.code, Some(0), "{}", out.stdout);
+    assert_eq!(r["ok"], true);
+    assert_eq!(before, fingerprint(&dir), "verify --pgdata modified {}", dir.display());
+    assert_nothing_left(&parent);
+}
