@@ -98,7 +98,7 @@ pub fn refuse_unsupported(m: &Manifest, cfg: &SnapshotConfig) -> Result<(), Veri
     if records.iter().any(|r| r.driver == DriverKind::Ebs) {
         return Err(VerifyError::SnapshotDrill {
             detail: format!(
-                "backup {id} is an EBS snapshot backup: its drill would need new volumes created, attached and mounted on this machine, which `pgkeep verify` does not do (nothing was created); hint: `pgkeep restore --backup {id} --attach-to INSTANCE` (a post-attach hook mounts them), start PostgreSQL on the restored data directory once so it recovers, stop it, then `pgkeep verify --pgdata <that directory>`, and delete the volumes afterwards"
+                "backup {id} is an EBS snapshot backup: its drill would need new volumes created, attached and mounted on this machine, which `pgkeep verify` does not do (nothing was created); hint: `pgkeep restore --backup {id} --attach-to INSTANCE` (a post-attach hook mounts them), then `pgkeep verify --pgdata <the restored data directory>` (it recovers through the archive), and delete the volumes afterwards"
             ),
         });
     }
