@@ -88,3 +88,58 @@ fn snapshot_freeze_root_loop_mounted_xfs_is_thawed_when_a_snapshot_fails() {
     assert_eq!(b["snapshot"]["layout"]["frozen"][0], "md0");
     eprintln!("stripe group md0 frozen for {:.3}s while 2 snapshot commands ran", frozen);
 }
+
+/// Root: SIGTERM to pgkeep while a stripe group is frozen is held back until the file system
+/// is thawed, then delivered. Without the hold the default action would kill pgkeep with the
+/// server's file system still frozen.
+#[test]
+fn snapshot_freeze_root_sigterm_during_the_freeze_is_delivered_after_the_thaw() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::time::Instant;
+    let env = env();
+    let mounts = Mounts::new(&env);
+    let xfs = mounts.loop_fs(&env.path("xfs.img"), &env.path("xfs"), "xfs", 512);
+    pgkeep::fsutil::set_mode(&xfs, 0o755).unwrap();
+    let entered = env.path("entered");
+    let release = env.path("release");
+    let s = SnapSetup::new(env, Some(mounts), &xfs.join("pgdata"), None);
+    // Member a's snapshot command signals that it runs (inside the frozen window) and waits
+    // for the test's go-ahead; member b returns at once.
+    let member = |name: &str, snapshot: &str| {
+        format!(
+            "[[volume]]\nname = \"{name}\"\ndriver = \"command\"\npath = \"{}\"\nstripe_group = \"md0\"\n\
+             snapshot_command = '{snapshot}'\ncommand_timeout = 60\n\n",
+            xfs.display()
+        )
+    };
+    let waiting = format!(
+        "touch {e}; for i in $(seq 600); do [ -e {r} ] && break; sleep 0.05; done; echo snap-a",
+        e = entered.display(),
+        r = release.display()
+    );
+    s.configure(&(member("a", &waiting) + &member("b", "echo snap-b")));
+    let mut cmd = s.pgkeep(["backup"]);
+    let mut child =
+        cmd.command().stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !entered.exists() {
+        assert!(Instant::now() < deadline, "the snapshot command never ran");
+        assert!(child.try_wait().unwrap().is_none(), "pgkeep ended before snapshotting");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!is_thawed(&xfs), "{} should be frozen while the snapshot is requested", xfs.display());
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let held_until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < held_until {
+        assert!(child.try_wait().unwrap().is_none(), "SIGTERM killed pgkeep while the file system was frozen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::write(&release, "").unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGTERM), "the held SIGTERM is delivered after the thaw: {status:?}");
+    assert!(is_thawed(&xfs), "{} must be thawed", xfs.display());
+    assert!(write_completes(&xfs), "writes to {} must not block", xfs.display());
+    let states: Vec<String> = listed(&s).into_iter().map(|(_, state)| state).collect();
+    assert_eq!(states, vec!["incomplete".to_string()], "an interrupted backup is never usable");
+}
