@@ -36,18 +36,20 @@ fn main() -> ExitCode {
     match run(&cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("pgkeep: error: {e}");
-            ExitCode::from(e.exit_code())
+            // One line: the library's messages already name the object and end with a hint.
+            eprintln!("pgkeep: error: {e:#}");
+            ExitCode::from(e.downcast_ref::<pgkeep::Error>().map(pgkeep::Error::exit_code).unwrap_or(1))
         }
     }
 }
 
-fn run(cli: &Cli) -> Result<ExitCode, pgkeep::Error> {
+fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|e| pgkeep::Error::other(format!("cannot start the async runtime: {e}")))?;
+        .context("cannot start the async runtime")?;
     let progress: Arc<dyn Progress> = if cli.global.quiet || cli.global.json {
         pgkeep::progress::none()
     } else if std::io::stderr().is_terminal() {
