@@ -41,7 +41,8 @@ impl VerifyCmd for PgkeepCmd {
     }
 }
 
-fn check<'a>(r: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+/// The check called `name` in a drill report.
+pub fn check<'a>(r: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
     r["checks"]
         .as_array()
         .unwrap()

@@ -9,7 +9,7 @@ use std::time::Duration;
 use pgkeep_testkit::{Load, TestCluster};
 
 use crate::common::Setup;
-use crate::verify::{assert_nothing_left, scratch_parent};
+use crate::verify::{assert_nothing_left, check, scratch_parent};
 
 /// Copy a directory tree (files, directories, symlinks), optionally skipping top-level names.
 fn copy_tree(from: &Path, to: &Path, skip: &[&str]) {
@@ -55,15 +55,6 @@ fn fingerprint(dir: &Path) -> BTreeMap<String, (u64, u32, i64, u64)> {
         }
     }
     out
-}
-
-fn check<'a>(r: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    r["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == name)
-        .unwrap_or_else(|| panic!("no check {name}: {r:#}"))
 }
 
 /// The failed checks' first errors, for the test log (what the damage looked like).

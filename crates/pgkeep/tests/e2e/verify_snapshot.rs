@@ -14,18 +14,9 @@ use pgkeep_testkit::{Load, Mounts, PgkeepCmd};
 use crate::common::env;
 use crate::snapshot_btrfs::btrfs_world;
 use crate::snapshot_util::SnapSetup;
-use crate::verify::{assert_nothing_left, scratch_parent, VerifyCmd};
+use crate::verify::{assert_nothing_left, check, scratch_parent, VerifyCmd};
 
 const TAG: &str = ".pgkeep-verify-";
-
-fn check<'a>(r: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    r["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == name)
-        .unwrap_or_else(|| panic!("no check {name} in {r:#}"))
-}
 
 /// Every check of a clean drill passed, and the restore check says the volumes were cloned.
 fn assert_clean_snapshot_drill(r: &serde_json::Value, id: &str, volumes: usize) {

@@ -198,14 +198,7 @@ impl SnapshotDriver for Btrfs {
                 SnapshotError::rec(r.record, "restore", e)
                     .with_hint("the target must be on the same btrfs file system as the snapshot")
             })?;
-            out.push(RestoredVolume {
-                volume: r.record.volume.clone(),
-                snapshot_id: r.record.snapshot_id.clone(),
-                root: Some(target.display().to_string()),
-                created: target.display().to_string(),
-                device: None,
-                attached_to: None,
-            });
+            out.push(RestoredVolume::local(r.record, &target));
         }
         Ok(out)
     }

@@ -163,14 +163,7 @@ impl SnapshotDriver for CommandDriver {
             env.push(("PGKEEP_RESTORE_PATH".into(), target.display().to_string()));
             run_shell(&format!("restore_command of volume {}", rec.volume), cmd, &env, timeout(vol))
                 .map_err(|e| SnapshotError::rec(rec, "restore", e))?;
-            out.push(RestoredVolume {
-                volume: rec.volume.clone(),
-                snapshot_id: rec.snapshot_id.clone(),
-                root: Some(target.display().to_string()),
-                created: target.display().to_string(),
-                device: None,
-                attached_to: None,
-            });
+            out.push(RestoredVolume::local(rec, &target));
         }
         Ok(out)
     }

@@ -432,6 +432,20 @@ pub struct RestoredVolume {
     pub attached_to: Option<String>,
 }
 
+impl RestoredVolume {
+    /// A clone that appears at `path` on this machine (btrfs, reflink, command drivers).
+    pub fn local(rec: &SnapshotRecord, path: &std::path::Path) -> RestoredVolume {
+        RestoredVolume {
+            volume: rec.volume.clone(),
+            snapshot_id: rec.snapshot_id.clone(),
+            root: Some(path.display().to_string()),
+            created: path.display().to_string(),
+            device: None,
+            attached_to: None,
+        }
+    }
+}
+
 /// Options of a set-level restore (EBS).
 #[derive(Debug, Clone, Default)]
 pub struct RestoreSetOptions {
