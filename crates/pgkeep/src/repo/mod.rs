@@ -139,6 +139,13 @@ impl Repository {
         })
     }
 
+    /// A committed backup's `backup_label`, checked against the hash its manifest recorded;
+    /// None when the stored copy does not match (the caller names the consequence).
+    pub fn backup_label(&self, m: &Manifest) -> crate::Result<Option<Vec<u8>>> {
+        let label = self.get_framed(&layout::backup_label_key(&m.id))?;
+        Ok((hex::encode(blake3::hash(&label).as_bytes()) == m.backup_label_blake3).then_some(label))
+    }
+
     /// Load a committed backup's manifest.
     pub fn manifest(&self, id: &str) -> crate::Result<Manifest> {
         match self.get_json(&layout::manifest_key(id)) {

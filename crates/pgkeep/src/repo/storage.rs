@@ -54,9 +54,7 @@ impl RepoLocation {
                 hint: "the repository location is empty; set --repo or PGKEEP_REPO".into(),
             });
         }
-        let p = PathBuf::from(s);
-        let p = if p.is_absolute() { p } else { std::env::current_dir().map(|d| d.join(&p)).unwrap_or(p) };
-        Ok(RepoLocation::Local(p))
+        Ok(RepoLocation::Local(fsutil::absolute(Path::new(s))))
     }
 }
 

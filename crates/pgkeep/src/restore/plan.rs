@@ -2,7 +2,7 @@
 //! recovery settings) and check it before touching the disk; then run it.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,7 +16,7 @@ use crate::fsutil;
 use crate::progress::Progress;
 use crate::repo::catalog;
 use crate::repo::manifest::Manifest;
-use crate::repo::{layout, Repository};
+use crate::repo::Repository;
 
 #[derive(Debug, Clone)]
 pub struct RestoreOptions {
@@ -70,7 +70,7 @@ pub struct RestorePlan {
 
 impl RestorePlan {
     pub fn build(repo: &Repository, opts: &RestoreOptions) -> crate::Result<RestorePlan> {
-        let to = absolute(&opts.to);
+        let to = crate::fsutil::absolute(&opts.to);
         if !fsutil::is_absent_or_empty(&to)
             .map_err(|e| RestoreError::Write { path: to.display().to_string(), detail: e.to_string() })?
         {
@@ -90,7 +90,7 @@ impl RestorePlan {
                 }
                 .into());
             }
-            tablespaces.insert(*oid, absolute(dir));
+            tablespaces.insert(*oid, crate::fsutil::absolute(dir));
         }
         for t in &manifest.tablespaces {
             tablespaces.entry(t.oid).or_insert_with(|| PathBuf::from(&t.location));
@@ -121,16 +121,12 @@ impl RestorePlan {
         progress.finish_phase();
 
         let pgdata = &self.map.pgdata;
-        let label = repo.get_framed(&layout::backup_label_key(&m.id))?;
-        if hex::encode(blake3(&label)) != m.backup_label_blake3 {
-            return Err(RestoreError::File {
-                id: m.id.clone(),
-                path: "backup_label".into(),
-                dir: pgdata.display().to_string(),
-                detail: "does not match the checksum recorded in the manifest".into(),
-            }
-            .into());
-        }
+        let label = repo.backup_label(m)?.ok_or_else(|| RestoreError::File {
+            id: m.id.clone(),
+            path: "backup_label".into(),
+            dir: pgdata.display().to_string(),
+            detail: "does not match the checksum recorded in the manifest".into(),
+        })?;
         materialize::write_small(&pgdata.join("backup_label"), &label)?;
         if m.tablespace_map_blake3.is_some() || !self.map.tablespaces.is_empty() {
             let mut text = String::new();
@@ -184,16 +180,4 @@ pub fn choose_backup_id(repo: &Repository, backup: Option<&str>, target: &Recove
             }
         }
     })
-}
-
-fn blake3(b: &[u8]) -> [u8; 32] {
-    blake3::hash(b).into()
-}
-
-fn absolute(p: &Path) -> PathBuf {
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf())
-    }
 }

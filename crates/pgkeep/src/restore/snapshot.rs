@@ -22,7 +22,7 @@ use crate::backup::snapshot::{
 use crate::fsutil;
 use crate::pg::datadir::{EXCLUDE_DIR_CONTENTS, EXCLUDE_FILES};
 use crate::repo::manifest::Manifest;
-use crate::repo::{layout, Repository};
+use crate::repo::Repository;
 
 /// Options only snapshot restores have.
 #[derive(Debug, Clone, Default)]
@@ -55,18 +55,10 @@ pub struct SnapshotRestoreReport {
 /// Parse `NAME=PATH`.
 pub fn parse_volume_arg(s: &str) -> Result<(String, PathBuf), SnapshotError> {
     match s.split_once('=') {
-        Some((n, p)) if !n.is_empty() && !p.is_empty() => Ok((n.to_string(), absolute(Path::new(p)))),
+        Some((n, p)) if !n.is_empty() && !p.is_empty() => Ok((n.to_string(), crate::fsutil::absolute(Path::new(p)))),
         _ => Err(SnapshotError::Config(format!(
             "invalid --volume {s:?}; hint: use NAME=PATH with a volume name from the backup"
         ))),
-    }
-}
-
-fn absolute(p: &Path) -> PathBuf {
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf())
     }
 }
 
@@ -115,13 +107,11 @@ pub fn restore_tracked(
             .into());
         }
     }
-    let label = repo.get_framed(&layout::backup_label_key(&id))?;
-    if hex::encode(blake3(&label)) != m.backup_label_blake3 {
-        return Err(SnapshotError::Other(format!(
+    let label = repo.backup_label(m)?.ok_or_else(|| {
+        SnapshotError::Other(format!(
             "backup {id}: the stored backup_label does not match the checksum in the manifest; hint: restore another backup"
         ))
-        .into());
-    }
+    })?;
 
     // Each driver restores its own snapshots: local clones one volume per call (so each is
     // reported the moment it exists), cloud volumes as one set.
@@ -362,8 +352,4 @@ fn clear_dir(dir: &Path) -> Result<(), SnapshotError> {
         r.map_err(|x| werr(&p, x))?;
     }
     Ok(())
-}
-
-fn blake3(b: &[u8]) -> [u8; 32] {
-    blake3::hash(b).into()
 }
