@@ -4,6 +4,12 @@ use std::path::{Path, PathBuf};
 
 use pgkeep_testkit::{ClusterOptions, PgkeepCmd, TestCluster, TestEnv};
 
+/// pgkeep with --repo, --pg and --pgdata for `pg` and `repo`. Global options come first, so
+/// `restore --to` and its value stay together when the caller appends the command.
+pub fn cluster_cmd(env: &TestEnv, repo: &Path, pg: &TestCluster) -> PgkeepCmd {
+    env.pgkeep(["--repo"]).arg(repo).arg("--pg").arg(pg.conninfo()).arg("--pgdata").arg(pg.pgdata())
+}
+
 pub fn env() -> TestEnv {
     TestEnv::new(env!("CARGO_BIN_EXE_pgkeep"))
 }
@@ -36,15 +42,7 @@ impl Setup {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
-        // Global options first, so `restore --to` and its value stay together.
-        let mut c = self
-            .env
-            .pgkeep(["--repo"])
-            .arg(&self.repo)
-            .arg("--pg")
-            .arg(self.pg.conninfo())
-            .arg("--pgdata")
-            .arg(self.pg.pgdata());
+        let mut c = cluster_cmd(&self.env, &self.repo, &self.pg);
         for a in args {
             c = c.arg(a);
         }

@@ -4,10 +4,10 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use pgkeep_testkit::{Load, Mounts};
+use pgkeep_testkit::Load;
 
 use crate::common::env;
-use crate::snapshot_util::{assert_clean_restore, SnapSetup};
+use crate::snapshot_util::{assert_clean_restore, reflink_images_setup};
 
 /// Acceptance 3 (root): PGDATA and pg_wal on two image files (ext4 inside) stored on a
 /// loop-mounted XFS with reflink=1; a backup under load with the snapshots (FICLONE copies of
@@ -17,21 +17,7 @@ use crate::snapshot_util::{assert_clean_restore, SnapSetup};
 fn snapshot_reflink_root_images_on_xfs_round_trip() {
     let began = Instant::now();
     let env = env();
-    let mounts = Mounts::new(&env);
-    let outer = mounts.loop_fs(&env.path("xfs.img"), &env.path("xfs"), "xfs-reflink", 2048);
-    let data_img = outer.join("data.img");
-    let wal_img = outer.join("wal.img");
-    let data = mounts.loop_fs(&data_img, &env.path("data"), "ext4", 256);
-    let wal = mounts.loop_fs(&wal_img, &env.path("wal"), "ext4", 256);
-    for d in [&data, &wal] {
-        pgkeep::fsutil::set_mode(d, 0o755).unwrap();
-    }
-    let s = SnapSetup::new(env, Some(mounts), &data.join("pgdata"), Some(&wal.join("pg_wal")));
-    s.configure(&format!(
-        "[[volume]]\nname = \"data\"\ndriver = \"reflink\"\npath = \"{}\"\n\n[[volume]]\nname = \"wal\"\ndriver = \"reflink\"\npath = \"{}\"\n",
-        data_img.display(),
-        wal_img.display()
-    ));
+    let (s, outer) = reflink_images_setup(env, 2048);
     s.events_table(None);
     s.pg.pgbench(&["-i", "-s", "1", "-q"]);
     let load = Load::inserts_and_deletes(&s.pg, &s.env.rt, "events", 4);

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use pgkeep_testkit::{cluster_at, ClusterOptions, Load, Mounts, PgkeepCmd, TestCluster, TestEnv};
 
+use crate::common::cluster_cmd;
+
 /// Field order is drop order: the cluster stops, then the file systems are unmounted, then
 /// the test directory goes.
 pub struct SnapSetup {
@@ -42,16 +44,7 @@ impl SnapSetup {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
-        let mut c = self
-            .env
-            .pgkeep(["--repo"])
-            .arg(&self.repo)
-            .arg("--pg")
-            .arg(self.pg.conninfo())
-            .arg("--pgdata")
-            .arg(self.pg.pgdata())
-            .arg("--config")
-            .arg(&self.config);
+        let mut c = cluster_cmd(&self.env, &self.repo, &self.pg).arg("--config").arg(&self.config);
         for a in args {
             c = c.arg(a);
         }
@@ -204,4 +197,26 @@ pub fn listed(s: &SnapSetup) -> Vec<(String, String)> {
         .iter()
         .map(|b| (b["id"].as_str().unwrap_or("").to_string(), b["state"].as_str().unwrap_or("").to_string()))
         .collect()
+}
+
+/// Root: PGDATA and pg_wal on two 256 MB ext4 images stored on a loop-mounted reflink XFS of
+/// `outer_mb`, configured as reflink volumes `data` and `wal`. Returns the set-up and the XFS
+/// mount point (where the images and their snapshots live).
+pub fn reflink_images_setup(env: TestEnv, outer_mb: u64) -> (SnapSetup, PathBuf) {
+    let mounts = Mounts::new(&env);
+    let outer = mounts.loop_fs(&env.path("xfs.img"), &env.path("xfs"), "xfs-reflink", outer_mb);
+    let data_img = outer.join("data.img");
+    let wal_img = outer.join("wal.img");
+    let data = mounts.loop_fs(&data_img, &env.path("data"), "ext4", 256);
+    let wal = mounts.loop_fs(&wal_img, &env.path("wal"), "ext4", 256);
+    for d in [&data, &wal] {
+        pgkeep::fsutil::set_mode(d, 0o755).unwrap();
+    }
+    let s = SnapSetup::new(env, Some(mounts), &data.join("pgdata"), Some(&wal.join("pg_wal")));
+    s.configure(&format!(
+        "[[volume]]\nname = \"data\"\ndriver = \"reflink\"\npath = \"{}\"\n\n[[volume]]\nname = \"wal\"\ndriver = \"reflink\"\npath = \"{}\"\n",
+        data_img.display(),
+        wal_img.display()
+    ));
+    (s, outer)
 }

@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use pgkeep_testkit::{Load, Mounts, PgkeepCmd};
+use pgkeep_testkit::{Load, PgkeepCmd};
 
 use crate::common::env;
 use crate::snapshot_btrfs::btrfs_world;
-use crate::snapshot_util::SnapSetup;
+use crate::snapshot_util::{reflink_images_setup, SnapSetup};
 use crate::verify::{assert_nothing_left, check, scratch_parent, VerifyCmd};
 
 const TAG: &str = ".pgkeep-verify-";
@@ -192,21 +192,7 @@ fn verify_snapshot_btrfs_root_backup_under_load_verifies_clean_and_leaves_nothin
 #[test]
 fn verify_snapshot_reflink_root_images_verify_clean_and_leave_nothing() {
     let env = env();
-    let mounts = Mounts::new(&env);
-    let outer = mounts.loop_fs(&env.path("xfs.img"), &env.path("xfs"), "xfs-reflink", 1024);
-    let data_img = outer.join("data.img");
-    let wal_img = outer.join("wal.img");
-    let data = mounts.loop_fs(&data_img, &env.path("data"), "ext4", 256);
-    let wal = mounts.loop_fs(&wal_img, &env.path("wal"), "ext4", 256);
-    for d in [&data, &wal] {
-        pgkeep::fsutil::set_mode(d, 0o755).unwrap();
-    }
-    let s = SnapSetup::new(env, Some(mounts), &data.join("pgdata"), Some(&wal.join("pg_wal")));
-    s.configure(&format!(
-        "[[volume]]\nname = \"data\"\ndriver = \"reflink\"\npath = \"{}\"\n\n[[volume]]\nname = \"wal\"\ndriver = \"reflink\"\npath = \"{}\"\n",
-        data_img.display(),
-        wal_img.display()
-    ));
+    let (s, outer) = reflink_images_setup(env, 1024);
     s.events_table(None);
     let load = Load::inserts_and_deletes(&s.pg, &s.env.rt, "events", 2);
     load.wait_for(100);
