@@ -63,7 +63,7 @@ pub fn push(repo: &Repository, path: &Path) -> crate::Result<PushReport> {
         stored_size: summary.framed_size,
         blake3: digest.clone(),
     };
-    if let Some(stored) = stored_sha(repo, &key, &name)? {
+    if let Some(stored) = stored_hash(repo, &key, &name)? {
         return if stored == summary.blake3 {
             Ok(report(PushOutcome::AlreadyArchived))
         } else {
@@ -73,7 +73,7 @@ pub fn push(repo: &Repository, path: &Path) -> crate::Result<PushReport> {
     match repo.storage().put_new_parts(&key, encoded.into_parts())? {
         PutOutcome::Created => Ok(report(PushOutcome::Stored)),
         // Someone stored it between our check and our write: same rules.
-        PutOutcome::AlreadyExists => match stored_sha(repo, &key, &name)? {
+        PutOutcome::AlreadyExists => match stored_hash(repo, &key, &name)? {
             Some(s) if s == summary.blake3 => Ok(report(PushOutcome::AlreadyArchived)),
             Some(s) => Err(ArchiveError::Conflict { name, stored: hex::encode(s), new: digest }.into()),
             None => Err(ArchiveError::Write { dest: key, detail: "object vanished while archiving".into() }.into()),
@@ -113,7 +113,7 @@ impl Input {
 }
 
 /// BLAKE3 recorded in a stored object's trailer, if the object exists.
-fn stored_sha(repo: &Repository, key: &str, name: &str) -> crate::Result<Option<[u8; 32]>> {
+fn stored_hash(repo: &Repository, key: &str, name: &str) -> crate::Result<Option<[u8; 32]>> {
     let Some(head) = repo.storage().head(key)? else { return Ok(None) };
     if head.size < frame::FRAME_OVERHEAD {
         return Err(

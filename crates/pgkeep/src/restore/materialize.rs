@@ -183,8 +183,8 @@ fn restore_object(
         let mut w = BufWriter::with_capacity(256 * 1024, file);
         let what = format!("file {} (object {} of backup {})", e.path, object.name, m.id);
         let summary = frame::copy(&mut reader, e.length, &mut w, &what).map_err(|x| fail(&e.path, x.to_string()))?;
-        if let Some(sha) = &e.blake3 {
-            if hex::encode(summary.blake3) != *sha {
+        if let Some(recorded) = &e.blake3 {
+            if hex::encode(summary.blake3) != *recorded {
                 return Err(fail(&e.path, "content does not match the checksum recorded in the manifest".into()));
             }
         }
