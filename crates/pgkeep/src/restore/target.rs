@@ -104,6 +104,20 @@ pub fn parse_xid(s: &str) -> Result<String, RestoreError> {
     }
 }
 
+/// `--target-timeline`: what PostgreSQL's recovery_target_timeline accepts.
+pub fn parse_timeline(s: &str) -> Result<String, RestoreError> {
+    let t = s.trim();
+    match t {
+        "latest" | "current" => Ok(t.to_string()),
+        _ if t.parse::<u32>().is_ok_and(|n| n >= 1) => Ok(t.to_string()),
+        _ => Err(RestoreError::BadTarget {
+            what: "--target-timeline",
+            value: s.to_string(),
+            hint: "use latest, current or a timeline number".into(),
+        }),
+    }
+}
+
 /// The backup to restore for `target`: newest complete backup that can reach it.
 /// Backups are given oldest first.
 pub fn choose<'a>(
