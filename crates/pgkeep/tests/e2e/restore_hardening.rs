@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use pgkeep::repo::frame::{self, Compression};
-use pgkeep_testkit::wait_for_file_in_archive;
+use pgkeep_testkit::cluster::wait_for_file_in_archive;
 use serde_json::{json, Value};
 
 use crate::common::{read_manifest, Setup};
