@@ -95,6 +95,7 @@ fn tampered_manifest_is_refused_before_anything_is_written() {
         let out = s.pgkeep(["restore", "--backup", &id, "--to"]).arg(&dir).fails();
         assert_eq!(out.code, Some(1), "{name}: {}", out.stderr);
         let line = out.one_error_line();
+        eprintln!("{name}: {line}");
         assert!(line.contains(&named), "{name}: the error must name {named}: {line}");
         assert!(is_absent_or_empty(&dir), "{name}: the target must stay empty");
         assert!(std::fs::symlink_metadata(&would_be).is_err(), "{name}: {} was written", would_be.display());
