@@ -151,12 +151,8 @@ pub fn run(cli: &Cli, progress: Arc<dyn Progress>, rt: tokio::runtime::Handle) -
         Command::Restore(a) => {
             let repo = open_repo()?;
             let mut opts = restore_options(a, &cfg)?;
-            let id = restore::plan::choose_backup_id(
-                &repo,
-                opts.backup.as_deref(),
-                &opts.target,
-                opts.timeline.as_deref(),
-            )?;
+            let id =
+                restore::plan::choose_backup_id(&repo, opts.backup.as_deref(), &opts.target, opts.timeline.as_deref())?;
             let archive_mode = match a.archive_mode {
                 cli::ArchiveModeArg::Off => restore::recovery::ArchiveMode::Off,
                 cli::ArchiveModeArg::Preserve => restore::recovery::ArchiveMode::Preserve,

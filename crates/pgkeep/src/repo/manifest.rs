@@ -108,9 +108,7 @@ fn segment_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error>
     if pgkeep_wal::is_valid_wal_seg_size(n) {
         Ok(n)
     } else {
-        Err(serde::de::Error::custom(format!(
-            "wal_segment_size {n} is not a power of two between 1 MiB and 1 GiB"
-        )))
+        Err(serde::de::Error::custom(format!("wal_segment_size {n} is not a power of two between 1 MiB and 1 GiB")))
     }
 }
 
@@ -202,7 +200,10 @@ impl Manifest {
                 return bad(format!("tablespace {}", t.oid), "is listed twice");
             }
             if !is_normal_absolute(&t.location) {
-                return bad(format!("tablespace {} location {:?}", t.oid, t.location), "is not an absolute, normalised path");
+                return bad(
+                    format!("tablespace {} location {:?}", t.oid, t.location),
+                    "is not an absolute, normalised path",
+                );
             }
         }
         let mut seen = std::collections::BTreeSet::new();
@@ -228,7 +229,10 @@ impl Manifest {
             match e.kind {
                 EntryKind::Link if tablespace == Some(true) || e.path == "pg_wal" => {}
                 EntryKind::Link => {
-                    return bad(name(), "is a symbolic link where PostgreSQL has none (only pg_wal and pg_tblspc/<oid>)")
+                    return bad(
+                        name(),
+                        "is a symbolic link where PostgreSQL has none (only pg_wal and pg_tblspc/<oid>)",
+                    )
                 }
                 _ if tablespace == Some(true) => return bad(name(), "must be the tablespace's symbolic link"),
                 EntryKind::Dir => {}

@@ -7,8 +7,8 @@
 use std::collections::BTreeSet;
 
 use pgkeep_wal::{
-    xlog_file_name, DecoderOptions, Lsn, RecordKind, SegmentExpectations, TimeLineHistoryEntry, TimeLineID,
-    WalDecoder, XLogSegNo,
+    xlog_file_name, DecoderOptions, Lsn, RecordKind, SegmentExpectations, TimeLineHistoryEntry, TimeLineID, WalDecoder,
+    XLogSegNo,
 };
 
 use super::target::RecoveryTarget;

@@ -102,7 +102,10 @@ pub struct RestorePlan {
 /// repository can edit it), before anything is created.
 pub fn check_manifest(id: &str, m: &Manifest) -> Result<(), RestoreError> {
     if m.id != id {
-        return Err(RestoreError::BadManifest { id: id.to_string(), problem: format!("id {:?} is not the backup's", m.id) });
+        return Err(RestoreError::BadManifest {
+            id: id.to_string(),
+            problem: format!("id {:?} is not the backup's", m.id),
+        });
     }
     m.validate().map_err(|p| RestoreError::BadManifest { id: id.to_string(), problem: p.to_string() })
 }
@@ -113,7 +116,9 @@ pub fn fetch_label(repo: &Repository, m: &Manifest) -> crate::Result<Vec<u8>> {
     match repo.backup_label(m) {
         Ok(Some(label)) => Ok(label),
         Ok(None) => Err(bad("does not match the checksum recorded in the manifest".into()).into()),
-        Err(crate::Error::Frame(FrameError::Damaged { detail, .. })) => Err(bad(format!("is damaged ({detail})")).into()),
+        Err(crate::Error::Frame(FrameError::Damaged { detail, .. })) => {
+            Err(bad(format!("is damaged ({detail})")).into())
+        }
         Err(e) => Err(e),
     }
 }
@@ -163,7 +168,14 @@ impl RestorePlan {
             timeline: opts.timeline.clone(),
             archive_mode: ArchiveMode::Off,
         };
-        Ok(RestorePlan { manifest, map: PathMap { pgdata: to, tablespaces }, settings, jobs: opts.jobs, label, timelines })
+        Ok(RestorePlan {
+            manifest,
+            map: PathMap { pgdata: to, tablespaces },
+            settings,
+            jobs: opts.jobs,
+            label,
+            timelines,
+        })
     }
 
     /// `preserve` for a restore that becomes the new primary (default: off).

@@ -142,7 +142,9 @@ fn restore_tracked_with(
     if let Some((what, rel)) = rels.into_iter().find(|(_, r)| !r.is_empty() && !is_normal_relative(r)) {
         return Err(super::RestoreError::BadManifest {
             id,
-            problem: format!("snapshot layout {what} path {rel:?} is not a relative, normalised path inside its volume"),
+            problem: format!(
+                "snapshot layout {what} path {rel:?} is not a relative, normalised path inside its volume"
+            ),
         }
         .into());
     }

@@ -355,7 +355,13 @@ pub fn render(r: &VerifyReport) -> String {
             if !b.damaged.is_empty() {
                 what.push(format!("damaged {}", b.damaged.join(", ")));
             }
-            let _ = writeln!(s, "backup {}: NOT RESTORABLE, WAL {}{}", b.id, what.join("; "), newer_note(&b.newer_timelines));
+            let _ = writeln!(
+                s,
+                "backup {}: NOT RESTORABLE, WAL {}{}",
+                b.id,
+                what.join("; "),
+                newer_note(&b.newer_timelines)
+            );
         }
     }
     let _ = write!(

@@ -21,6 +21,9 @@ fn entry(m: &Value, path: &str) -> usize {
     m["entries"].as_array().unwrap().iter().position(|e| e["path"] == path).unwrap_or_else(|| panic!("no {path}"))
 }
 
+/// A manifest edit, what the error must name, and the path it would have written.
+type Case = (&'static str, Box<dyn Fn(&mut Value)>, String, std::path::PathBuf);
+
 fn is_absent_or_empty(dir: &Path) -> bool {
     std::fs::read_dir(dir).map(|mut d| d.next().is_none()).unwrap_or(true)
 }
@@ -39,7 +42,7 @@ fn tampered_manifest_is_refused_before_anything_is_written() {
 
     let dotdot = "../escaped_dotdot".to_string();
     let absolute = s.env.path("escaped_absolute").display().to_string();
-    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>, String, std::path::PathBuf)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "dotdot",
             Box::new({
