@@ -251,3 +251,32 @@ fn xid_and_name_targets_pick_the_backup_that_ended_before_them() {
     assert!(out.one_error_line().contains("no_such_point"), "{}", out.stderr);
     assert!(is_absent_or_empty(&nowhere));
 }
+
+/// Snapshot restores write archive_mode = 'off' too (command driver: copies as snapshots).
+#[test]
+fn snapshot_restore_turns_archiving_off_unless_preserved() {
+    let env = crate::common::env();
+    let vdata = env.owned_dir("vol-data");
+    let snaps = env.path("snaps");
+    let s = crate::snapshot_util::SnapSetup::new(env, None, &vdata.join("pgdata"), None);
+    s.configure(&format!(
+        "[[volume]]\nname = \"data\"\ndriver = \"command\"\npath = \"{path}\"\n\
+         snapshot_command = 'mkdir -p {snaps} && cp -a \"$PGKEEP_VOLUME_PATH\" \"{snaps}/$PGKEEP_BACKUP_ID\" 2>/dev/null; test -d \"{snaps}/$PGKEEP_BACKUP_ID\" && echo \"{snaps}/$PGKEEP_BACKUP_ID\"'\n\
+         restore_command = 'cp -a \"$PGKEEP_SNAPSHOT_ID\" \"$PGKEEP_RESTORE_PATH\"'\n",
+        path = vdata.display(),
+        snaps = snaps.display()
+    ));
+    let b = s.pgkeep(["backup"]).json();
+    assert_eq!(b["driver"], "command", "{b}");
+    for (mode, name) in [(None, "off"), (Some("preserve"), "preserve")] {
+        let clone = s.env.path(&format!("clone-{name}"));
+        let mut c = s.pgkeep(["restore", "--backup", "latest", "--volume"]).arg(format!("data={}", clone.display()));
+        if let Some(m) = mode {
+            c = c.arg("--archive-mode").arg(m);
+        }
+        let r = c.json();
+        assert_eq!(r["archive_mode"], name, "{r}");
+        let auto = std::fs::read_to_string(clone.join("pgdata/postgresql.auto.conf")).unwrap();
+        assert_eq!(auto.contains("archive_mode = 'off'"), mode.is_none(), "{auto}");
+    }
+}
