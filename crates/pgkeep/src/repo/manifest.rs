@@ -258,3 +258,73 @@ impl Manifest {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest() -> Manifest {
+        let entry = |path: &str, kind| Entry {
+            path: path.into(),
+            kind,
+            mode: 0o700,
+            size: 0,
+            mtime: 0,
+            blake3: None,
+            object: None,
+            offset: 0,
+            length: 0,
+            target: None,
+        };
+        let mut file = entry("base/1/1259", EntryKind::File);
+        (file.object, file.offset, file.length) = (Some(0), 10, 90);
+        let mut json = serde_json::json!({
+            "format": 1, "id": "20261121-065522F", "label": "", "kind": "full", "driver": "files",
+            "pgkeep_version": "0", "system_identifier": "1", "pg_version_num": 150000, "pg_major": 15,
+            "wal_segment_size": 16777216, "data_checksums": true, "timeline": 1, "stop_timeline": 1,
+            "start_lsn": "0/2000028", "stop_lsn": "0/2000100", "start_wal": "", "stop_wal": "",
+            "start_time": "2026-11-21T06:55:22Z", "stop_time": "2026-11-21T06:55:23Z",
+            "backup_window_seconds": 1.0, "backup_label_blake3": "", "tablespace_map_blake3": null,
+            "tablespaces": [{"oid": 16384, "name": "ts", "location": "/srv/ts"}],
+            "size": 0, "stored_size": 0, "file_count": 1,
+            "objects": [{"name": "000000", "size": 100}], "entries": [],
+        });
+        json["entries"] = serde_json::to_value(vec![
+            entry("base", EntryKind::Dir),
+            file,
+            entry("pg_tblspc/16384", EntryKind::Link),
+            entry("pg_tblspc/16384/PG_15_202209061", EntryKind::Dir),
+        ])
+        .unwrap();
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn a_manifest_pgkeep_writes_is_valid() {
+        assert_eq!(manifest().validate(), Ok(()));
+    }
+
+    #[test]
+    fn paths_links_offsets_and_segment_size_are_checked() {
+        let refused = |edit: &dyn Fn(&mut Manifest)| {
+            let mut m = manifest();
+            edit(&mut m);
+            m.validate().expect_err("must be refused")
+        };
+        for bad in ["../x", "/etc/x", "base//x", "base/./x", "base/", ""] {
+            let p = refused(&|m| m.entries[1].path = bad.into());
+            assert_eq!(p.entry, format!("entry {bad:?}"));
+        }
+        assert!(refused(&|m| m.entries[2].path = "base/evil".into()).problem.contains("symbolic link"));
+        assert!(refused(&|m| m.entries[3].path = "pg_tblspc/99/x".into()).problem.contains("tablespace"));
+        assert!(refused(&|m| m.entries[1].offset = u64::MAX).problem.contains("outside its object"));
+        assert!(refused(&|m| m.entries[1].object = Some(7)).problem.contains("no data object"));
+        assert!(refused(&|m| m.objects[0].name = "../../x".into()).entry.starts_with("object"));
+        assert!(refused(&|m| m.tablespaces[0].location = "/srv/../etc".into()).entry.starts_with("tablespace"));
+        assert!(refused(&|m| m.wal_segment_size = 3 << 20).entry.starts_with("wal_segment_size"));
+        let mut json = serde_json::to_value(manifest()).unwrap();
+        json["wal_segment_size"] = 0.into();
+        let e = serde_json::from_value::<Manifest>(json).unwrap_err().to_string();
+        assert!(e.contains("wal_segment_size 0"), "{e}");
+    }
+}
