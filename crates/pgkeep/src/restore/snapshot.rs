@@ -11,7 +11,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::materialize;
-use super::plan::{fetch_label, RestoreOptions, RestoredTablespace, TimelineView};
+use super::plan::{check_manifest, fetch_label, RestoreOptions, RestoredTablespace, TimelineView};
 use super::recovery::{self, ArchiveMode, RecoverySettings};
 use super::target::RecoveryTarget;
 use crate::backup::hooks::{run_hook, HookRun};
@@ -136,6 +136,7 @@ fn restore_tracked_with(
             .into());
         }
     }
+    check_manifest(&id, m)?;
     // The layout is input too: its paths must stay inside the clones.
     let mut rels = vec![("pgdata", &layout.pgdata.rel), ("pg_wal", &layout.pg_wal.rel)];
     rels.extend(layout.tablespaces.iter().map(|t| ("tablespace", &t.at.rel)));
