@@ -197,6 +197,7 @@ fn a_stray_timeline_is_named_and_current_stays_on_the_backups() {
     let b = v["backups"].as_array().unwrap().iter().find(|b| b["id"] == id.as_str()).unwrap();
     assert_eq!(b["newer_timelines"][0]["timeline"], 2, "{b}");
     let text = s.pgkeep(["wal", "verify"]).run().stdout;
+    eprintln!("{text}");
     assert!(text.contains("newer timeline(s) 2"), "{text}");
 
     let latest = s.env.path("latest");
@@ -204,6 +205,7 @@ fn a_stray_timeline_is_named_and_current_stays_on_the_backups() {
     assert_eq!(r["newer_timelines"][0]["timeline"], 2, "{r}");
     assert_eq!(r["recovery_timeline"], 2, "{r}");
     let text = s.pgkeep(["restore", "--to"]).arg(s.env.path("latest_text")).ok().stdout;
+    eprintln!("{text}");
     assert!(text.contains("timeline 2") && text.contains("--target-timeline current"), "{text}");
 
     let current = s.env.path("current");
