@@ -49,7 +49,8 @@ pub fn choose<'a>(
     timeline: Option<&str>,
 ) -> crate::Result<Option<&'a ManifestSummary>> {
     let wanted = match target {
-        // PostgreSQL reads the xid as 64 bits and keeps the low 32 (an epoch may be given).
+        // PostgreSQL reads the xid as 64 bits and keeps the low 32 (an epoch may be given);
+        // `parse_xid` made sure it parses.
         RecoveryTarget::Xid(x) => Wanted::Xid(x.parse::<u64>().map(|v| v as u32).unwrap_or(0)),
         RecoveryTarget::Name(n) => Wanted::Name(n),
         _ => return Ok(None),

@@ -93,7 +93,8 @@ pub fn parse_lsn(s: &str) -> Result<Lsn, RestoreError> {
 
 pub fn parse_xid(s: &str) -> Result<String, RestoreError> {
     let t = s.trim();
-    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+    // PostgreSQL reads 64 bits (an epoch may lead) and keeps the low 32.
+    if t.bytes().all(|b| b.is_ascii_digit()) && t.parse::<u64>().is_ok() {
         Ok(t.to_string())
     } else {
         Err(RestoreError::BadTarget {
