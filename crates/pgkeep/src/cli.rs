@@ -216,12 +216,23 @@ pub struct RestoreArgs {
     /// Timeline to recover along (`latest`, `current` or a number).
     #[arg(long, value_name = "TLI")]
     pub target_timeline: Option<String>,
+    /// `off` (default): write archive_mode = 'off' into the copy's postgresql.auto.conf, so it
+    /// cannot archive into the source's repository; `preserve`: keep the source's archiving
+    /// (for a restore that becomes the new primary).
+    #[arg(long, value_enum, default_value = "off")]
+    pub archive_mode: ArchiveModeArg,
     /// Restore tablespace OID into DIR instead of its original location (repeatable).
     #[arg(long = "tablespace-map", value_name = "OID=DIR")]
     pub tablespace_map: Vec<String>,
     /// Parallel file workers (default: number of cores).
     #[arg(long, short = 'j', value_name = "N")]
     pub jobs: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum ArchiveModeArg {
+    Off,
+    Preserve,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]

@@ -151,7 +151,12 @@ pub fn run(cli: &Cli, progress: Arc<dyn Progress>, rt: tokio::runtime::Handle) -
         Command::Restore(a) => {
             let repo = open_repo()?;
             let mut opts = restore_options(a, &cfg)?;
-            let id = restore::plan::choose_backup_id(&repo, opts.backup.as_deref(), &opts.target)?;
+            let id =
+                restore::plan::choose_backup_id(&repo, opts.backup.as_deref(), &opts.target, opts.timeline.as_deref())?;
+            let archive_mode = match a.archive_mode {
+                cli::ArchiveModeArg::Off => restore::recovery::ArchiveMode::Off,
+                cli::ArchiveModeArg::Preserve => restore::recovery::ArchiveMode::Preserve,
+            };
             let manifest = repo.manifest(&id)?;
             if manifest.snapshot_layout.is_some() {
                 if a.to.is_some() {
@@ -171,7 +176,7 @@ pub fn run(cli: &Cli, progress: Arc<dyn Progress>, rt: tokio::runtime::Handle) -
                     availability_zone: a.availability_zone.clone(),
                     attach_to: a.attach_to.clone(),
                 };
-                let r = restore::snapshot::restore(&repo, &snap, &manifest, &opts, &sopts)?;
+                let r = restore::snapshot::restore_with(&repo, &snap, &manifest, &opts, &sopts, archive_mode)?;
                 return Ok(Outcome::new(&r, render::snapshot_restore(&r), true));
             }
             if a.to.is_none() || !a.volume.is_empty() {
@@ -182,7 +187,7 @@ pub fn run(cli: &Cli, progress: Arc<dyn Progress>, rt: tokio::runtime::Handle) -
                 .into());
             }
             opts.backup = Some(id);
-            let plan = restore::RestorePlan::build(&repo, &opts)?;
+            let plan = restore::RestorePlan::build(&repo, &opts)?.with_archive_mode(archive_mode);
             let r = plan.run(&repo, progress)?;
             Ok(Outcome::new(&r, render::restore(&r), true))
         }
@@ -282,7 +287,7 @@ fn verify_command(
 }
 
 fn restore_options(a: &cli::RestoreArgs, cfg: &Config) -> Result<restore::RestoreOptions> {
-    use restore::target::{parse_lsn, parse_time, parse_xid};
+    use restore::target::{parse_lsn, parse_time, parse_timeline, parse_xid};
     use restore::{RecoveryTarget, TargetAction};
     let target = if let Some(t) = &a.target_time {
         RecoveryTarget::Time(parse_time(t)?)
@@ -312,7 +317,7 @@ fn restore_options(a: &cli::RestoreArgs, cfg: &Config) -> Result<restore::Restor
         target,
         action,
         inclusive: !a.target_exclusive,
-        timeline: a.target_timeline.clone(),
+        timeline: a.target_timeline.as_deref().map(parse_timeline).transpose()?,
         tablespace_map: map,
         jobs: a.jobs.unwrap_or(cfg.jobs).max(1),
     })

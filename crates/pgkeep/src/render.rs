@@ -167,6 +167,7 @@ pub fn snapshot_restore(r: &crate::restore::snapshot::SnapshotRestoreReport) -> 
     for t in &r.tablespaces {
         let _ = writeln!(s, "tablespace {} (oid {}) → {}", t.name, t.oid, t.path);
     }
+    s.push_str(&restore_safety(r.archive_mode, &r.timelines));
     let _ = write!(s, "recovery target: {}\nnext: {}", r.target, r.next);
     s
 }
@@ -192,7 +193,35 @@ pub fn restore(r: &RestoreReport) -> String {
     for t in &r.tablespaces {
         let _ = writeln!(s, "tablespace {} (oid {}) → {}", t.name, t.oid, t.path);
     }
+    s.push_str(&restore_safety(r.archive_mode, &r.timelines));
     let _ = write!(s, "next: start the server on it, e.g. pg_ctl -D {} start", r.pgdata);
+    s
+}
+
+/// What the restored copy will archive, and which newer timelines recovery would follow.
+fn restore_safety(mode: crate::restore::recovery::ArchiveMode, t: &crate::restore::plan::TimelineView) -> String {
+    let mut s = match mode {
+        crate::restore::recovery::ArchiveMode::Off => {
+            "archiving: off in the copy (archive_mode = 'off'), so it cannot archive into this repository; --archive-mode preserve keeps the source's\n".to_string()
+        }
+        crate::restore::recovery::ArchiveMode::Preserve => {
+            "archiving: preserved from the source (archive_command runs once the copy is promoted)\n".to_string()
+        }
+    };
+    for n in &t.newer_timelines {
+        let _ = writeln!(
+            s,
+            "warning: the archive holds timeline {} (branched from timeline {} at {}), newer than the backup's timeline {}",
+            n.timeline, n.parent, n.switch_point, t.timeline
+        );
+    }
+    if t.recovery_timeline != t.timeline {
+        let _ = writeln!(
+            s,
+            "warning: recovery follows timeline {}; if that timeline is not this cluster's own history (a restored copy that archived here), restore again with --target-timeline current",
+            t.recovery_timeline
+        );
+    }
     s
 }
 

@@ -21,6 +21,8 @@ pub struct Manifest {
     pub system_identifier: String,
     pub pg_version_num: u32,
     pub pg_major: u32,
+    /// Checked when read: everything derived from it divides by it.
+    #[serde(deserialize_with = "segment_size")]
     pub wal_segment_size: u32,
     pub data_checksums: bool,
     pub timeline: u32,
@@ -101,6 +103,15 @@ pub struct Entry {
     pub target: Option<String>,
 }
 
+fn segment_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let n = u32::deserialize(d)?;
+    if pgkeep_wal::is_valid_wal_seg_size(n) {
+        Ok(n)
+    } else {
+        Err(serde::de::Error::custom(format!("wal_segment_size {n} is not a power of two between 1 MiB and 1 GiB")))
+    }
+}
+
 fn is_zero(v: &u64) -> bool {
     *v == 0
 }
@@ -141,4 +152,179 @@ pub struct StartedMarker {
     pub host: String,
     pub pid: u32,
     pub driver: String,
+}
+
+/// What makes a manifest unsafe to restore: the entry (or field) and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestProblem {
+    pub entry: String,
+    pub problem: String,
+}
+
+impl std::fmt::Display for ManifestProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.entry, self.problem)
+    }
+}
+
+/// `rel` is relative and normalised: no leading `/`, no empty, `.` or `..` component.
+pub fn is_normal_relative(rel: &str) -> bool {
+    !rel.is_empty() && !rel.contains('\0') && rel.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+}
+
+/// `path` is absolute and normalised (what a tablespace location must be).
+fn is_normal_absolute(path: &str) -> bool {
+    path.strip_prefix('/').is_some_and(is_normal_relative)
+}
+
+impl Manifest {
+    /// The repository is writable by the database's OS user, so a restore (often run as root)
+    /// treats the manifest as input: every path stays inside PGDATA or a tablespace, links
+    /// exist only where PostgreSQL has them, every file lies inside its object.
+    pub fn validate(&self) -> Result<(), ManifestProblem> {
+        let bad = |entry: String, problem: &str| Err(ManifestProblem { entry, problem: problem.to_string() });
+        if !pgkeep_wal::is_valid_wal_seg_size(self.wal_segment_size) {
+            return bad(
+                format!("wal_segment_size {}", self.wal_segment_size),
+                "is not a power of two between 1 MiB and 1 GiB",
+            );
+        }
+        for o in &self.objects {
+            if o.name.contains('/') || !is_normal_relative(&o.name) {
+                return bad(format!("object {:?}", o.name), "is not a plain object name");
+            }
+        }
+        let mut oids = std::collections::BTreeSet::new();
+        for t in &self.tablespaces {
+            if !oids.insert(t.oid) {
+                return bad(format!("tablespace {}", t.oid), "is listed twice");
+            }
+            if !is_normal_absolute(&t.location) {
+                return bad(
+                    format!("tablespace {} location {:?}", t.oid, t.location),
+                    "is not an absolute, normalised path",
+                );
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for e in &self.entries {
+            let name = || format!("entry {:?}", e.path);
+            if !is_normal_relative(&e.path) {
+                return bad(name(), "is not a relative, normalised path inside the data directory");
+            }
+            if !seen.insert(e.path.as_str()) {
+                return bad(name(), "is listed twice");
+            }
+            // pg_tblspc/<oid> is the tablespace's link; everything below it is the tablespace.
+            let tablespace = match e.path.strip_prefix("pg_tblspc/") {
+                Some(rest) => {
+                    let (oid, tail) = rest.split_once('/').unwrap_or((rest, ""));
+                    match oid.parse::<u32>() {
+                        Ok(oid) if oids.contains(&oid) => Some(tail.is_empty()),
+                        _ => return bad(name(), "is below pg_tblspc but not in a tablespace of this backup"),
+                    }
+                }
+                None => None,
+            };
+            match e.kind {
+                EntryKind::Link if tablespace == Some(true) || e.path == "pg_wal" => {}
+                EntryKind::Link => {
+                    return bad(
+                        name(),
+                        "is a symbolic link where PostgreSQL has none (only pg_wal and pg_tblspc/<oid>)",
+                    )
+                }
+                _ if tablespace == Some(true) => return bad(name(), "must be the tablespace's symbolic link"),
+                EntryKind::Dir => {}
+                EntryKind::File => {
+                    let Some(object) = e.object.and_then(|i| self.objects.get(i as usize)) else {
+                        return bad(name(), "names no data object of this backup");
+                    };
+                    match e.offset.checked_add(e.length) {
+                        Some(end) if end <= object.size => {}
+                        _ => {
+                            return bad(
+                                name(),
+                                &format!(
+                                    "lies outside its object {} (offset {} + length {} > size {})",
+                                    object.name, e.offset, e.length, object.size
+                                ),
+                            )
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest() -> Manifest {
+        let entry = |path: &str, kind| Entry {
+            path: path.into(),
+            kind,
+            mode: 0o700,
+            size: 0,
+            mtime: 0,
+            blake3: None,
+            object: None,
+            offset: 0,
+            length: 0,
+            target: None,
+        };
+        let mut file = entry("base/1/1259", EntryKind::File);
+        (file.object, file.offset, file.length) = (Some(0), 10, 90);
+        let mut json = serde_json::json!({
+            "format": 1, "id": "20261121-065522F", "label": "", "kind": "full", "driver": "files",
+            "pgkeep_version": "0", "system_identifier": "1", "pg_version_num": 150000, "pg_major": 15,
+            "wal_segment_size": 16777216, "data_checksums": true, "timeline": 1, "stop_timeline": 1,
+            "start_lsn": "0/2000028", "stop_lsn": "0/2000100", "start_wal": "", "stop_wal": "",
+            "start_time": "2026-11-21T06:55:22Z", "stop_time": "2026-11-21T06:55:23Z",
+            "backup_window_seconds": 1.0, "backup_label_blake3": "", "tablespace_map_blake3": null,
+            "tablespaces": [{"oid": 16384, "name": "ts", "location": "/srv/ts"}],
+            "size": 0, "stored_size": 0, "file_count": 1,
+            "objects": [{"name": "000000", "size": 100}], "entries": [],
+        });
+        json["entries"] = serde_json::to_value(vec![
+            entry("base", EntryKind::Dir),
+            file,
+            entry("pg_tblspc/16384", EntryKind::Link),
+            entry("pg_tblspc/16384/PG_15_202209061", EntryKind::Dir),
+        ])
+        .unwrap();
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn a_manifest_pgkeep_writes_is_valid() {
+        assert_eq!(manifest().validate(), Ok(()));
+    }
+
+    #[test]
+    fn paths_links_offsets_and_segment_size_are_checked() {
+        let refused = |edit: &dyn Fn(&mut Manifest)| {
+            let mut m = manifest();
+            edit(&mut m);
+            m.validate().expect_err("must be refused")
+        };
+        for bad in ["../x", "/etc/x", "base//x", "base/./x", "base/", ""] {
+            let p = refused(&|m| m.entries[1].path = bad.into());
+            assert_eq!(p.entry, format!("entry {bad:?}"));
+        }
+        assert!(refused(&|m| m.entries[2].path = "base/evil".into()).problem.contains("symbolic link"));
+        assert!(refused(&|m| m.entries[3].path = "pg_tblspc/99/x".into()).problem.contains("tablespace"));
+        assert!(refused(&|m| m.entries[1].offset = u64::MAX).problem.contains("outside its object"));
+        assert!(refused(&|m| m.entries[1].object = Some(7)).problem.contains("no data object"));
+        assert!(refused(&|m| m.objects[0].name = "../../x".into()).entry.starts_with("object"));
+        assert!(refused(&|m| m.tablespaces[0].location = "/srv/../etc".into()).entry.starts_with("tablespace"));
+        assert!(refused(&|m| m.wal_segment_size = 3 << 20).entry.starts_with("wal_segment_size"));
+        let mut json = serde_json::to_value(manifest()).unwrap();
+        json["wal_segment_size"] = 0.into();
+        let e = serde_json::from_value::<Manifest>(json).unwrap_err().to_string();
+        assert!(e.contains("wal_segment_size 0"), "{e}");
+    }
 }

@@ -59,20 +59,20 @@ pub fn create_structure(m: &Manifest, map: &PathMap) -> Result<(), RestoreError>
         let p = map.dest(&d.path);
         fs::DirBuilder::new().recursive(true).mode((d.mode & 0o777) | 0o700).create(&p).map_err(|e| werr(&p, e))?;
     }
+    // Link targets come from the map, never from the manifest (`Manifest::validate` allows
+    // links only at pg_tblspc/<oid> of a listed tablespace and at pg_wal).
     for l in m.entries.iter().filter(|e| e.kind == EntryKind::Link) {
         let link = map.pgdata.join(&l.path);
-        let target = match l.path.strip_prefix("pg_tblspc/").and_then(|o| o.parse::<u32>().ok()) {
-            Some(oid) => map
-                .tablespaces
-                .get(&oid)
-                .cloned()
-                .unwrap_or_else(|| PathBuf::from(l.target.clone().unwrap_or_default())),
-            None => PathBuf::from(l.target.clone().unwrap_or_default()),
+        let oid = l.path.strip_prefix("pg_tblspc/").and_then(|o| o.parse::<u32>().ok());
+        let Some(target) = oid.and_then(|oid| map.tablespaces.get(&oid)) else {
+            // pg_wal: the restore has no separate WAL directory, and recovery reads the archive.
+            fs::DirBuilder::new().recursive(true).mode(0o700).create(&link).map_err(|e| werr(&link, e))?;
+            continue;
         };
         if let Some(parent) = link.parent() {
             fs::create_dir_all(parent).map_err(|e| werr(parent, e))?;
         }
-        std::os::unix::fs::symlink(&target, &link).map_err(|e| werr(&link, e))?;
+        std::os::unix::fs::symlink(target, &link).map_err(|e| werr(&link, e))?;
     }
     Ok(())
 }
@@ -192,7 +192,7 @@ fn restore_object(
         // workers' file creation (measured: restore twice as slow). `sync_restored` makes
         // everything durable with one syncfs per file system before pg_control is published.
         w.into_inner().map_err(|x| fail(&e.path, x.to_string()))?;
-        pos = e.offset + e.length;
+        pos = e.offset.saturating_add(e.length);
         bytes += summary.plain_size;
         progress.advance(summary.plain_size);
     }

@@ -2,6 +2,7 @@
 //! then write backup_label, tablespace_map and the recovery settings. pg_control is put in
 //! place last, so an interrupted restore leaves a directory PostgreSQL refuses to start.
 
+pub mod locate;
 pub mod materialize;
 pub mod plan;
 pub mod recovery;
@@ -37,4 +38,10 @@ pub enum RestoreError {
     File { id: String, path: String, dir: String, detail: String },
     #[error("cannot write {path}: {detail}")]
     Write { path: String, detail: String },
+    #[error("refusing to restore backup {id}: its manifest's {problem}; nothing was written; hint: the manifest was altered or damaged in the repository; restore another backup and check who can write the repository")]
+    BadManifest { id: String, problem: String },
+    #[error("refusing to restore backup {id}: its stored backup_label {detail}; nothing was written; hint: restore another backup (`pgkeep list`)")]
+    BadLabel { id: String, detail: String },
+    #[error("the recovery target {target} is not in the archived WAL after any complete backup (searched from {from}); hint: check the name or xid; WAL the server has not archived yet cannot be replayed, so run SELECT pg_switch_wal() on it and restore again")]
+    TargetNotArchived { target: String, from: String },
 }

@@ -9,14 +9,16 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::materialize::{self, PathMap};
-use super::recovery::{self, RecoverySettings};
+use super::recovery::{self, ArchiveMode, RecoverySettings};
 use super::target::{self, RecoveryTarget, TargetAction};
 use super::RestoreError;
 use crate::fsutil;
 use crate::progress::Progress;
 use crate::repo::catalog;
 use crate::repo::manifest::Manifest;
-use crate::repo::Repository;
+use crate::repo::{FrameError, Repository};
+use crate::wal::timelines::{self, NewerTimeline};
+use pgkeep_wal::TimeLineID;
 
 #[derive(Debug, Clone)]
 pub struct RestoreOptions {
@@ -59,6 +61,31 @@ pub struct RestoreReport {
     pub duration_seconds: f64,
     pub tablespaces: Vec<RestoredTablespace>,
     pub recovery_settings: Vec<(String, String)>,
+    /// `off`: the copy cannot archive into the source's repository; `preserve`: as the source.
+    pub archive_mode: ArchiveMode,
+    #[serde(flatten)]
+    pub timelines: TimelineView,
+}
+
+/// The backup's timeline, the timelines newer than it in the archive and the one recovery
+/// ends on: a timeline a restored copy left behind is named before it is replayed.
+#[derive(Debug, Clone, Serialize)]
+pub struct TimelineView {
+    pub timeline: TimeLineID,
+    pub recovery_timeline: TimeLineID,
+    pub newer_timelines: Vec<NewerTimeline>,
+}
+
+impl TimelineView {
+    pub fn of(repo: &Repository, m: &Manifest, target_timeline: Option<&str>) -> crate::Result<TimelineView> {
+        let histories = timelines::probe_after(repo, m.timeline)
+            .map_err(|e| crate::Error::other(format!("cannot read the archive's timeline history: {e}; hint: recovery would stop on it too; repair or remove that file in the repository")))?;
+        Ok(TimelineView {
+            timeline: m.timeline,
+            recovery_timeline: timelines::followed(&histories, m.timeline, target_timeline),
+            newer_timelines: timelines::descendants(&histories, m.timeline, m.start_lsn),
+        })
+    }
 }
 
 pub struct RestorePlan {
@@ -66,6 +93,34 @@ pub struct RestorePlan {
     pub map: PathMap,
     pub settings: RecoverySettings,
     pub jobs: usize,
+    /// Fetched and checked before anything is written.
+    pub label: Vec<u8>,
+    pub timelines: TimelineView,
+}
+
+/// Refuse a manifest that would write outside the target (it is input: whoever can write the
+/// repository can edit it), before anything is created.
+pub fn check_manifest(id: &str, m: &Manifest) -> Result<(), RestoreError> {
+    if m.id != id {
+        return Err(RestoreError::BadManifest {
+            id: id.to_string(),
+            problem: format!("id {:?} is not the backup's", m.id),
+        });
+    }
+    m.validate().map_err(|p| RestoreError::BadManifest { id: id.to_string(), problem: p.to_string() })
+}
+
+/// The backup's `backup_label`, fetched and checked against its manifest.
+pub fn fetch_label(repo: &Repository, m: &Manifest) -> crate::Result<Vec<u8>> {
+    let bad = |detail: String| RestoreError::BadLabel { id: m.id.clone(), detail };
+    match repo.backup_label(m) {
+        Ok(Some(label)) => Ok(label),
+        Ok(None) => Err(bad("does not match the checksum recorded in the manifest".into()).into()),
+        Err(crate::Error::Frame(FrameError::Damaged { detail, .. })) => {
+            Err(bad(format!("is damaged ({detail})")).into())
+        }
+        Err(e) => Err(e),
+    }
 }
 
 impl RestorePlan {
@@ -76,8 +131,11 @@ impl RestorePlan {
         {
             return Err(RestoreError::TargetNotEmpty { dir: to.display().to_string() }.into());
         }
-        let id = choose_backup_id(repo, opts.backup.as_deref(), &opts.target)?;
+        let id = choose_backup_id(repo, opts.backup.as_deref(), &opts.target, opts.timeline.as_deref())?;
         let manifest = repo.manifest(&id)?;
+        check_manifest(&id, &manifest)?;
+        let label = fetch_label(repo, &manifest)?;
+        let timelines = TimelineView::of(repo, &manifest, opts.timeline.as_deref())?;
         let mut tablespaces = BTreeMap::new();
         for (oid, dir) in &opts.tablespace_map {
             if !manifest.tablespaces.iter().any(|t| t.oid == *oid) {
@@ -108,8 +166,22 @@ impl RestorePlan {
             action: opts.action,
             inclusive: opts.inclusive,
             timeline: opts.timeline.clone(),
+            archive_mode: ArchiveMode::Off,
         };
-        Ok(RestorePlan { manifest, map: PathMap { pgdata: to, tablespaces }, settings, jobs: opts.jobs })
+        Ok(RestorePlan {
+            manifest,
+            map: PathMap { pgdata: to, tablespaces },
+            settings,
+            jobs: opts.jobs,
+            label,
+            timelines,
+        })
+    }
+
+    /// `preserve` for a restore that becomes the new primary (default: off).
+    pub fn with_archive_mode(mut self, mode: ArchiveMode) -> RestorePlan {
+        self.settings.archive_mode = mode;
+        self
     }
 
     pub fn run(&self, repo: &Repository, progress: Arc<dyn Progress>) -> crate::Result<RestoreReport> {
@@ -121,13 +193,7 @@ impl RestorePlan {
         progress.finish_phase();
 
         let pgdata = &self.map.pgdata;
-        let label = repo.backup_label(m)?.ok_or_else(|| RestoreError::File {
-            id: m.id.clone(),
-            path: "backup_label".into(),
-            dir: pgdata.display().to_string(),
-            detail: "does not match the checksum recorded in the manifest".into(),
-        })?;
-        materialize::write_small(&pgdata.join("backup_label"), &label)?;
+        materialize::write_small(&pgdata.join("backup_label"), &self.label)?;
         if m.tablespace_map_blake3.is_some() || !self.map.tablespaces.is_empty() {
             let mut text = String::new();
             for (oid, dir) in &self.map.tablespaces {
@@ -160,12 +226,21 @@ impl RestorePlan {
                 })
                 .collect(),
             recovery_settings: self.settings.pairs().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            archive_mode: self.settings.archive_mode,
+            timelines: self.timelines.clone(),
         })
     }
 }
 
-/// The backup to restore: `id` as given, `latest`, or (None) the newest that reaches `target`.
-pub fn choose_backup_id(repo: &Repository, backup: Option<&str>, target: &RecoveryTarget) -> crate::Result<String> {
+/// The backup to restore: `id` as given, `latest`, or (None) the newest that reaches `target`
+/// (for an xid or restore point: whose end its record in the archived WAL follows, on the
+/// timeline recovery takes).
+pub fn choose_backup_id(
+    repo: &Repository,
+    backup: Option<&str>,
+    target: &RecoveryTarget,
+    timeline: Option<&str>,
+) -> crate::Result<String> {
     Ok(match backup {
         Some(id) if id != "latest" => id.to_string(),
         choice => {
@@ -175,6 +250,8 @@ pub fn choose_backup_id(repo: &Repository, backup: Option<&str>, target: &Recove
             }
             if choice == Some("latest") {
                 complete.last().map(|b| b.id.clone()).unwrap_or_default()
+            } else if let Some(b) = super::locate::choose(repo, &complete, target, timeline)? {
+                b.id.clone()
             } else {
                 target::choose(&complete, target)?.id.clone()
             }

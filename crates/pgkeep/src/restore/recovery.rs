@@ -1,10 +1,15 @@
 //! Recovery settings for a restored data directory (PostgreSQL 12+: postgresql.auto.conf plus
 //! recovery.signal). Settings a previous restore left behind are removed first: a stale
-//! recovery_target_time would silently stop the new recovery early.
+//! recovery_target_time would silently stop the new recovery early. `archive_mode = 'off'` is
+//! written too unless preserved: a copy that keeps the source's archive_command archives into
+//! the production repository, and its `.history` file then leads the next restore to the end
+//! (`recovery_target_timeline = latest`) along the copy's timeline instead of production's.
 
 use std::fs;
 use std::io;
 use std::path::Path;
+
+use serde::Serialize;
 
 use super::target::{pg_timestamp, RecoveryTarget, TargetAction};
 use crate::fsutil;
@@ -23,6 +28,26 @@ const RECOVERY_KEYS: &[&str] = &[
     "recovery_target_timeline",
 ];
 
+/// Whether the restored copy may archive (`--archive-mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ArchiveMode {
+    /// `archive_mode = 'off'` in postgresql.auto.conf.
+    #[default]
+    Off,
+    /// The source's archive settings, for a restore that becomes the new primary.
+    Preserve,
+}
+
+impl ArchiveMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ArchiveMode::Off => "off",
+            ArchiveMode::Preserve => "preserve",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct RecoverySettings {
     pub restore_command: String,
@@ -30,6 +55,7 @@ pub struct RecoverySettings {
     pub action: Option<TargetAction>,
     pub inclusive: bool,
     pub timeline: Option<String>,
+    pub archive_mode: ArchiveMode,
 }
 
 impl RecoverySettings {
@@ -55,6 +81,9 @@ impl RecoverySettings {
         }
         if let Some(t) = &self.timeline {
             v.push(("recovery_target_timeline", t.clone()));
+        }
+        if self.archive_mode == ArchiveMode::Off {
+            v.push(("archive_mode", "off".into()));
         }
         v
     }
@@ -87,9 +116,10 @@ pub fn write(pgdata: &Path, s: &RecoverySettings, note: &str) -> io::Result<()> 
         Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(e),
     };
+    let owned = |k: &str| RECOVERY_KEYS.contains(&k) || (k == "archive_mode" && s.archive_mode == ArchiveMode::Off);
     let mut out = String::new();
     for line in old.lines() {
-        if key_of(line).is_some_and(|k| RECOVERY_KEYS.contains(&k)) {
+        if key_of(line).is_some_and(owned) {
             continue;
         }
         out.push_str(line);
@@ -112,7 +142,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         fs::write(
             d.path().join("postgresql.auto.conf"),
-            "work_mem = '8MB'\nrecovery_target_time = '2020-01-01'\nrestore_command='x'\n",
+            "work_mem = '8MB'\nrecovery_target_time = '2020-01-01'\nrestore_command='x'\narchive_mode = 'on'\n",
         )
         .unwrap();
         let s = RecoverySettings {
@@ -121,6 +151,7 @@ mod tests {
             action: Some(TargetAction::Promote),
             inclusive: false,
             timeline: None,
+            archive_mode: ArchiveMode::Off,
         };
         write(d.path(), &s, "restored by test").unwrap();
         let t = fs::read_to_string(d.path().join("postgresql.auto.conf")).unwrap();
@@ -129,6 +160,7 @@ mod tests {
         assert!(t.contains("recovery_target_name = 'before ''upgrade'''"));
         assert!(t.contains("recovery_target_action = 'promote'"));
         assert!(t.contains("recovery_target_inclusive = 'off'"));
+        assert!(t.contains("archive_mode = 'off'") && !t.contains("archive_mode = 'on'"), "{t}");
         assert!(d.path().join("recovery.signal").exists());
     }
 }

@@ -11,8 +11,8 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::materialize;
-use super::plan::{RestoreOptions, RestoredTablespace};
-use super::recovery::{self, RecoverySettings};
+use super::plan::{check_manifest, fetch_label, RestoreOptions, RestoredTablespace, TimelineView};
+use super::recovery::{self, ArchiveMode, RecoverySettings};
 use super::target::RecoveryTarget;
 use crate::backup::hooks::{run_hook, HookRun};
 use crate::backup::snapshot::{
@@ -21,7 +21,7 @@ use crate::backup::snapshot::{
 };
 use crate::fsutil;
 use crate::pg::datadir::{EXCLUDE_DIR_CONTENTS, EXCLUDE_FILES};
-use crate::repo::manifest::Manifest;
+use crate::repo::manifest::{is_normal_relative, Manifest};
 use crate::repo::Repository;
 
 /// Options only snapshot restores have.
@@ -46,6 +46,10 @@ pub struct SnapshotRestoreReport {
     pub tablespaces: Vec<RestoredTablespace>,
     pub target: RecoveryTarget,
     pub recovery_settings: Vec<(String, String)>,
+    /// `off`: the copy cannot archive into the source's repository; `preserve`: as the source.
+    pub archive_mode: ArchiveMode,
+    #[serde(flatten)]
+    pub timelines: TimelineView,
     pub hooks: Vec<HookRun>,
     pub duration_seconds: f64,
     /// What the operator does next.
@@ -74,7 +78,20 @@ pub fn restore(
     sopts: &SnapshotRestoreOptions,
 ) -> crate::Result<SnapshotRestoreReport> {
     let mut made = Vec::new();
-    restore_tracked(repo, cfg, m, opts, sopts, &mut made)
+    restore_tracked_with(repo, cfg, m, opts, sopts, ArchiveMode::Off, &mut made)
+}
+
+/// [`restore`] with the copy's archiving chosen (`--archive-mode`).
+pub fn restore_with(
+    repo: &Repository,
+    cfg: &SnapshotConfig,
+    m: &Manifest,
+    opts: &RestoreOptions,
+    sopts: &SnapshotRestoreOptions,
+    archive_mode: ArchiveMode,
+) -> crate::Result<SnapshotRestoreReport> {
+    let mut made = Vec::new();
+    restore_tracked_with(repo, cfg, m, opts, sopts, archive_mode, &mut made)
 }
 
 /// [`restore`], reporting each volume's clone in `made` (which starts empty) as soon as it
@@ -87,6 +104,18 @@ pub fn restore_tracked(
     m: &Manifest,
     opts: &RestoreOptions,
     sopts: &SnapshotRestoreOptions,
+    made: &mut Vec<RestoredVolume>,
+) -> crate::Result<SnapshotRestoreReport> {
+    restore_tracked_with(repo, cfg, m, opts, sopts, ArchiveMode::Off, made)
+}
+
+fn restore_tracked_with(
+    repo: &Repository,
+    cfg: &SnapshotConfig,
+    m: &Manifest,
+    opts: &RestoreOptions,
+    sopts: &SnapshotRestoreOptions,
+    archive_mode: ArchiveMode,
     made: &mut Vec<RestoredVolume>,
 ) -> crate::Result<SnapshotRestoreReport> {
     let began = Instant::now();
@@ -107,11 +136,21 @@ pub fn restore_tracked(
             .into());
         }
     }
-    let label = repo.backup_label(m)?.ok_or_else(|| {
-        SnapshotError::Other(format!(
-            "backup {id}: the stored backup_label does not match the checksum in the manifest; hint: restore another backup"
-        ))
-    })?;
+    check_manifest(&id, m)?;
+    // The layout is input too: its paths must stay inside the clones.
+    let mut rels = vec![("pgdata", &layout.pgdata.rel), ("pg_wal", &layout.pg_wal.rel)];
+    rels.extend(layout.tablespaces.iter().map(|t| ("tablespace", &t.at.rel)));
+    if let Some((what, rel)) = rels.into_iter().find(|(_, r)| !r.is_empty() && !is_normal_relative(r)) {
+        return Err(super::RestoreError::BadManifest {
+            id,
+            problem: format!(
+                "snapshot layout {what} path {rel:?} is not a relative, normalised path inside its volume"
+            ),
+        }
+        .into());
+    }
+    let label = fetch_label(repo, m)?;
+    let timelines = TimelineView::of(repo, m, opts.timeline.as_deref())?;
 
     // Each driver restores its own snapshots: local clones one volume per call (so each is
     // reported the moment it exists), cloud volumes as one set.
@@ -204,6 +243,7 @@ pub fn restore_tracked(
         action: opts.action,
         inclusive: opts.inclusive,
         timeline: opts.timeline.clone(),
+        archive_mode,
     };
     let root_of = |vol: &str| -> Option<PathBuf> {
         restored.iter().find(|v| v.volume == vol).and_then(|v| v.root.as_ref()).map(PathBuf::from)
@@ -219,6 +259,8 @@ pub fn restore_tracked(
         tablespaces: Vec::new(),
         target: settings.target.clone(),
         recovery_settings: settings.pairs().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        archive_mode,
+        timelines,
         hooks,
         duration_seconds: 0.0,
         next: String::new(),

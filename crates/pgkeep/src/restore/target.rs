@@ -93,7 +93,8 @@ pub fn parse_lsn(s: &str) -> Result<Lsn, RestoreError> {
 
 pub fn parse_xid(s: &str) -> Result<String, RestoreError> {
     let t = s.trim();
-    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+    // PostgreSQL reads 64 bits (an epoch may lead) and keeps the low 32.
+    if t.bytes().all(|b| b.is_ascii_digit()) && t.parse::<u64>().is_ok() {
         Ok(t.to_string())
     } else {
         Err(RestoreError::BadTarget {
@@ -101,6 +102,20 @@ pub fn parse_xid(s: &str) -> Result<String, RestoreError> {
             value: s.to_string(),
             hint: "use a transaction id number".into(),
         })
+    }
+}
+
+/// `--target-timeline`: what PostgreSQL's recovery_target_timeline accepts.
+pub fn parse_timeline(s: &str) -> Result<String, RestoreError> {
+    let t = s.trim();
+    match t {
+        "latest" | "current" => Ok(t.to_string()),
+        _ if t.parse::<u32>().is_ok_and(|n| n >= 1) => Ok(t.to_string()),
+        _ => Err(RestoreError::BadTarget {
+            what: "--target-timeline",
+            value: s.to_string(),
+            hint: "use latest, current or a timeline number".into(),
+        }),
     }
 }
 

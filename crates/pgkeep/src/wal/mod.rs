@@ -6,6 +6,7 @@
 
 pub mod archived;
 pub mod inspect;
+pub mod timelines;
 pub mod verify;
 
 #[derive(Debug, thiserror::Error)]

@@ -11,6 +11,9 @@
 //!   record validated (`validate_segment`, the same check `archive-push` makes, with the
 //!   previous segment so a record crossing into it is CRC-checked too).
 //! - each complete backup's WAL range (start..stop segment) is present and intact.
+//! - each complete backup's newer timelines: those branched from its timeline after it began,
+//!   which `recovery_target_timeline = latest` follows (a promoted copy that archived here
+//!   leaves one).
 //!
 //! `.history` and `.backup` files are parsed. Exit 0 only when nothing is missing or damaged.
 
@@ -25,6 +28,7 @@ use pgkeep_wal::{
 use serde::Serialize;
 
 use super::archived::{fetch_plain, fetch_segment, Archived};
+use super::timelines::{descendants, NewerTimeline};
 use crate::repo::catalog;
 use crate::repo::{layout, Repository};
 
@@ -57,6 +61,9 @@ pub struct BackupWal {
     pub ok: bool,
     pub missing: Vec<String>,
     pub damaged: Vec<String>,
+    /// Timelines that branched from the backup's after it began (recovery to `latest`
+    /// follows the newest).
+    pub newer_timelines: Vec<NewerTimeline>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -243,6 +250,8 @@ pub fn verify(repo: &Repository) -> crate::Result<VerifyReport> {
         reports.push(tr);
     }
 
+    let histories: BTreeMap<TimeLineID, Vec<TimeLineHistoryEntry>> =
+        tls.iter().filter_map(|(t, tl)| tl.history.clone().map(|h| (*t, h))).collect();
     let mut backup_reports = Vec::new();
     for b in &backups {
         let mut bw = BackupWal {
@@ -252,6 +261,7 @@ pub fn verify(repo: &Repository) -> crate::Result<VerifyReport> {
             ok: true,
             missing: Vec::new(),
             damaged: Vec::new(),
+            newer_timelines: descendants(&histories, b.timeline, b.start_lsn),
         };
         let range = match (parse_wal_file_name(&b.start_wal, seg_size), parse_wal_file_name(&b.stop_wal, seg_size)) {
             (Some(WalFileName::Segment { tli, segno: s }), Some(WalFileName::Segment { tli: stop_tli, segno: e })) => {
@@ -292,6 +302,19 @@ pub fn verify(repo: &Repository) -> crate::Result<VerifyReport> {
     })
 }
 
+/// `; newer timeline(s) …` naming what a restore to the end of the archive would follow.
+pub fn newer_note(newer: &[NewerTimeline]) -> String {
+    if newer.is_empty() {
+        return String::new();
+    }
+    let names: Vec<String> =
+        newer.iter().map(|n| format!("{} (from timeline {} at {})", n.timeline, n.parent, n.switch_point)).collect();
+    format!(
+        "; newer timeline(s) {}: a restore to the end follows the newest (restore --target-timeline current stays on the backup's)",
+        names.join(", ")
+    )
+}
+
 pub fn render(r: &VerifyReport) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "archive of repository {}", r.repo);
@@ -322,7 +345,8 @@ pub fn render(r: &VerifyReport) -> String {
     }
     for b in &r.backups {
         if b.ok {
-            let _ = writeln!(s, "backup {}: WAL {} .. {} present and intact", b.id, b.start_wal, b.stop_wal);
+            let _ = write!(s, "backup {}: WAL {} .. {} present and intact", b.id, b.start_wal, b.stop_wal);
+            let _ = writeln!(s, "{}", newer_note(&b.newer_timelines));
         } else {
             let mut what = Vec::new();
             if !b.missing.is_empty() {
@@ -331,7 +355,13 @@ pub fn render(r: &VerifyReport) -> String {
             if !b.damaged.is_empty() {
                 what.push(format!("damaged {}", b.damaged.join(", ")));
             }
-            let _ = writeln!(s, "backup {}: NOT RESTORABLE, WAL {}", b.id, what.join("; "));
+            let _ = writeln!(
+                s,
+                "backup {}: NOT RESTORABLE, WAL {}{}",
+                b.id,
+                what.join("; "),
+                newer_note(&b.newer_timelines)
+            );
         }
     }
     let _ = write!(
