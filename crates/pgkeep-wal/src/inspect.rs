@@ -829,6 +829,12 @@ fn record_at(ctx: &Ctx<'_>, data: &[u8], next: Option<&[u8]>, seg_start: u64, po
     if tot <= page_left {
         return data.get(off..off + tot).is_some_and(|rec| record_crc(rec) == Some(hdr.xl_crc));
     }
+    // Page headers only lengthen a record: one that cannot fit in the bytes at hand is no
+    // record we can check (and copying towards the end for each look-alike would be quadratic).
+    let available = data.len() + if data.len() == ctx.start.seg_size as usize { next.map_or(0, <[u8]>::len) } else { 0 };
+    if off + tot > available {
+        return false;
+    }
     let Some(first) = data.get(off..off + page_left) else { return false };
     let mut buf = Vec::with_capacity(tot.min(1 << 20));
     buf.extend_from_slice(first);

@@ -910,7 +910,7 @@ impl<'a> Drill<'a> {
             format!("{n_tab} tables are sound")
         } else {
             format!(
-                "{} of {n_tab} tables are sound; the other {horizon_tables} hold tuples beyond the next transaction ID (see xid_horizon) and no other heap corruption",
+                "{} of {n_tab} tables are sound; {horizon_tables} table(s) hold only tuples beyond the next transaction ID, reported by xid_horizon",
                 n_tab.saturating_sub(horizon_tables)
             )
         };
