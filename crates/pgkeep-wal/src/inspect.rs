@@ -831,7 +831,8 @@ fn record_at(ctx: &Ctx<'_>, data: &[u8], next: Option<&[u8]>, seg_start: u64, po
     }
     // Page headers only lengthen a record: one that cannot fit in the bytes at hand is no
     // record we can check (and copying towards the end for each look-alike would be quadratic).
-    let available = data.len() + if data.len() == ctx.start.seg_size as usize { next.map_or(0, <[u8]>::len) } else { 0 };
+    let available =
+        data.len() + if data.len() == ctx.start.seg_size as usize { next.map_or(0, <[u8]>::len) } else { 0 };
     if off + tot > available {
         return false;
     }

@@ -222,7 +222,12 @@ fn validator_and_inspection_agree_on_commit_counts() {
 fn salvage_reads_records_across_segment_boundaries() {
     let start = start_at_fixture_checkpoint();
     let mut files = pg_wal();
-    let names = ["00000001000000000000000B", "00000001000000000000000C", "00000001000000000000000D", "00000001000000000000000E"];
+    let names = [
+        "00000001000000000000000B",
+        "00000001000000000000000C",
+        "00000001000000000000000D",
+        "00000001000000000000000E",
+    ];
     let all = decode_files(&names);
     let victim = all
         .iter()

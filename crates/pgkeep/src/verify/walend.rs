@@ -4,7 +4,9 @@
 
 use std::path::Path;
 
-use pgkeep_wal::{parse_wal_file_name, validate_partial_segment, ControlFileData, Lsn, SegmentExpectations, WalFileName};
+use pgkeep_wal::{
+    parse_wal_file_name, validate_partial_segment, ControlFileData, Lsn, SegmentExpectations, WalFileName,
+};
 
 /// End of the last complete record in the newest segment of `wal_dir` on pg_control's
 /// timeline (or an ancestor's); `None` when that segment is not valid WAL (the end is then
