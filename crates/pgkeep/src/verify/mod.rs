@@ -762,10 +762,20 @@ impl<'a> Drill<'a> {
             ));
             // The scan ran before the start: its pages are judged against the WAL the copy
             // holds, so a copy that mixes moments says so even when it cannot start.
-            if let Some(end) = mat.wal_end {
-                let mut c = page_lsn_check(&scan, Some(end), &Default::default());
-                c.detail.push_str(" (end of the WAL in the copy's pg_wal: the server did not start)");
-                self.check(c);
+            match mat.wal_end {
+                Some(end) => {
+                    let mut c = page_lsn_check(&scan, Some(end), &Default::default());
+                    c.detail.push_str(" (end of the WAL in the copy's pg_wal: the server did not start)");
+                    self.check(c);
+                }
+                None if is_backup => self.check(CheckResult::not_run(
+                    "page_lsn",
+                    "the server did not start, so the end of the WAL recovery replays from the archive is unknown",
+                )),
+                None => self.check(CheckResult::not_run(
+                    "page_lsn",
+                    "the server did not start and the newest segment in the copy's pg_wal is not valid WAL, so the end of its WAL is unknown",
+                )),
             }
             self.not_run_rest("the server did not start", !asserts.is_empty());
             return Ok(());
