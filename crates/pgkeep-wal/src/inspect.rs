@@ -866,9 +866,8 @@ fn read_on(ctx: &Ctx<'_>, data: &[u8], next: Option<&[u8]>, seg_start: u64, pos:
     };
     let seg_end = seg_start + data.len() as u64;
     dec.feed(data.get((pos - seg_start) as usize..).unwrap_or(&[]));
-    if let Some(n) = next.filter(|_| data.len() == ctx.start.seg_size as usize) {
-        dec.feed(n);
-    }
+    // The next file is fed only when a record runs into it.
+    let mut next = next.filter(|_| data.len() == ctx.start.seg_size as usize);
     loop {
         match dec.next_record() {
             Ok(Some(rec)) if rec.lsn.0 >= seg_end => return seg_end,
@@ -879,7 +878,10 @@ fn read_on(ctx: &Ctx<'_>, data: &[u8], next: Option<&[u8]>, seg_start: u64, pos:
                     out.commits.push(c);
                 }
             }
-            Ok(None) => return seg_end,
+            Ok(None) => match next.take() {
+                Some(n) => dec.feed(n),
+                None => return seg_end,
+            },
             Err(e) => return e.lsn().0.max(dec.next_lsn().0),
         }
     }
