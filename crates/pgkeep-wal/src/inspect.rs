@@ -25,8 +25,10 @@
 //!   checks);
 //! - pg_control's checkpoint record lies beyond the stop (the server cannot start at all).
 //!
-//! Salvage works segment by segment: a record crossing from one salvaged segment into the
-//! next is not counted. A whole segment copied from another cluster under the same name
+//! Salvage works segment by segment; a record crossing into the next segment is checked (and
+//! read) with that file's bytes, and one whose CRC cannot be checked (the next file missing or
+//! short) is not counted: an 8-byte position whose header merely looks plausible is no
+//! evidence of anything. A whole segment copied from another cluster under the same name
 //! reads as valid records once its header is passed; only its header betrays it.
 
 use crate::control::ControlFileData;
@@ -628,10 +630,13 @@ pub fn inspect_wal(start: &ReplayStart, files: &[String], load: &mut dyn FnMut(&
     let mut later_damage: Vec<DamagedSegment> = Vec::new();
     let mut in_use_after: Vec<XLogSegNo> = Vec::new();
     let last_seg = chosen.keys().next_back().copied().unwrap_or(stop_seg).max(stop_seg);
+    // The segment after the one being salvaged: a record crossing into it is checked with it.
+    let mut ahead: Option<(XLogSegNo, Vec<u8>)> = None;
     for s in stop_seg..=last_seg {
         let seg_start = ctx.seg_start(s);
-        let data = match current.take() {
-            Some((cs, d)) if cs == s => d,
+        let data = match (current.take(), ahead.take()) {
+            (Some((cs, d)), _) if cs == s => d,
+            (_, Some((ns, d))) if ns == s => d,
             _ => {
                 if !chosen.contains_key(&s) {
                     continue;
@@ -642,6 +647,12 @@ pub fn inspect_wal(start: &ReplayStart, files: &[String], load: &mut dyn FnMut(&
                 }
             }
         };
+        if s < last_seg && chosen.contains_key(&(s + 1)) {
+            if let SegmentFile::Data(d) = load(&name_of(s + 1)) {
+                ahead = Some((s + 1, d));
+            }
+        }
+        let next = ahead.as_ref().map(|(_, d)| d.as_slice());
         let from = if s == stop_seg { stop.lsn.0.max(seg_start) } else { seg_start };
         let stop_page = stop.lsn.page_start().0;
         let mut own_here = false;
@@ -655,7 +666,7 @@ pub fn inspect_wal(start: &ReplayStart, files: &[String], load: &mut dyn FnMut(&
             page += XLOG_BLCKSZ as u64;
         }
         let before = salvaged.records;
-        salvage_segment(&ctx, &data, seg_start, from, &mut salvaged);
+        salvage_segment(&ctx, &data, next, seg_start, from, &mut salvaged);
         let found_records = salvaged.records > before;
         if s != stop_seg {
             if own_here || found_records {
@@ -718,12 +729,6 @@ pub fn inspect_wal(start: &ReplayStart, files: &[String], load: &mut dyn FnMut(&
     } else {
         replayed_commits.iter().chain(salvaged.commits.iter()).cloned().collect()
     };
-    if salvaged.crossing_records > 0 {
-        notes.push(format!(
-            "{} record(s) after the stop cross a segment boundary and were not salvaged",
-            salvaged.crossing_records
-        ));
-    }
 
     for (s, (_, name)) in &chosen {
         let r = role.get(s).copied().unwrap_or(if *s > stop_seg { FileRole::Unused } else { FileRole::Replayed });
@@ -769,12 +774,12 @@ struct Salvage {
     records: u64,
     commits: Vec<CommitInfo>,
     end: Option<Lsn>,
-    crossing_records: u64,
 }
 
 /// Finds CRC-valid records in `data` (one segment starting at `seg_start`) from `from` on,
-/// skipping zero and recycled pages, and reads on from each with the decoder.
-fn salvage_segment(ctx: &Ctx<'_>, data: &[u8], seg_start: u64, from: u64, out: &mut Salvage) {
+/// skipping zero and recycled pages, and reads on from each with the decoder. `next` is the
+/// following segment's bytes, for the records that cross into it.
+fn salvage_segment(ctx: &Ctx<'_>, data: &[u8], next: Option<&[u8]>, seg_start: u64, from: u64, out: &mut Salvage) {
     let end = seg_start + data.len() as u64;
     let blck = XLOG_BLCKSZ as u64;
     let mut pos = maxalign(from.max(seg_start));
@@ -795,31 +800,21 @@ fn salvage_segment(ctx: &Ctx<'_>, data: &[u8], seg_start: u64, from: u64, out: &
             pos = page + blck;
             continue;
         }
-        match record_at(ctx, data, seg_start, pos) {
-            RecordAt::No => pos += 8,
-            RecordAt::CrossesSegment => {
-                out.crossing_records += 1;
-                pos += 8;
-            }
-            RecordAt::Yes => {
-                let next = read_on(ctx, data, seg_start, pos, out);
-                pos = maxalign(next.max(pos + 8));
-            }
+        if record_at(ctx, data, next, seg_start, pos) {
+            let stopped = read_on(ctx, data, next, seg_start, pos, out);
+            pos = maxalign(stopped.max(pos + 8));
+        } else {
+            pos += 8;
         }
     }
 }
 
-enum RecordAt {
-    No,
-    Yes,
-    CrossesSegment,
-}
-
 /// Whether a record with a valid CRC starts at `pos` (page headers of the pages it spans are
-/// skipped by size, not trusted).
-fn record_at(ctx: &Ctx<'_>, data: &[u8], seg_start: u64, pos: u64) -> RecordAt {
+/// skipped by size, not trusted). A record running past the segment is checked with `next`,
+/// and is no record when `next` cannot tell.
+fn record_at(ctx: &Ctx<'_>, data: &[u8], next: Option<&[u8]>, seg_start: u64, pos: u64) -> bool {
     let off = (pos - seg_start) as usize;
-    let Some(hdr) = data.get(off..).and_then(XLogRecord::parse) else { return RecordAt::No };
+    let Some(hdr) = data.get(off..).and_then(XLogRecord::parse) else { return false };
     let tot = hdr.xl_tot_len as usize;
     if tot < SIZE_OF_XLOG_RECORD
         || hdr.xl_tot_len > MAX_RECORD_LENGTH
@@ -827,43 +822,55 @@ fn record_at(ctx: &Ctx<'_>, data: &[u8], seg_start: u64, pos: u64) -> RecordAt {
         || hdr.xl_prev.0 >= pos
         || !ctx.version.is_none_or(|v| rmgr::rmid_is_valid(hdr.xl_rmid, v))
     {
-        return RecordAt::No;
+        return false;
     }
     let blck = XLOG_BLCKSZ;
     let page_left = blck - off % blck;
     if tot <= page_left {
-        let Some(rec) = data.get(off..off + tot) else { return RecordAt::No };
-        return if record_crc(rec) == Some(hdr.xl_crc) { RecordAt::Yes } else { RecordAt::No };
+        return data.get(off..off + tot).is_some_and(|rec| record_crc(rec) == Some(hdr.xl_crc));
     }
+    // Page headers only lengthen a record: one that cannot fit in the bytes at hand is no
+    // record we can check (and copying towards the end for each look-alike would be quadratic).
+    let available =
+        data.len() + if data.len() == ctx.start.seg_size as usize { next.map_or(0, <[u8]>::len) } else { 0 };
+    if off + tot > available {
+        return false;
+    }
+    let Some(first) = data.get(off..off + page_left) else { return false };
     let mut buf = Vec::with_capacity(tot.min(1 << 20));
-    buf.extend_from_slice(&data[off..off + page_left]);
+    buf.extend_from_slice(first);
+    let whole = data.len() == ctx.start.seg_size as usize;
     let mut page = off + page_left;
     while buf.len() < tot {
-        if page >= data.len() {
-            return if data.len() == ctx.start.seg_size as usize { RecordAt::CrossesSegment } else { RecordAt::No };
-        }
-        let take = (tot - buf.len()).min(blck - SIZE_OF_XLOG_SHORT_PHD);
-        let Some(piece) = data.get(page + SIZE_OF_XLOG_SHORT_PHD..page + SIZE_OF_XLOG_SHORT_PHD + take) else {
-            return RecordAt::No;
+        // Past this segment the pages are the next file's, its first one with the long header.
+        let (src, at, header) = if page < data.len() {
+            (data, page, SIZE_OF_XLOG_SHORT_PHD)
+        } else {
+            let Some(n) = next.filter(|_| whole) else { return false };
+            let at = page - data.len();
+            (n, at, if at == 0 { SIZE_OF_XLOG_LONG_PHD } else { SIZE_OF_XLOG_SHORT_PHD })
         };
+        let take = (tot - buf.len()).min(blck - header);
+        let Some(piece) = src.get(at + header..at + header + take) else { return false };
         buf.extend_from_slice(piece);
         page += blck;
     }
-    if record_crc(&buf) == Some(hdr.xl_crc) {
-        RecordAt::Yes
-    } else {
-        RecordAt::No
-    }
+    record_crc(&buf) == Some(hdr.xl_crc)
 }
 
-/// Decodes from `pos` (a record start) until the WAL stops; returns where it stopped.
-fn read_on(ctx: &Ctx<'_>, data: &[u8], seg_start: u64, pos: u64, out: &mut Salvage) -> u64 {
+/// Decodes from `pos` (a record start) until the WAL stops or reaches the next segment (whose
+/// own salvage counts the records starting there); returns where it stopped.
+fn read_on(ctx: &Ctx<'_>, data: &[u8], next: Option<&[u8]>, seg_start: u64, pos: u64, out: &mut Salvage) -> u64 {
     let Ok(mut dec) = WalDecoder::with_options(Lsn(pos), ctx.start.seg_size, ctx.decoder_options()) else {
         return pos + 8;
     };
-    dec.feed(&data[(pos - seg_start) as usize..]);
+    let seg_end = seg_start + data.len() as u64;
+    dec.feed(data.get((pos - seg_start) as usize..).unwrap_or(&[]));
+    // The next file is fed only when a record runs into it.
+    let mut next = next.filter(|_| data.len() == ctx.start.seg_size as usize);
     loop {
         match dec.next_record() {
+            Ok(Some(rec)) if rec.lsn.0 >= seg_end => return seg_end,
             Ok(Some(rec)) => {
                 out.records += 1;
                 out.end = Some(out.end.map_or(rec.end_lsn, |e| e.max(rec.end_lsn)));
@@ -871,7 +878,10 @@ fn read_on(ctx: &Ctx<'_>, data: &[u8], seg_start: u64, pos: u64, out: &mut Salva
                     out.commits.push(c);
                 }
             }
-            Ok(None) => return seg_start + data.len() as u64,
+            Ok(None) => match next.take() {
+                Some(n) => dec.feed(n),
+                None => return seg_end,
+            },
             Err(e) => return e.lsn().0.max(dec.next_lsn().0),
         }
     }

@@ -214,3 +214,62 @@ fn validator_and_inspection_agree_on_commit_counts() {
     }
     assert_eq!(r.replayed_commits.len() as u64, validated);
 }
+
+/// Salvage reads a record that crosses into the next segment with that segment's bytes:
+/// after a flipped byte in 0B, every later record is found again, 0B's last one (which ends in
+/// 0C) included (issue 8, point 12: count the CRC-valid records, all of them).
+#[test]
+fn salvage_reads_records_across_segment_boundaries() {
+    let start = start_at_fixture_checkpoint();
+    let mut files = pg_wal();
+    let names = [
+        "00000001000000000000000B",
+        "00000001000000000000000C",
+        "00000001000000000000000D",
+        "00000001000000000000000E",
+    ];
+    let all = decode_files(&names);
+    let victim = all
+        .iter()
+        .filter(|r| r.lsn.0 > 0xB80000 && r.end_lsn.page_start() == r.lsn.page_start())
+        .nth(3)
+        .unwrap()
+        .clone();
+    files.get_mut(names[0]).unwrap()[(victim.lsn.0 - 0xB00000) as usize + 30] ^= 0x20;
+    let crossing = all.iter().filter(|x| x.lsn.0 < 0xC00000 && x.end_lsn.0 > 0xC00000).count();
+    assert_eq!(crossing, 1, "0B's last record ends in 0C");
+    let r = run(&start, &files);
+    assert_eq!(r.stop.lsn, victim.lsn);
+    let after: Vec<_> = all.iter().filter(|x| x.lsn > victim.lsn).collect();
+    assert_eq!(r.salvaged_records, after.len() as u64, "every record after the flipped byte");
+    assert_eq!(r.salvaged_end, after.last().map(|x| x.end_lsn));
+    assert!(r.notes.iter().all(|n| !n.contains("segment boundary")), "{:?}", r.notes);
+}
+
+/// A page after the stop that holds only a record-header look-alike (a plausible length,
+/// prev-link and rmgr, no valid CRC) adds nothing: not a salvaged record, not a record that
+/// "crosses a segment boundary" (issue 8, point 12).
+#[test]
+fn header_look_alikes_after_the_stop_are_not_counted() {
+    let start = start_at_fixture_checkpoint();
+    let mut files = pg_wal();
+    let seg = "00000001000000000000000C";
+    let page = 50 * 8192; // 0/C64000, inside 0C's WAL (0/C007C8 .. 0/CA6198)
+    let d = files.get_mut(seg).unwrap();
+    d[page..page + 8192].fill(0);
+    let mut fake = Vec::new();
+    fake.extend_from_slice(&0x0200_0000u32.to_le_bytes()); // xl_tot_len: 32 MiB, past the segment
+    fake.extend_from_slice(&0u32.to_le_bytes()); // xl_xid
+    fake.extend_from_slice(&0x100u64.to_le_bytes()); // xl_prev: nonzero, before it
+    fake.extend_from_slice(&[0, 1, 0, 0]); // xl_info, xl_rmid (XACT), padding
+    fake.extend_from_slice(&0u32.to_le_bytes()); // xl_crc: wrong
+    d[page + 64..page + 64 + fake.len()].copy_from_slice(&fake);
+    let r = run(&start, &files);
+    assert!(r.damaged, "{:?}", r.stop);
+    assert_eq!(r.damaged_segments[0].file, seg);
+    assert!(r.notes.iter().all(|n| !n.contains("segment boundary")), "{:?}", r.notes);
+    let page_end = Lsn(0xC00000 + page as u64 + 8192);
+    let all = decode_files(&[seg, "00000001000000000000000D", "00000001000000000000000E"]);
+    let after = all.iter().filter(|x| x.lsn >= page_end).count() as u64;
+    assert_eq!(r.salvaged_records, after, "only the real records after the zeroed page");
+}

@@ -108,18 +108,19 @@ fn snapshot_backup(r: &BackupReport, snap: &crate::backup::snapshot::run::Snapsh
     );
     let _ = write!(
         s,
-        "took {:.1}s; pg_backup_start..pg_backup_stop window {:.3}s; first..last snapshot start spread {:.3}s",
+        "took {:.1}s; pg_backup_start..pg_backup_stop window {:.3}s; first..last snapshot acknowledged spread {:.3}s",
         r.duration_seconds, r.backup_window_seconds, snap.snapshot_spread_seconds
     );
     for v in &snap.snapshots {
         let _ = write!(
             s,
-            "\nvolume {} ({}): {} [{}] started {}",
+            "\nvolume {} ({}): {} [{}] started {}, acknowledged {}",
             v.volume,
             v.driver,
             v.snapshot_id,
             format!("{:?}", v.state).to_lowercase(),
-            v.started_at.format("%H:%M:%S%.3f")
+            v.started_at.format("%H:%M:%S%.3f"),
+            v.acknowledged_at.format("%H:%M:%S%.3f")
         );
     }
     for (g, secs) in &snap.frozen {

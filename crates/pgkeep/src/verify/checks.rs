@@ -98,6 +98,8 @@ pub struct DbOutcome {
     pub horizon: Found,
     pub read: Found,
     pub unique: Found,
+    /// Tables whose only verify_heapam findings are transaction-horizon ones.
+    pub horizon_tables: u64,
     /// Seconds spent per stage.
     pub seconds: HashMap<&'static str, f64>,
     /// `pg_relation_filepath` → qualified relation name, for naming page-LSN findings.
@@ -301,6 +303,9 @@ pub async fn check_database(ctx: &Ctx<'_>, db: &str, shared: bool) -> Result<DbO
     out.report.tables_checked = results.len() as u64;
     not_run(&mut out.heapam, db, left, "tables");
     for (heap, horizon) in results {
+        if heap.is_empty() && !horizon.is_empty() {
+            out.horizon_tables += 1;
+        }
         for e in heap {
             out.heapam.push(format!("[{db}] {e}"));
         }

@@ -401,6 +401,18 @@ fn next_steps(
         ));
         return s;
     }
+    // Damage after the checkpoint: PostgreSQL starts and ends crash recovery at the damage
+    // without an error, so the loss is silent unless said first.
+    if r.checkpoint_reachable && r.commits_at_risk > 0 {
+        s.push(format!(
+            "a plain start loses {} commit(s): the server starts, but crash recovery ends at {} in {} without an error and the commits after it (xids {}{}) are gone; do not start the server on this pg_wal as it is",
+            r.commits_at_risk,
+            r.stop.lsn,
+            r.stop.file,
+            xids(&r.at_risk),
+            when(&r.at_risk)
+        ));
+    }
     s.push("do not run pg_resetwal: it starts the server without the commits below and can leave tables and indexes inconsistent".into());
     let keep_dir = format!("{}.wal-damaged", r.pgdata);
     let files: Vec<String> =

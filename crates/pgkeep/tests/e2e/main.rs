@@ -14,6 +14,7 @@ mod docs;
 mod init;
 mod interrupted;
 mod pitr;
+mod reports_hardening;
 mod restore_hardening;
 mod rpo;
 mod snapshot_btrfs;

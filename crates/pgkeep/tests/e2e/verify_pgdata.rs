@@ -3,7 +3,7 @@
 //! purpose, and the promise that the given directory is never modified.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use pgkeep_testkit::{Load, TestCluster};
@@ -68,12 +68,12 @@ fn show(title: &str, r: &serde_json::Value) {
     }
 }
 
-fn errors(c: &serde_json::Value) -> String {
+pub(crate) fn errors(c: &serde_json::Value) -> String {
     c["errors"].as_array().unwrap().iter().map(|e| e.as_str().unwrap()).collect::<Vec<_>>().join("\n")
 }
 
 /// `pgkeep --pgdata DIR verify [--wal-dir W] --json`, expected to fail; returns the report.
-fn verify_copy_fails(s: &Setup, dir: &Path, wal_dir: Option<&Path>, parent: &Path) -> serde_json::Value {
+pub(crate) fn verify_copy_fails(s: &Setup, dir: &Path, wal_dir: Option<&Path>, parent: &Path) -> serde_json::Value {
     let before = fingerprint(dir);
     let mut c = s.env.pgkeep(["--pgdata"]).arg(dir).arg("verify").arg("--json").arg("--scratch").arg(parent);
     if let Some(w) = wal_dir {
@@ -87,7 +87,7 @@ fn verify_copy_fails(s: &Setup, dir: &Path, wal_dir: Option<&Path>, parent: &Pat
 }
 
 /// A cluster under a steady insert/delete load, its checkpoints under our control.
-fn workload_setup(extra: &[(&str, &str)]) -> Setup {
+pub(crate) fn workload_setup(extra: &[(&str, &str)]) -> Setup {
     Setup::with(|mut o| {
         for (k, v) in [("checkpoint_timeout", "1h"), ("max_wal_size", "2GB"), ("autovacuum", "off")] {
             o = o.with(k, v);
@@ -103,33 +103,9 @@ fn wait_more(load: &Load, n: usize) {
     load.wait_for(load.committed() + n);
 }
 
-/// Acceptance 2: the data directory and pg_wal copied at different moments while inserts and
-/// deletes run, with checkpoints in between — as in the field report (an EC2 primary whose
-/// volumes were snapshotted one after the other, then forced to start with `pg_resetwal`).
-///
-/// How the copy is made, and why each signature must appear:
-/// 1. `t` holds 2000 rows; CHECKPOINT; a load inserts and deletes rows in `t`.
-/// 2. pg_wal is copied (the WAL volume, first).
-/// 3. After 500 more commits, CHECKPOINT A: every page dirtied so far is on disk.
-/// 4. The data directory is copied file by file while the load runs — here: everything except
-///    `t`'s heap, `global/` (pg_control) and `pg_xact` now, so `t_pkey` is copied as of A.
-/// 5. After 1000 more commits, CHECKPOINT B flushes `t`'s heap with those rows; the heap,
-///    `global/` and `pg_xact` are copied now.
-///
-/// Damage: (a) as copied, pg_control names checkpoint B, written long after the copied WAL
-/// ends, so the server cannot start: `invalid primary checkpoint record` then
-/// `PANIC: could not locate a valid checkpoint record` — reported by the `start` check with
-/// the server's log lines.
-/// (b) "fixed" with `pg_resetwal -f`, the server starts (B's next transaction ID, commit
-/// log as of B), and `t`'s heap holds ~750 committed, visible rows inserted after `t_pkey`
-/// was copied: amcheck's heapallindexed check names `t_pkey`
-/// (`heap tuple (…) from table "t" lacks matching index tuple within index "t_pkey"`). The
-/// sequence (copied at A) hands out those ids again: the next inserts duplicate keys.
-///
-/// A pgkeep backup taken under the same load verifies clean.
-#[test]
-fn verify_pgdata_crash_inconsistent_copy_with_checkpoints_between_fails_also_after_pg_resetwal() {
-    let s = workload_setup(&[]);
+/// Steps 1-5 of the test below on `s` (a [`workload_setup`]): the data directory copy, the
+/// WAL copy, and the id of the pgkeep backup taken under the same load.
+pub(crate) fn copy_with_checkpoints_between(s: &Setup) -> (PathBuf, PathBuf, String) {
     s.pg.sql("CREATE TABLE t (id bigserial PRIMARY KEY, payload text NOT NULL, created timestamptz NOT NULL DEFAULT clock_timestamp()); INSERT INTO t (payload) SELECT md5(g::text) FROM generate_series(1, 2000) g; CHECKPOINT;");
     let heap = s.pg.scalar("SELECT pg_relation_filepath('t')");
     let load = Load::inserts_and_deletes(&s.pg, &s.env.rt, "t", 4);
@@ -171,6 +147,37 @@ fn verify_pgdata_crash_inconsistent_copy_with_checkpoints_between_fails_also_aft
     load.stop();
     s.env.chown(&data_copy);
     s.env.chown(&wal_copy);
+    (data_copy, wal_copy, backup_id)
+}
+
+/// Acceptance 2: the data directory and pg_wal copied at different moments while inserts and
+/// deletes run, with checkpoints in between — as in the field report (an EC2 primary whose
+/// volumes were snapshotted one after the other, then forced to start with `pg_resetwal`).
+///
+/// How the copy is made, and why each signature must appear:
+/// 1. `t` holds 2000 rows; CHECKPOINT; a load inserts and deletes rows in `t`.
+/// 2. pg_wal is copied (the WAL volume, first).
+/// 3. After 500 more commits, CHECKPOINT A: every page dirtied so far is on disk.
+/// 4. The data directory is copied file by file while the load runs — here: everything except
+///    `t`'s heap, `global/` (pg_control) and `pg_xact` now, so `t_pkey` is copied as of A.
+/// 5. After 1000 more commits, CHECKPOINT B flushes `t`'s heap with those rows; the heap,
+///    `global/` and `pg_xact` are copied now.
+///
+/// Damage: (a) as copied, pg_control names checkpoint B, written long after the copied WAL
+/// ends, so the server cannot start: `invalid primary checkpoint record` then
+/// `PANIC: could not locate a valid checkpoint record` — reported by the `start` check with
+/// the server's log lines.
+/// (b) "fixed" with `pg_resetwal -f`, the server starts (B's next transaction ID, commit
+/// log as of B), and `t`'s heap holds ~750 committed, visible rows inserted after `t_pkey`
+/// was copied: amcheck's heapallindexed check names `t_pkey`
+/// (`heap tuple (…) from table "t" lacks matching index tuple within index "t_pkey"`). The
+/// sequence (copied at A) hands out those ids again: the next inserts duplicate keys.
+///
+/// A pgkeep backup taken under the same load verifies clean.
+#[test]
+fn verify_pgdata_crash_inconsistent_copy_with_checkpoints_between_fails_also_after_pg_resetwal() {
+    let s = workload_setup(&[]);
+    let (data_copy, wal_copy, backup_id) = copy_with_checkpoints_between(&s);
 
     let parent = scratch_parent(&s.env);
     // (a) As copied: the server cannot start.
@@ -208,27 +215,10 @@ fn verify_pgdata_crash_inconsistent_copy_with_checkpoints_between_fails_also_aft
     assert_nothing_left(&parent);
 }
 
-/// Acceptance 3: the data volume copied seconds after the pg_wal volume under write load, no
-/// checkpoint in between. Such a copy starts cleanly (`redo done at …`) — and is still reported
-/// as failed, by the page-LSN and heap checks, with the relations named.
-///
-/// How the copy is made, and why each signature must appear:
-/// 1. `t` holds 2000 rows; CHECKPOINT C (pg_control names C; C is in every copy below).
-/// 2. A load inserts and deletes rows in `t`; pg_wal is copied (the WAL volume, first).
-/// 3. 2000 more commits, then the load stops. No checkpoint runs (checkpoint_timeout 1h,
-///    max_wal_size 2GB), but shared_buffers is tiny (1MB) and an index scan over a 1500-page
-///    table pushes every dirty buffer out: `t`'s heap and `t_pkey` pages changed after the WAL
-///    copy reach the disk, each after its WAL was flushed — WAL the copy does not have.
-/// 4. The data directory is copied.
-///
-/// Damage: crash recovery replays C … end of the copied WAL and the server starts. But the
-/// rightmost `t_pkey` leaf and `t`'s newest heap pages carry LSNs beyond that end (page-LSN
-/// check, both named); heap pages created after the WAL copy have no full-page image in it,
-/// so replay leaves them as copied: their rows' xmin is beyond the next transaction ID the
-/// recovered server knows (horizon check names `t`).
-#[test]
-fn verify_pgdata_copy_without_checkpoint_between_starts_but_fails_page_lsn_and_horizon() {
-    let s = workload_setup(&[("shared_buffers", "1MB"), ("bgwriter_lru_maxpages", "0")]);
+/// Steps 1-4 of the test below on `s` (a [`workload_setup`] with `shared_buffers = 1MB` and
+/// `bgwriter_lru_maxpages = 0`): the data directory copy, the WAL copy, and the flush LSN
+/// when the WAL was copied.
+pub(crate) fn copy_without_checkpoint_between(s: &Setup) -> (PathBuf, PathBuf, String) {
     s.pg.sql("CREATE TABLE t (id bigserial PRIMARY KEY, payload text NOT NULL, created timestamptz NOT NULL DEFAULT clock_timestamp()); INSERT INTO t (payload) SELECT md5(g::text) FROM generate_series(1, 2000) g;");
     s.pg.sql("CREATE TABLE churn AS SELECT g AS id, repeat('x', 200) AS pad FROM generate_series(1, 50000) g; CREATE INDEX churn_id ON churn (id); CHECKPOINT;");
     let checkpoint_before = s.pg.scalar("SELECT checkpoint_lsn::text FROM pg_control_checkpoint()");
@@ -252,6 +242,31 @@ fn verify_pgdata_copy_without_checkpoint_between_starts_but_fails_page_lsn_and_h
     std::fs::create_dir_all(data_copy.join("pg_wal")).unwrap();
     s.env.chown(&data_copy);
     s.env.chown(&wal_copy);
+    (data_copy, wal_copy, copied_at)
+}
+
+/// Acceptance 3: the data volume copied seconds after the pg_wal volume under write load, no
+/// checkpoint in between. Such a copy starts cleanly (`redo done at …`) — and is still reported
+/// as failed, by the page-LSN and heap checks, with the relations named.
+///
+/// How the copy is made, and why each signature must appear:
+/// 1. `t` holds 2000 rows; CHECKPOINT C (pg_control names C; C is in every copy below).
+/// 2. A load inserts and deletes rows in `t`; pg_wal is copied (the WAL volume, first).
+/// 3. 2000 more commits, then the load stops. No checkpoint runs (checkpoint_timeout 1h,
+///    max_wal_size 2GB), but shared_buffers is tiny (1MB) and an index scan over a 1500-page
+///    table pushes every dirty buffer out: `t`'s heap and `t_pkey` pages changed after the WAL
+///    copy reach the disk, each after its WAL was flushed — WAL the copy does not have.
+/// 4. The data directory is copied.
+///
+/// Damage: crash recovery replays C … end of the copied WAL and the server starts. But the
+/// rightmost `t_pkey` leaf and `t`'s newest heap pages carry LSNs beyond that end (page-LSN
+/// check, both named); heap pages created after the WAL copy have no full-page image in it,
+/// so replay leaves them as copied: their rows' xmin is beyond the next transaction ID the
+/// recovered server knows (horizon check names `t`).
+#[test]
+fn verify_pgdata_copy_without_checkpoint_between_starts_but_fails_page_lsn_and_horizon() {
+    let s = workload_setup(&[("shared_buffers", "1MB"), ("bgwriter_lru_maxpages", "0")]);
+    let (data_copy, wal_copy, copied_at) = copy_without_checkpoint_between(&s);
 
     let parent = scratch_parent(&s.env);
     let r = verify_copy_fails(&s, &data_copy, Some(&wal_copy), &parent);

@@ -375,7 +375,7 @@ pub struct SnapshotLayout {
     pub pg_wal_is_link: bool,
     #[serde(default)]
     pub tablespaces: Vec<TablespacePath>,
-    /// Seconds between the first and the last snapshot request.
+    /// Seconds between the first and the last snapshot acknowledgement.
     pub snapshot_spread_seconds: f64,
     /// Stripe groups frozen with fsfreeze while their snapshots were requested.
     #[serde(default)]

@@ -49,7 +49,7 @@ pub struct SnapshotReport {
     /// `complete`, or `pending` (`--no-wait`: committed later by `list` / `backup --finish`).
     pub state: String,
     pub snapshots: Vec<SnapshotRecord>,
-    /// Seconds between the first and the last snapshot request.
+    /// Seconds between the first and the last snapshot acknowledgement.
     pub snapshot_spread_seconds: f64,
     /// Stripe groups frozen while their snapshots were requested, and for how long (s).
     pub frozen: BTreeMap<String, f64>,
@@ -477,7 +477,9 @@ pub fn backup(
         confirm_wal(repo, &backup_id, timeline, start_segno, stop_segno, seg, inputs.options.archive_timeout)?;
         progress.finish_phase();
 
-        let times: Vec<DateTime<Utc>> = records.iter().map(|r| r.started_at).collect();
+        // A request's start says nothing about when its point in time was fixed (a command may
+        // take seconds to snapshot); the acknowledgements bound that.
+        let times: Vec<DateTime<Utc>> = records.iter().map(|r| r.acknowledged_at).collect();
         let spread = match (times.iter().min(), times.iter().max()) {
             (Some(a), Some(b)) => (*b - *a).num_microseconds().unwrap_or(0) as f64 / 1e6,
             _ => 0.0,
