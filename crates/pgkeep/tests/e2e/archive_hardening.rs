@@ -50,7 +50,9 @@ fn archive_get_without_a_usable_repository_or_config_exits_126() {
 
     let cfg = env.path("bad.toml");
     std::fs::write(&cfg, "bogus_key = 1\n").unwrap();
-    let (c, err) = code(env.pgkeep(["--config"]).arg(&cfg).arg("--repo").arg("/nonexistent").arg("archive-get").arg(seg).arg(&dest));
+    let (c, err) = code(
+        env.pgkeep(["--config"]).arg(&cfg).arg("--repo").arg("/nonexistent").arg("archive-get").arg(seg).arg(&dest),
+    );
     assert_eq!(c, Some(126), "a config error under restore_command must stop recovery: {err}");
 
     let (c, err) = code(env.pgkeep(["--repo", "/nonexistent", "archive-get", seg]));
