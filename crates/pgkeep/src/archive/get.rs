@@ -33,7 +33,13 @@ pub fn get(repo: &Repository, name: &str, dest: &Path) -> crate::Result<GetOutco
     let key = layout::wal_key(name);
     let framed = match repo.storage().get(&key) {
         Ok(b) => b,
-        Err(StorageError::NotFound { .. }) => return Ok(GetOutcome::NotFound { file: name.to_string() }),
+        Err(StorageError::NotFound { .. }) if !occupied(repo, &key) => {
+            return Ok(GetOutcome::NotFound { file: name.to_string() })
+        }
+        Err(StorageError::NotFound { .. }) => {
+            let detail = format!("'{key}' exists but is not a regular file");
+            return Err(ArchiveError::Damaged { name: name.to_string(), detail }.into());
+        }
         Err(e) => return Err(ArchiveError::Damaged { name: name.to_string(), detail: e.to_string() }.into()),
     };
     let plain = frame::decode(&framed, &format!("archived {name}"))
@@ -41,6 +47,12 @@ pub fn get(repo: &Repository, name: &str, dest: &Path) -> crate::Result<GetOutco
     write_dest(dest, &plain)
         .map_err(|e| ArchiveError::Write { dest: dest.display().to_string(), detail: e.to_string() })?;
     Ok(GetOutcome::Restored { file: name.to_string(), size: plain.len() as u64 })
+}
+
+/// Whether something other than an object (a directory, a dangling symlink) sits at `key` in a
+/// local repository: the store reports it as absent, but it is damage, not "no such file".
+fn occupied(repo: &Repository, key: &str) -> bool {
+    repo.storage().local_root().is_some_and(|root| root.join(key).symlink_metadata().is_ok())
 }
 
 /// Write the restored file durably and atomically (temp name beside it, fsync, rename, fsync

@@ -97,6 +97,12 @@ fn archive_get_exits_1_only_for_a_missing_file_and_126_otherwise() {
     assert_eq!(std::fs::read(&dest).unwrap(), std::fs::read(&good).unwrap(), "the file was restored");
     assert!(!out.join("RECOVERYXLOG.pgkeep-tmp").exists(), "no temp file is left behind");
 
+    // Something that is not an object where the segment belongs is damage, not absence.
+    let name = "0000000100000000000000FD";
+    std::fs::create_dir(s.repo.join(layout::wal_key(name))).unwrap();
+    let (c, err) = code(archive_get(&s.env, &s.repo, name, &out.join("a")));
+    assert_eq!(c, Some(126), "{err}");
+
     // A repository whose pgkeep.info cannot be read is not one that holds no such file.
     let info = s.repo.join(layout::INFO_KEY);
     std::fs::rename(&info, s.env.path("info.saved")).unwrap();
