@@ -781,3 +781,50 @@ fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
     }
     msg.replace('\n', " ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> =
+            fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn local_puts_leave_no_staging_files_and_create_never_replaces() {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let st = Storage::open(&RepoLocation::Local(dir.path().to_path_buf()), rt.handle().clone(), false).unwrap();
+        let parts = |s: &'static str| vec![Bytes::from_static(s.as_bytes())];
+        assert_eq!(st.put_new_parts("a/k", parts("one")).unwrap(), PutOutcome::Created);
+        assert_eq!(st.put_new_parts("a/k", parts("two")).unwrap(), PutOutcome::AlreadyExists);
+        assert_eq!(st.get("a/k").unwrap(), "one");
+        st.put_parts("a/k", parts("three")).unwrap();
+        assert_eq!(st.get("a/k").unwrap(), "three");
+        assert_eq!(names(&dir.path().join("a")), ["k"]);
+    }
+
+    #[test]
+    fn stale_staging_files_are_removed_and_locked_ones_kept() {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let st = Storage::open(&RepoLocation::Local(dir.path().to_path_buf()), rt.handle().clone(), false).unwrap();
+        st.put_new("w/x/k", Bytes::from_static(b"object")).unwrap();
+        let d = dir.path().join("w/x");
+        for n in ["k#1", "k#2", "k#", "k#1a", "other#3"] {
+            fs::write(d.join(n), b"").unwrap();
+        }
+        let (live, live_path) = create_staging(&d.join("k")).unwrap();
+        assert_eq!(st.remove_stale_staging("w/x/k").unwrap(), 2);
+        assert!(live_path.exists(), "a locked staging file is a live writer's");
+        fs::rename(&live_path, d.join("k#9")).unwrap();
+        assert_eq!(names(&d), ["k", "k#", "k#1a", "k#9", "other#3"]);
+        assert_eq!(st.remove_stale_staging_under("w").unwrap(), 1, "only other#3; the live one is locked");
+        drop(live);
+        assert_eq!(st.remove_stale_staging_under("w").unwrap(), 1);
+        assert_eq!(names(&d), ["k", "k#", "k#1a"]);
+    }
+}
