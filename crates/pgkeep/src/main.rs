@@ -17,23 +17,20 @@ fn main() -> ExitCode {
     if archive_get {
         fatal_panics();
     }
-    let matches = match Cli::command().try_get_matches() {
-        Ok(m) => m,
+    let parsed = Cli::command().try_get_matches().and_then(|m| Ok((Cli::from_arg_matches(&m)?, m)));
+    let (mut cli, matches) = match parsed {
+        Ok(p) => p,
         Err(e) if archive_get && e.use_stderr() => {
             let _ = e.print();
             return ExitCode::from(pgkeep::archive::FATAL_EXIT);
         }
         Err(e) => e.exit(),
     };
-    archive_get = matches.subcommand_name() == Some("archive-get");
-    let mut cli = match Cli::from_arg_matches(&matches) {
-        Ok(c) => c,
-        Err(e) if archive_get => {
-            let _ = e.print();
-            return ExitCode::from(pgkeep::archive::FATAL_EXIT);
-        }
-        Err(e) => e.exit(),
-    };
+    if archive_get && matches.subcommand_name() != Some("archive-get") {
+        // The guess was wrong (e.g. a value spelt "archive-get"): back to the default hook.
+        let _ = std::panic::take_hook();
+        archive_get = false;
+    }
     // `verify` drills a data directory only when --pgdata was typed, never from PGDATA alone.
     let typed = |m: &clap::ArgMatches| m.value_source("pgdata") == Some(clap::parser::ValueSource::CommandLine);
     cli.global.pgdata_on_command_line = typed(&matches) || matches.subcommand().is_some_and(|(_, m)| typed(m));
