@@ -107,6 +107,8 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Arc::new(Lines(std::time::Instant::now()))
     };
     let outcome = pgkeep::run(cli, progress, rt.handle().clone())?;
+    // Let the connection tasks wind down without blocking on them.
+    rt.shutdown_background();
     // A failed write of the report is an error like any other (archive-get: exit 126), never a
     // panic; the report may be the only record of what was done.
     let mut out = std::io::stdout().lock();
@@ -119,8 +121,6 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     }
     .and_then(|()| out.flush())
     .context("cannot write the report to standard output")?;
-    // Let the connection tasks wind down without blocking on them.
-    rt.shutdown_background();
     Ok(if outcome.ok { ExitCode::SUCCESS } else { ExitCode::from(outcome.exit_code) })
 }
 
