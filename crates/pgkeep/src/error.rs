@@ -7,7 +7,8 @@
 //!   next step. No message contains a password or key (invariant 8).
 //! - Nothing that came from disk or the network is `unwrap()`ed; damaged input is an error value.
 //! - The binary maps errors to exit codes: 1 for a failed operation, 2 for bad usage/config
-//!   (see [`Error::exit_code`]); 0 only when a command did everything it says.
+//!   (see [`Error::exit_code`]); 0 only when a command did everything it says. `archive-get`
+//!   is the exception: 1 only for "no such file", 126 for every error (src/main.rs).
 
 use crate::{archive, backup, config, pg, repo, restore, verify, wal};
 

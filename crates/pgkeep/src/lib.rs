@@ -88,7 +88,8 @@ pub fn run(cli: &Cli, progress: Arc<dyn Progress>, rt: tokio::runtime::Handle) -
             let repo = open_repo()?;
             let r = archive::get(&repo, &a.name, &a.dest)?;
             let ok = matches!(r, archive::GetOutcome::Restored { .. });
-            Ok(Outcome::new(&r, render::get(&r), ok))
+            // Errors never get here: the binary maps them (and panics) to FATAL_EXIT.
+            Ok(Outcome { exit_code: archive::NOT_FOUND_EXIT, ..Outcome::new(&r, render::get(&r), ok) })
         }
         Command::Backup(a) => {
             let repo = open_repo()?;

@@ -1,6 +1,6 @@
 //! The thin binary: parse, run, render, map errors to exit codes.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
@@ -10,11 +10,27 @@ use pgkeep::cli::Cli;
 use pgkeep::progress::Progress;
 
 fn main() -> ExitCode {
-    let matches = Cli::command().get_matches();
-    let mut cli = match Cli::from_arg_matches(&matches) {
-        Ok(c) => c,
+    // restore_command contract: PostgreSQL ends recovery on a status up to 125 ("not in the
+    // archive"), so every failure of archive-get that is not "no such file", from a bad command
+    // line to a panic, must exit 126 and stop recovery instead.
+    let mut archive_get = names_archive_get(std::env::args_os().skip(1));
+    if archive_get {
+        fatal_panics();
+    }
+    let parsed = Cli::command().try_get_matches().and_then(|m| Ok((Cli::from_arg_matches(&m)?, m)));
+    let (mut cli, matches) = match parsed {
+        Ok(p) => p,
+        Err(e) if archive_get && e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::from(pgkeep::archive::FATAL_EXIT);
+        }
         Err(e) => e.exit(),
     };
+    if archive_get && matches.subcommand_name() != Some("archive-get") {
+        // The guess was wrong (e.g. a value spelt "archive-get"): back to the default hook.
+        let _ = std::panic::take_hook();
+        archive_get = false;
+    }
     // `verify` drills a data directory only when --pgdata was typed, never from PGDATA alone.
     let typed = |m: &clap::ArgMatches| m.value_source("pgdata") == Some(clap::parser::ValueSource::CommandLine);
     cli.global.pgdata_on_command_line = typed(&matches) || matches.subcommand().is_some_and(|(_, m)| typed(m));
@@ -38,9 +54,42 @@ fn main() -> ExitCode {
         Err(e) => {
             // One line: the library's messages already name the object and end with a hint.
             eprintln!("pgkeep: error: {e:#}");
+            if archive_get {
+                return ExitCode::from(pgkeep::archive::FATAL_EXIT);
+            }
             ExitCode::from(e.downcast_ref::<pgkeep::Error>().map(pgkeep::Error::exit_code).unwrap_or(1))
         }
     }
+}
+
+/// Whether the raw arguments name the archive-get subcommand (before clap has parsed them, so
+/// that a parse error can be mapped too): the first subcommand name among them decides.
+fn names_archive_get(args: impl Iterator<Item = std::ffi::OsString>) -> bool {
+    let cmd = Cli::command();
+    for a in args {
+        let Some(a) = a.to_str() else { continue };
+        if a == "archive-get" {
+            return true;
+        }
+        if cmd.get_subcommands().any(|s| s.get_name() == a) {
+            return false;
+        }
+    }
+    false
+}
+
+/// A panic anywhere (any thread) ends the process with archive-get's fatal status once the
+/// default hook has printed it.
+fn fatal_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        let _ = writeln!(
+            std::io::stderr(),
+            "pgkeep: error: archive-get failed unexpectedly (see above); recovery is stopped rather than ended; hint: report this as a pgkeep bug"
+        );
+        std::process::exit(pgkeep::archive::FATAL_EXIT.into());
+    }));
 }
 
 fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
@@ -58,13 +107,20 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Arc::new(Lines(std::time::Instant::now()))
     };
     let outcome = pgkeep::run(cli, progress, rt.handle().clone())?;
-    if cli.global.json {
-        println!("{}", serde_json::to_string_pretty(&outcome.json).unwrap_or_default());
-    } else if !(outcome.text.is_empty() || cli.global.quiet && outcome.ok) {
-        println!("{}", outcome.text);
-    }
     // Let the connection tasks wind down without blocking on them.
     rt.shutdown_background();
+    // A failed write of the report is an error like any other (archive-get: exit 126), never a
+    // panic; the report may be the only record of what was done.
+    let mut out = std::io::stdout().lock();
+    if cli.global.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&outcome.json).unwrap_or_default())
+    } else if !(outcome.text.is_empty() || cli.global.quiet && outcome.ok) {
+        writeln!(out, "{}", outcome.text)
+    } else {
+        Ok(())
+    }
+    .and_then(|()| out.flush())
+    .context("cannot write the report to standard output")?;
     Ok(if outcome.ok { ExitCode::SUCCESS } else { ExitCode::from(outcome.exit_code) })
 }
 

@@ -50,6 +50,14 @@ pub fn push(r: &PushReport) -> String {
             format!("archived {} ({} → {})", r.file, human_bytes(r.size), human_bytes(r.stored_size))
         }
         PushOutcome::AlreadyArchived => format!("{} was already archived with identical content", r.file),
+        PushOutcome::ReplacedDamaged => {
+            format!(
+                "archived {}: replaced a damaged stored copy ({} → {})",
+                r.file,
+                human_bytes(r.size),
+                human_bytes(r.stored_size)
+            )
+        }
     }
 }
 

@@ -3,13 +3,15 @@
 pub mod get;
 pub mod push;
 
-pub use get::{get, GetOutcome};
+pub use get::{get, GetOutcome, FATAL_EXIT, NOT_FOUND_EXIT};
 pub use push::{push, PushOutcome, PushReport};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
     #[error("{name} is not a WAL segment, .partial, .history or .backup file name; refusing to archive it; hint: archive_command must pass %p")]
     UnknownName { name: String },
+    #[error("archive-get was asked for {name}, which is not a WAL segment, .partial, .history or .backup file name; recovery is stopped rather than ended; hint: restore_command must pass the name, then the destination: pgkeep archive-get %f \"%p\"")]
+    UnknownRequest { name: String },
     #[error("cannot read {path}: {detail}; the archive is unchanged; hint: archive_command must pass %p (the file PostgreSQL wants archived) and run as the server's OS user")]
     Read { path: String, detail: String },
     #[error("refusing to archive {name}: {detail}; the archive is unchanged; hint: {hint}")]

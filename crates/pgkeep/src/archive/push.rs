@@ -17,6 +17,8 @@ pub enum PushOutcome {
     Stored,
     /// An identical copy was already in the archive.
     AlreadyArchived,
+    /// The stored copy failed its checks and was replaced by this (validated) file.
+    ReplacedDamaged,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -63,21 +65,57 @@ pub fn push(repo: &Repository, path: &Path) -> crate::Result<PushReport> {
         stored_size: summary.framed_size,
         blake3: digest.clone(),
     };
-    if let Some(stored) = stored_hash(repo, &key, &name)? {
-        return if stored == summary.blake3 {
-            Ok(report(PushOutcome::AlreadyArchived))
-        } else {
-            Err(ArchiveError::Conflict { name: name.clone(), stored: hex::encode(stored), new: digest.clone() }.into())
-        };
+    let storage = repo.storage();
+    // A push of this file killed mid-write left a staging file that nothing else removes.
+    if let Err(e) = storage.remove_stale_staging(&key) {
+        tracing::warn!("{e}");
     }
-    match repo.storage().put_new_parts(&key, encoded.into_parts())? {
-        PutOutcome::Created => Ok(report(PushOutcome::Stored)),
-        // Someone stored it between our check and our write: same rules.
-        PutOutcome::AlreadyExists => match stored_hash(repo, &key, &name)? {
-            Some(s) if s == summary.blake3 => Ok(report(PushOutcome::AlreadyArchived)),
-            Some(s) => Err(ArchiveError::Conflict { name, stored: hex::encode(s), new: digest }.into()),
-            None => Err(ArchiveError::Write { dest: key, detail: "object vanished while archiving".into() }.into()),
-        },
+    let parts = encoded.into_parts();
+    // Two rounds at most: another push may store the file between our look and our write.
+    for _ in 0..2 {
+        match stored_copy(repo, &key, &name)? {
+            Stored::Absent => match storage.put_new_parts(&key, parts.clone())? {
+                PutOutcome::Created => return Ok(report(PushOutcome::Stored)),
+                PutOutcome::AlreadyExists => continue,
+            },
+            Stored::Intact(h) if h == summary.blake3 => {
+                // The push that stored it may not have synced it yet; we acknowledge it now.
+                storage.sync_object(&key)?;
+                return Ok(report(PushOutcome::AlreadyArchived));
+            }
+            Stored::Intact(h) => {
+                return Err(ArchiveError::Conflict { name, stored: hex::encode(h), new: digest }.into());
+            }
+            Stored::Damaged(detail) => {
+                // This file validated and the stored copy cannot be read back: keeping the
+                // stored one would let PostgreSQL recycle the only good copy.
+                tracing::warn!("the archived copy of {name} is damaged ({detail}); replacing it with the validated file being pushed");
+                storage.put_parts(&key, parts)?;
+                return Ok(report(PushOutcome::ReplacedDamaged));
+            }
+        }
+    }
+    Err(ArchiveError::Write { dest: key, detail: "the object kept changing while archiving".into() }.into())
+}
+
+/// What the archive holds under a key, checked in full (decoded, sizes, CRC and BLAKE3): the
+/// trailer alone says what the object should hold, not that it still does.
+enum Stored {
+    Absent,
+    Intact([u8; 32]),
+    Damaged(String),
+}
+
+fn stored_copy(repo: &Repository, key: &str, name: &str) -> crate::Result<Stored> {
+    let framed = match repo.storage().get(key) {
+        Ok(b) => b,
+        Err(e) if e.is_not_found() => return Ok(Stored::Absent),
+        Err(e) => return Err(e.into()),
+    };
+    match frame::copy(&framed[..], framed.len() as u64, &mut std::io::sink(), &format!("archived {name}")) {
+        Ok(s) => Ok(Stored::Intact(s.blake3)),
+        Err(frame::FrameError::Damaged { detail, .. }) => Ok(Stored::Damaged(detail)),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -110,19 +148,6 @@ impl Input {
             Input::Read(v) => v,
         }
     }
-}
-
-/// BLAKE3 recorded in a stored object's trailer, if the object exists.
-fn stored_hash(repo: &Repository, key: &str, name: &str) -> crate::Result<Option<[u8; 32]>> {
-    let Some(head) = repo.storage().head(key)? else { return Ok(None) };
-    if head.size < frame::FRAME_OVERHEAD {
-        return Err(
-            ArchiveError::Damaged { name: name.to_string(), detail: "stored object is truncated".into() }.into()
-        );
-    }
-    let tail = repo.storage().get_range(key, head.size - frame::TRAILER_LEN as u64..head.size)?;
-    let t = frame::parse_trailer(&tail, &format!("archived {name}"))?;
-    Ok(Some(t.blake3))
 }
 
 fn validate(repo: &Repository, name: &str, kind: WalFileName, data: &[u8]) -> crate::Result<()> {

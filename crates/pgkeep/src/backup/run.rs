@@ -159,6 +159,9 @@ pub(crate) fn resolve_pgdata(
 /// Remove backups left incomplete by killed runs. Safe: we hold the backup lock, so none of
 /// them is running.
 pub(crate) fn remove_stale(repo: &Repository) -> crate::Result<Vec<String>> {
+    if let Err(e) = repo.storage().remove_stale_staging_under(layout::WAL_PREFIX) {
+        tracing::warn!("{e}");
+    }
     let mut removed = Vec::new();
     for e in catalog::list(repo)? {
         if e.state == BackupState::Incomplete {

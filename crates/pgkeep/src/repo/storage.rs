@@ -238,11 +238,19 @@ impl Storage {
 
     /// Store `data` under `key`, replacing any previous object atomically.
     pub fn put(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
+        self.put_parts(key, vec![data])
+    }
+
+    /// Like [`Storage::put`] for an object given in parts.
+    pub fn put_parts(&self, key: &str, parts: Vec<Bytes>) -> Result<(), StorageError> {
         self.prepare_parent(key)?;
+        if let Some(local) = &self.local {
+            self.put_local(local, key, &parts, false)?;
+            return self.finish_owner(key);
+        }
         let path = Self::path(key);
-        self.rt
-            .block_on(self.store.put(&path, PutPayload::from(data)))
-            .map_err(|e| os_err(&self.location, "write", key, e))?;
+        let payload: PutPayload = parts.into_iter().collect();
+        self.rt.block_on(self.store.put(&path, payload)).map_err(|e| os_err(&self.location, "write", key, e))?;
         self.finish_owner(key)
     }
 
@@ -254,6 +262,13 @@ impl Storage {
     /// Like [`Storage::put_new`] for an object given in parts (no concatenation of large data).
     pub fn put_new_parts(&self, key: &str, parts: Vec<Bytes>) -> Result<PutOutcome, StorageError> {
         self.prepare_parent(key)?;
+        if let Some(local) = &self.local {
+            let outcome = self.put_local(local, key, &parts, true)?;
+            if outcome == PutOutcome::Created {
+                self.finish_owner(key)?;
+            }
+            return Ok(outcome);
+        }
         let path = Self::path(key);
         let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
         let payload: PutPayload = parts.into_iter().collect();
@@ -265,6 +280,124 @@ impl Storage {
             Err(object_store::Error::AlreadyExists { .. }) => Ok(PutOutcome::AlreadyExists),
             Err(e) => Err(os_err(&self.location, "write", key, e)),
         }
+    }
+
+    /// A local put through a locked staging file (see [`create_staging`]): write, fsync, then
+    /// link (`create`: never replaces) or rename into place, fsync the directory.
+    fn put_local(
+        &self,
+        local: &LocalExtras,
+        key: &str,
+        parts: &[Bytes],
+        create: bool,
+    ) -> Result<PutOutcome, StorageError> {
+        let dest = local.root.join(key);
+        let ioe = |e: io::Error| io_err(&self.location, "write", key, &e);
+        // `file` holds the staging lock until it is dropped at the end of this function.
+        let (mut file, staging) = create_staging(&dest).map_err(ioe)?;
+        let mut renamed = false;
+        let res = (|| -> io::Result<PutOutcome> {
+            for p in parts {
+                file.write_all(p)?;
+            }
+            file.sync_all()?;
+            if !create {
+                fs::rename(&staging, &dest)?;
+                renamed = true;
+                return Ok(PutOutcome::Created);
+            }
+            match fs::hard_link(&staging, &dest) {
+                Ok(()) => Ok(PutOutcome::Created),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(PutOutcome::AlreadyExists),
+                Err(e) => Err(e),
+            }
+        })();
+        if !renamed {
+            // Still ours (we hold its lock): no other writer can have taken the name.
+            let _ = fs::remove_file(&staging);
+        }
+        let outcome = res.map_err(ioe)?;
+        if outcome == PutOutcome::Created {
+            if let Some(parent) = dest.parent() {
+                fsutil::fsync_dir(parent).map_err(ioe)?;
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Make an existing object durable before acknowledging it: fsync its file and every
+    /// directory from its own up to the repository root. The writer that stored it may still be
+    /// between its link and its directory fsync (or have created a parent directory another
+    /// writer saw first), and a crash must not take back what a caller was told is stored.
+    /// Other backends: a completed PUT is durable already.
+    pub fn sync_object(&self, key: &str) -> Result<(), StorageError> {
+        let Some(local) = &self.local else { return Ok(()) };
+        let path = local.root.join(key);
+        let ioe = |e: io::Error| io_err(&self.location, "sync", key, &e);
+        fs::File::open(&path).and_then(|f| f.sync_all()).map_err(ioe)?;
+        let mut dir = path.parent();
+        while let Some(d) = dir {
+            fsutil::fsync_dir(d).map_err(ioe)?;
+            if d == local.root {
+                break;
+            }
+            dir = d.parent();
+        }
+        Ok(())
+    }
+
+    /// Remove the staging files `<key>#<digits>` that killed writers of `key` left behind;
+    /// returns how many. A live writer's staging file is never removed: every pgkeep writer
+    /// holds an exclusive `flock` on its staging file from creation until it is renamed or
+    /// unlinked, so a file that can be locked has no writer. (A writer that does not lock, such
+    /// as an older pgkeep, may lose its staging file: its put then fails and is retried.)
+    /// Objects themselves are never touched. Other backends have no staging files.
+    pub fn remove_stale_staging(&self, key: &str) -> Result<usize, StorageError> {
+        let Some(local) = &self.local else { return Ok(0) };
+        let path = local.root.join(key);
+        let (Some(dir), Some(base)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+            return Ok(0);
+        };
+        self.remove_staging_in(dir, Some(base), false)
+    }
+
+    /// [`Storage::remove_stale_staging`] for every key below `prefix` (recursive): the
+    /// repository-wide clean-up, e.g. `remove_stale_staging_under(layout::WAL_PREFIX)`.
+    pub fn remove_stale_staging_under(&self, prefix: &str) -> Result<usize, StorageError> {
+        let Some(local) = &self.local else { return Ok(0) };
+        self.remove_staging_in(&local.root.join(prefix), None, true)
+    }
+
+    fn remove_staging_in(&self, dir: &Path, base: Option<&str>, recurse: bool) -> Result<usize, StorageError> {
+        let shown = dir.strip_prefix(self.local_root().unwrap_or(Path::new(""))).unwrap_or(dir);
+        let ioe = |e: io::Error| io_err(&self.location, "remove staging files in", &shown.display().to_string(), &e);
+        let entries = match fs::read_dir(dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(ioe(e)),
+        };
+        let mut removed = 0;
+        let mut here = 0;
+        for entry in entries {
+            let entry = entry.map_err(ioe)?;
+            let path = entry.path();
+            if entry.file_type().map_err(ioe)?.is_dir() {
+                if recurse {
+                    removed += self.remove_staging_in(&path, None, true)?;
+                }
+                continue;
+            }
+            let name = entry.file_name();
+            let Some((object, n)) = name.to_str().and_then(|n| n.rsplit_once('#')) else { continue };
+            let staging = !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit());
+            if staging && base.is_none_or(|b| b == object) && remove_if_unlocked(&path).map_err(ioe)? {
+                here += 1;
+            }
+        }
+        if here > 0 {
+            fsutil::fsync_dir(dir).map_err(ioe)?;
+        }
+        Ok(removed + here)
     }
 
     /// A streaming writer; the object exists only after [`ObjectWriter::finish`].
@@ -401,7 +534,9 @@ enum Sink {
     Parts { buf: Vec<u8>, upload: Option<Box<dyn MultipartUpload>> },
 }
 
-/// A new staging file `<dest>#<digits>`: object_store's naming, so listings never show it.
+/// A new staging file `<dest>#<digits>` (object_store's naming, so listings never show it),
+/// exclusively locked for as long as the returned file is open: the lock is how clean-up tells a
+/// live writer's staging file from a killed one's ([`Storage::remove_stale_staging`]).
 fn create_staging(dest: &Path) -> io::Result<(std::fs::File, PathBuf)> {
     let mut n = std::process::id() as u64 * 1000;
     loop {
@@ -409,10 +544,52 @@ fn create_staging(dest: &Path) -> io::Result<(std::fs::File, PathBuf)> {
         name.push(format!("#{n}"));
         let staging = PathBuf::from(name);
         match std::fs::OpenOptions::new().write(true).create_new(true).open(&staging) {
-            Ok(f) => return Ok((f, staging)),
+            Ok(f) => {
+                f.lock()?;
+                // A clean-up may have locked and removed the new file before we locked it.
+                if is_same_file(&f, &staging)? {
+                    return Ok((f, staging));
+                }
+                n += 1;
+            }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => n += 1,
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// Whether `path` still names the open file `f`.
+fn is_same_file(f: &std::fs::File, path: &Path) -> io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let open = f.metadata()?;
+    match fs::symlink_metadata(path) {
+        Ok(m) => Ok(m.dev() == open.dev() && m.ino() == open.ino()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Remove a staging file no writer holds (see [`create_staging`]); false when it is locked or
+/// already gone. The lock is held across the check and the unlink, and the name is re-checked
+/// under it, so the file removed is the one found unlocked.
+fn remove_if_unlocked(path: &Path) -> io::Result<bool> {
+    let f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    match f.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => return Ok(false),
+        Err(std::fs::TryLockError::Error(e)) => return Err(e),
+    }
+    if !is_same_file(&f, path)? {
+        return Ok(false);
+    }
+    match fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
@@ -603,4 +780,51 @@ fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
         cur = s.source();
     }
     msg.replace('\n', " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> =
+            fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn local_puts_leave_no_staging_files_and_create_never_replaces() {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let st = Storage::open(&RepoLocation::Local(dir.path().to_path_buf()), rt.handle().clone(), false).unwrap();
+        let parts = |s: &'static str| vec![Bytes::from_static(s.as_bytes())];
+        assert_eq!(st.put_new_parts("a/k", parts("one")).unwrap(), PutOutcome::Created);
+        assert_eq!(st.put_new_parts("a/k", parts("two")).unwrap(), PutOutcome::AlreadyExists);
+        assert_eq!(st.get("a/k").unwrap(), "one");
+        st.put_parts("a/k", parts("three")).unwrap();
+        assert_eq!(st.get("a/k").unwrap(), "three");
+        assert_eq!(names(&dir.path().join("a")), ["k"]);
+    }
+
+    #[test]
+    fn stale_staging_files_are_removed_and_locked_ones_kept() {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let st = Storage::open(&RepoLocation::Local(dir.path().to_path_buf()), rt.handle().clone(), false).unwrap();
+        st.put_new("w/x/k", Bytes::from_static(b"object")).unwrap();
+        let d = dir.path().join("w/x");
+        for n in ["k#1", "k#2", "k#", "k#1a", "other#3"] {
+            fs::write(d.join(n), b"").unwrap();
+        }
+        let (live, live_path) = create_staging(&d.join("k")).unwrap();
+        assert_eq!(st.remove_stale_staging("w/x/k").unwrap(), 2);
+        assert!(live_path.exists(), "a locked staging file is a live writer's");
+        fs::rename(&live_path, d.join("k#9")).unwrap();
+        assert_eq!(names(&d), ["k", "k#", "k#1a", "k#9", "other#3"]);
+        assert_eq!(st.remove_stale_staging_under("w").unwrap(), 1, "only other#3; the live one is locked");
+        drop(live);
+        assert_eq!(st.remove_stale_staging_under("w").unwrap(), 1);
+        assert_eq!(names(&d), ["k", "k#", "k#1a"]);
+    }
 }
