@@ -124,8 +124,16 @@ fn different_content_under_an_existing_name_is_refused_and_the_stored_copy_kept(
 fn history_partial_and_backup_files_are_handled() {
     let s = Setup::new();
     s.backup();
-    // The server archived the backup history file through archive_command.
-    let backups: Vec<String> = walk_names(&s.repo.join("wal")).into_iter().filter(|n| n.ends_with(".backup")).collect();
+    // The server archives the backup history file through archive_command, asynchronously:
+    // the backup waits for its WAL segments, not for this file.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let backups = loop {
+        let found: Vec<String> = walk_names(&s.repo.join("wal")).into_iter().filter(|n| n.ends_with(".backup")).collect();
+        if !found.is_empty() || std::time::Instant::now() > deadline {
+            break found;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
     assert_eq!(backups.len(), 1, "expected one .backup file in the archive");
 
     let work = s.env.path("work");
