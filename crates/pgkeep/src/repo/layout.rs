@@ -31,6 +31,18 @@ pub fn manifest_key(id: &str) -> String {
     format!("{BACKUP_PREFIX}/{id}/manifest")
 }
 
+/// A snapshot backup's snapshots, recorded as soon as they exist (before its manifest), so
+/// a killed run's snapshots can still be found and deleted.
+pub fn snapshots_key(id: &str) -> String {
+    format!("{BACKUP_PREFIX}/{id}/snapshots")
+}
+
+/// A `--no-wait` snapshot backup's manifest while its snapshots are still completing: the
+/// only record of them, so it is never deleted before they are.
+pub fn pending_key(id: &str) -> String {
+    format!("{BACKUP_PREFIX}/{id}/pending")
+}
+
 pub fn backup_label_key(id: &str) -> String {
     format!("{BACKUP_PREFIX}/{id}/backup_label")
 }
