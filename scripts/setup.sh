@@ -5,6 +5,7 @@
 #   - PostgreSQL server + contrib (Debian's `postgresql` package), without a default cluster
 #   - an unprivileged OS user for the servers the tests and the demo start (`postgres`)
 #   - btrfs-progs and xfsprogs (snapshot tests on loop-mounted file systems)
+#   - strace (a test checks the order of expire's unlink, fsync and snapshot deletion)
 #   - cargo-nextest (the test runner), if the toolchain lacks it
 #   - a Python venv with moto[server] (a fake EC2 API for the EBS snapshot tests) at
 #     $PGKEEP_MOTO_VENV (default /opt/pgkeep-venv)
@@ -23,6 +24,7 @@ ls /usr/lib/postgresql/*/lib/amcheck.so >/dev/null 2>&1 || missing+=(postgresql-
 command -v mkfs.btrfs >/dev/null 2>&1 || missing+=(btrfs-progs)
 command -v mkfs.xfs >/dev/null 2>&1 || missing+=(xfsprogs)
 command -v mkfs.ext4 >/dev/null 2>&1 || missing+=(e2fsprogs)
+command -v strace >/dev/null 2>&1 || missing+=(strace)
 /usr/bin/python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 
 if [ ${#missing[@]} -gt 0 ]; then

@@ -111,7 +111,9 @@ pub fn held_by(repo: &Repository, name: &str) -> Option<String> {
     match file.try_lock_shared() {
         // Free: dropping the file releases the shared lock at once.
         Ok(()) => None,
-        Err(std::fs::TryLockError::WouldBlock) => Some(fs::read_to_string(&path).unwrap_or_default().trim().to_string()),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            Some(fs::read_to_string(&path).unwrap_or_default().trim().to_string())
+        }
         Err(std::fs::TryLockError::Error(_)) => None,
     }
 }

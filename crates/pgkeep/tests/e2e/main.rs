@@ -7,6 +7,7 @@ mod common;
 
 mod archive;
 mod backup_restore;
+mod catalog_hardening;
 mod check;
 mod corruption;
 mod demo;

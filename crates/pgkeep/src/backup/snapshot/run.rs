@@ -673,7 +673,11 @@ pub fn finish_pending(
         let mut m: Manifest = match repo.get_json(&pending_key(&id)) {
             Ok(m) => m,
             Err(e) => {
-                out.push(Finished { id, state: "damaged".into(), detail: format!("the pending record cannot be read: {e}") });
+                out.push(Finished {
+                    id,
+                    state: "damaged".into(),
+                    detail: format!("the pending record cannot be read: {e}"),
+                });
                 continue;
             }
         };
