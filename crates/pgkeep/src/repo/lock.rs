@@ -68,7 +68,14 @@ impl RepoLock {
             .truncate(false)
             .mode(0o660)
             .open(&path)
-            .map_err(|e| RepoError::Lock { path: path.display().to_string(), detail: e.to_string() })?;
+            .map_err(|e| {
+            let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
+                "; hint: run pgkeep as the repository's owner, or once as root (which hands the lock file to the owner)"
+            } else {
+                ""
+            };
+            RepoError::Lock { path: path.display().to_string(), detail: format!("{e}{hint}") }
+        })?;
         hand_over(repo, &path);
         // `held_by` takes a shared lock for an instant: a few short retries keep a concurrent
         // `pgkeep list` from failing a backup. A real holder still fails it within ~0.1 s.

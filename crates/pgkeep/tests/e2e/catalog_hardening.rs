@@ -42,8 +42,10 @@ fn a_damaged_manifest_is_listed_as_damaged_and_stops_nothing() {
 
     let newest = s.backup();
     s.pg.switch_and_wait_archived(&s.repo);
-    let r = s.restore(&s.env.path("restored"), &[]);
+    let out = s.pgkeep(["restore", "--json", "--to"]).arg(s.env.path("restored")).ok();
+    let r: serde_json::Value = serde_json::from_str(&out.stdout).expect("restore report");
     assert_eq!(r["backup"], newest.as_str());
+    assert!(out.stderr.contains(&format!("backup {old} is damaged and skipped")), "{}", out.stderr);
     s.pgkeep(["wal", "verify"]).json();
 
     let x = s.pgkeep(["expire", "--backup", &old]).json();
