@@ -51,6 +51,11 @@ pub fn tablespace_map_key(id: &str) -> String {
     format!("{BACKUP_PREFIX}/{id}/tablespace_map")
 }
 
+/// Where a files backup's data objects live (snapshot backups store none).
+pub fn data_prefix(id: &str) -> String {
+    format!("{BACKUP_PREFIX}/{id}/data")
+}
+
 pub fn data_key(id: &str, name: &str) -> String {
     format!("{BACKUP_PREFIX}/{id}/data/{name}")
 }

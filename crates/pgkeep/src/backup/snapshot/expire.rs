@@ -56,8 +56,8 @@ fn read_record<T: serde::de::DeserializeOwned>(repo: &Repository, key: &str) -> 
 
 /// Delete backup `id`. A backup whose manifest, pending record or snapshot record cannot be
 /// read is deleted too, except that the snapshots such a record named are then unknown: unless
-/// its start marker shows a files backup (no snapshots), that needs `force` (after the
-/// operator deleted the snapshots by hand), so no snapshot is orphaned silently.
+/// its start marker or data objects show a files backup (no snapshots), that needs `force`
+/// (after the operator deleted the snapshots by hand), so no snapshot is orphaned silently.
 pub fn expire(repo: &Repository, cfg: &SnapshotConfig, id: &str, force: bool) -> crate::Result<ExpireReport> {
     if !crate::backup::id::is_backup_id(id) {
         return Err(SnapshotError::Config(format!(
@@ -83,7 +83,11 @@ pub fn expire(repo: &Repository, cfg: &SnapshotConfig, id: &str, force: bool) ->
         .filter_map(|(what, why)| why.map(|w| format!("its {what} cannot be read ({w})")))
         .collect();
     let mut driver = started.as_ref().map(|m| m.driver.clone());
-    let snapshots_unknown = !damaged.is_empty() && driver.as_deref() != Some("files");
+    // A files backup has no snapshots to lose: its start marker says so, or (marker unreadable)
+    // its data objects do (snapshot backups store none).
+    let files_backup = driver.as_deref() == Some("files")
+        || (!damaged.is_empty() && !repo.storage().list(&layout::data_prefix(id))?.is_empty());
+    let snapshots_unknown = !damaged.is_empty() && !files_backup;
     if snapshots_unknown && !force {
         return Err(SnapshotError::Other(format!(
             "backup {id}: {}, so the snapshots it recorded are unknown; nothing was deleted; hint: delete the backup's snapshots by hand ({}), then run `pgkeep expire --backup {id} --force`",
