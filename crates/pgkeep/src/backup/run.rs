@@ -164,7 +164,7 @@ pub(crate) fn remove_stale(repo: &Repository) -> crate::Result<Vec<String>> {
         if state == BackupState::Incomplete {
             // Snapshots on record: only the snapshot flow (or expire) may remove it, after
             // deleting them.
-            if repo.storage().head(&super::snapshot::run::snapshots_key(&id))?.is_some() {
+            if repo.storage().head(&layout::snapshots_key(&id))?.is_some() {
                 continue;
             }
             repo.storage().delete_prefix(&layout::backup_dir(&id))?;
