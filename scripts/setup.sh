@@ -5,7 +5,8 @@
 #   - PostgreSQL server + contrib (Debian's `postgresql` package), without a default cluster
 #   - an unprivileged OS user for the servers the tests and the demo start (`postgres`)
 #   - btrfs-progs and xfsprogs (snapshot tests on loop-mounted file systems)
-#   - strace (a test traces archive-push's fsync calls)
+#   - strace (tests trace archive-push's fsync calls and the order of expire's unlink, fsync and
+#     snapshot deletion)
 #   - cargo-nextest (the test runner), if the toolchain lacks it
 #   - a Python venv with moto[server] (a fake EC2 API for the EBS snapshot tests) at
 #     $PGKEEP_MOTO_VENV (default /opt/pgkeep-venv)

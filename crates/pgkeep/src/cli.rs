@@ -300,6 +300,10 @@ pub struct ExpireArgs {
     /// The backup to delete (snapshot backups: its snapshots too).
     #[arg(long, value_name = "ID")]
     pub backup: String,
+    /// Delete a damaged snapshot backup (its manifest unreadable, so its snapshots unknown)
+    /// after you deleted its snapshots by hand.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]

@@ -1,6 +1,8 @@
 //! One `Config`: file < environment < flags. Clap already layers flags over environment
 //! variables; this module adds the TOML file underneath and applies defaults.
 
+pub mod snapshot;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -8,6 +10,7 @@ use serde::Deserialize;
 
 use crate::cli::GlobalArgs;
 use crate::repo::RepoLocation;
+use snapshot::{EbsConfig, HooksConfig, SnapshotSettings, VolumeConfig};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/pgkeep/pgkeep.toml";
 
@@ -36,13 +39,13 @@ pub struct FileConfig {
     pub max_rate: Option<String>,
     /// Snapshot volumes (`[[volume]]`); when present, `pgkeep backup` takes snapshot backups.
     #[serde(default)]
-    pub volume: Vec<crate::backup::snapshot::VolumeConfig>,
+    pub volume: Vec<VolumeConfig>,
     /// Snapshot backup hooks (`[hooks]`).
-    pub hooks: Option<crate::backup::snapshot::HooksConfig>,
+    pub hooks: Option<HooksConfig>,
     /// AWS EBS settings (`[ebs]`).
-    pub ebs: Option<crate::backup::snapshot::EbsConfig>,
+    pub ebs: Option<EbsConfig>,
     /// Settings shared by the snapshot drivers (`[snapshot]`).
-    pub snapshot: Option<crate::backup::snapshot::SnapshotSettings>,
+    pub snapshot: Option<SnapshotSettings>,
 }
 
 #[derive(Debug, Clone)]

@@ -206,7 +206,7 @@ pub fn run(cli: &Cli, progress: Arc<dyn Progress>, rt: tokio::runtime::Handle) -
         Command::Expire(a) => {
             let repo = open_repo()?;
             let snap = backup::snapshot::SnapshotConfig::from_file(&cfg.file);
-            let r = backup::snapshot::expire::expire(&repo, &snap, &a.backup)?;
+            let r = backup::snapshot::expire::expire(&repo, &snap, &a.backup, a.force)?;
             Ok(Outcome::new(&r, render::expire(&r), true))
         }
         Command::Demo(a) => {

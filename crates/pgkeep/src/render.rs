@@ -186,6 +186,12 @@ pub fn expire(r: &crate::backup::snapshot::expire::ExpireReport) -> String {
     if !r.deleted_snapshots.is_empty() {
         let _ = write!(s, " with its snapshot(s) {}", r.deleted_snapshots.join(", "));
     }
+    if let Some(why) = &r.damaged {
+        let _ = write!(s, " (it was damaged: {why})");
+    }
+    if r.snapshots_unknown {
+        s.push_str("; the snapshots its damaged record named were not deleted by pgkeep (--force)");
+    }
     s
 }
 
@@ -264,6 +270,9 @@ pub fn list(r: &[ListedBackup]) -> String {
                 None => "never",
             }
         );
+        if let Some(why) = &b.damaged_reason {
+            let _ = writeln!(s, "  damaged: {why}");
+        }
     }
     s.trim_end().to_string()
 }

@@ -163,15 +163,15 @@ pub(crate) fn remove_stale(repo: &Repository) -> crate::Result<Vec<String>> {
         tracing::warn!("{e}");
     }
     let mut removed = Vec::new();
-    for e in catalog::list(repo)? {
-        if e.state == BackupState::Incomplete {
+    for (id, state) in catalog::states(repo)? {
+        if state == BackupState::Incomplete {
             // Snapshots on record: only the snapshot flow (or expire) may remove it, after
             // deleting them.
-            if repo.storage().head(&super::snapshot::run::snapshots_key(&e.id))?.is_some() {
+            if repo.storage().head(&layout::snapshots_key(&id))?.is_some() {
                 continue;
             }
-            repo.storage().delete_prefix(&layout::backup_dir(&e.id))?;
-            removed.push(e.id);
+            repo.storage().delete_prefix(&layout::backup_dir(&id))?;
+            removed.push(id);
         }
     }
     Ok(removed)

@@ -31,12 +31,29 @@ pub fn manifest_key(id: &str) -> String {
     format!("{BACKUP_PREFIX}/{id}/manifest")
 }
 
+/// A snapshot backup's snapshots, recorded as soon as they exist (before its manifest), so
+/// a killed run's snapshots can still be found and deleted.
+pub fn snapshots_key(id: &str) -> String {
+    format!("{BACKUP_PREFIX}/{id}/snapshots")
+}
+
+/// A `--no-wait` snapshot backup's manifest while its snapshots are still completing: the
+/// only record of them, so it is never deleted before they are.
+pub fn pending_key(id: &str) -> String {
+    format!("{BACKUP_PREFIX}/{id}/pending")
+}
+
 pub fn backup_label_key(id: &str) -> String {
     format!("{BACKUP_PREFIX}/{id}/backup_label")
 }
 
 pub fn tablespace_map_key(id: &str) -> String {
     format!("{BACKUP_PREFIX}/{id}/tablespace_map")
+}
+
+/// Where a files backup's data objects live (snapshot backups store none).
+pub fn data_prefix(id: &str) -> String {
+    format!("{BACKUP_PREFIX}/{id}/data")
 }
 
 pub fn data_key(id: &str, name: &str) -> String {

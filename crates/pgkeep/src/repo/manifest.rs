@@ -51,7 +51,7 @@ pub struct Manifest {
     pub snapshots: Vec<serde_json::Value>,
     /// Snapshot backups: where PGDATA, pg_wal and each tablespace lie inside the volumes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub snapshot_layout: Option<crate::backup::snapshot::SnapshotLayout>,
+    pub snapshot_layout: Option<super::snapshot_layout::SnapshotLayout>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -497,6 +497,23 @@ impl Storage {
         }
     }
 
+    /// Delete `key` and return only once the deletion is durable, for deletions that must be
+    /// on disk before the next step (expire: the manifest before its snapshots). object_store's
+    /// local delete does not sync the directory, so local repositories fsync it here (or the
+    /// nearest parent left, when emptied directories were cleaned up); object stores
+    /// acknowledge a DELETE only once it is done.
+    pub fn delete_durable(&self, key: &str) -> Result<(), StorageError> {
+        self.delete(key)?;
+        let Some(local) = &self.local else { return Ok(()) };
+        let mut dir = local.root.join(key);
+        while dir.pop() && dir.starts_with(&local.root) {
+            if dir.is_dir() {
+                return fsutil::fsync_dir(&dir).map_err(|e| io_err(&self.location, "sync the deletion of", key, &e));
+            }
+        }
+        Ok(())
+    }
+
     /// Delete every object below `prefix`.
     pub fn delete_prefix(&self, prefix: &str) -> Result<(), StorageError> {
         for o in self.list(prefix)? {

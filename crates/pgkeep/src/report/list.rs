@@ -26,13 +26,22 @@ pub struct ListedBackup {
     /// Outcome of the newest restore drill: true, false, or null when never verified.
     pub verified: Option<bool>,
     pub verified_at: Option<DateTime<Utc>>,
+    /// State `damaged`: why its manifest or pending record cannot be read.
+    pub damaged_reason: Option<String>,
 }
 
 pub fn list(repo: &Repository) -> crate::Result<Vec<ListedBackup>> {
     let mut out = Vec::new();
     for e in catalog::list(repo)? {
         let s = e.summary.as_ref();
-        let verdict = if s.is_some() { verdict::latest(repo, &e.id)? } else { None };
+        // A damaged verdict must not hide the backups: it counts as never verified.
+        let verdict = match s {
+            Some(_) => verdict::latest(repo, &e.id).unwrap_or_else(|err| {
+                tracing::warn!("backup {}: its newest verification verdict cannot be read ({err})", e.id);
+                None
+            }),
+            None => None,
+        };
         out.push(ListedBackup {
             id: e.id.clone(),
             state: e.state,
@@ -50,6 +59,7 @@ pub fn list(repo: &Repository) -> crate::Result<Vec<ListedBackup>> {
             files: s.map(|m| m.file_count),
             verified: verdict.as_ref().map(|v| v.ok),
             verified_at: verdict.as_ref().map(|v| v.verified_at),
+            damaged_reason: e.damaged.clone(),
         });
     }
     Ok(out)

@@ -4,14 +4,16 @@
 //! Order: the manifest (or pending record) goes first, so the backup is unusable before any
 //! of its parts disappears; then its snapshots; then the rest of its objects. A snapshot that
 //! cannot be deleted keeps the backup on record (incomplete, with its snapshot list) so that
-//! running expire again retries.
+//! running expire again retries. The manifest's removal is durable (directory synced) before
+//! the first snapshot is touched.
 
 use serde::Serialize;
 
 use super::run::{delete_records, pending_key, snapshots_key, SnapshotProgress};
 use super::{records_from_values, SnapshotConfig, SnapshotError, SnapshotRecord};
+use crate::repo::catalog;
 use crate::repo::lock::RepoLock;
-use crate::repo::manifest::Manifest;
+use crate::repo::manifest::{Manifest, StartedMarker};
 use crate::repo::{layout, Repository};
 
 #[derive(Debug, Clone, Serialize)]
@@ -22,17 +24,41 @@ pub struct ExpireReport {
     pub deleted_snapshots: Vec<String>,
     /// True when every object of the backup is gone from the repository.
     pub removed: bool,
+    /// Why the backup was damaged (a record of it could not be read), when it was.
+    pub damaged: Option<String>,
+    /// True when a damaged record may have named snapshots that were not deleted (`--force`).
+    pub snapshots_unknown: bool,
 }
 
-fn read_opt<T: serde::de::DeserializeOwned>(repo: &Repository, key: &str) -> crate::Result<Option<T>> {
-    match repo.get_json(key) {
-        Ok(v) => Ok(Some(v)),
-        Err(crate::Error::Storage(e)) if e.is_not_found() => Ok(None),
-        Err(e) => Err(e),
+/// A record of the backup: absent, read, or present but unreadable (the reason).
+enum Record<T> {
+    Absent,
+    Read(T),
+    Damaged(String),
+}
+
+impl<T> Record<T> {
+    fn value(&self) -> Option<&T> {
+        match self {
+            Record::Read(v) => Some(v),
+            _ => None,
+        }
     }
 }
 
-pub fn expire(repo: &Repository, cfg: &SnapshotConfig, id: &str) -> crate::Result<ExpireReport> {
+fn read_record<T: serde::de::DeserializeOwned>(repo: &Repository, key: &str) -> Record<T> {
+    match repo.get_json(key) {
+        Ok(v) => Record::Read(v),
+        Err(crate::Error::Storage(e)) if e.is_not_found() => Record::Absent,
+        Err(e) => Record::Damaged(catalog::reason(&e)),
+    }
+}
+
+/// Delete backup `id`. A backup whose manifest, pending record or snapshot record cannot be
+/// read is deleted too, except that the snapshots such a record named are then unknown: unless
+/// its start marker or data objects show a files backup (no snapshots), that needs `force`
+/// (after the operator deleted the snapshots by hand), so no snapshot is orphaned silently.
+pub fn expire(repo: &Repository, cfg: &SnapshotConfig, id: &str, force: bool) -> crate::Result<ExpireReport> {
     if !crate::backup::id::is_backup_id(id) {
         return Err(SnapshotError::Config(format!(
             "{id:?} is not a backup id; hint: `pgkeep list` shows the ids (e.g. 20261121-023000F)"
@@ -40,41 +66,58 @@ pub fn expire(repo: &Repository, cfg: &SnapshotConfig, id: &str) -> crate::Resul
         .into());
     }
     let _lock = RepoLock::acquire(repo, "backup")?;
-    let manifest: Option<Manifest> = read_opt(repo, &layout::manifest_key(id))?;
-    let pending: Option<Manifest> = read_opt(repo, &pending_key(id))?;
-    let progress: Option<SnapshotProgress> = read_opt(repo, &snapshots_key(id))?;
-    let exists = manifest.is_some()
-        || pending.is_some()
-        || progress.is_some()
+    let manifest: Record<Manifest> = read_record(repo, &layout::manifest_key(id));
+    let pending: Record<Manifest> = read_record(repo, &pending_key(id));
+    let progress: Record<SnapshotProgress> = read_record(repo, &snapshots_key(id));
+    let started: Option<StartedMarker> = repo.get_json(&layout::backup_started_key(id)).ok();
+    let exists = !matches!((&manifest, &pending, &progress), (Record::Absent, Record::Absent, Record::Absent))
         || repo.storage().head(&layout::backup_started_key(id))?.is_some();
     if !exists {
         return Err(
             crate::repo::RepoError::NoSuchBackup { location: repo.location().to_string(), id: id.to_string() }.into()
         );
     }
+    let damaged: Vec<String> = [("manifest", reason_of(&manifest)), ("pending record", reason_of(&pending))]
+        .into_iter()
+        .chain([("snapshot record", reason_of(&progress))])
+        .filter_map(|(what, why)| why.map(|w| format!("its {what} cannot be read ({w})")))
+        .collect();
+    let mut driver = started.as_ref().map(|m| m.driver.clone());
+    // A files backup has no snapshots to lose: its start marker says so, or (marker unreadable)
+    // its data objects do (snapshot backups store none).
+    let files_backup = driver.as_deref() == Some("files")
+        || (!damaged.is_empty() && !repo.storage().list(&layout::data_prefix(id))?.is_empty());
+    let snapshots_unknown = !damaged.is_empty() && !files_backup;
+    if snapshots_unknown && !force {
+        return Err(SnapshotError::Other(format!(
+            "backup {id}: {}, so the snapshots it recorded are unknown; nothing was deleted; hint: delete the backup's snapshots by hand ({}), then run `pgkeep expire --backup {id} --force`",
+            damaged.join(" and "),
+            match &driver {
+                Some(d) => format!("driver {d}"),
+                None => "driver unknown".to_string(),
+            }
+        ))
+        .into());
+    }
     let mut recs: Vec<SnapshotRecord> = Vec::new();
-    let mut driver = None;
-    for m in manifest.iter().chain(pending.iter()) {
+    for m in manifest.value().into_iter().chain(pending.value()) {
         driver = Some(m.driver.clone());
         recs.extend(records_from_values(id, &m.snapshots)?);
     }
-    if let Some(p) = &progress {
+    if let Some(p) = progress.value() {
         for r in &p.snapshots {
             if !recs.iter().any(|x| x.snapshot_id == r.snapshot_id) {
                 recs.push(r.clone());
             }
         }
     }
-    // Unusable first.
+    // Unusable first, durably: a crash after a snapshot is deleted must never leave a
+    // manifest that names it.
     if !recs.is_empty() {
         repo.put_json(&snapshots_key(id), &SnapshotProgress { id: id.to_string(), snapshots: recs.clone() })?;
     }
     for key in [layout::manifest_key(id), pending_key(id)] {
-        match repo.storage().delete(&key) {
-            Ok(()) => {}
-            Err(e) if e.is_not_found() => {}
-            Err(e) => return Err(e.into()),
-        }
+        repo.storage().delete_durable(&key)?;
     }
     let (deleted, failed) = delete_records(&recs, cfg, repo.runtime());
     if !failed.is_empty() {
@@ -88,5 +131,19 @@ pub fn expire(repo: &Repository, cfg: &SnapshotConfig, id: &str) -> crate::Resul
         .into());
     }
     repo.storage().delete_prefix(&layout::backup_dir(id))?;
-    Ok(ExpireReport { backup: id.to_string(), driver, deleted_snapshots: deleted, removed: true })
+    Ok(ExpireReport {
+        backup: id.to_string(),
+        driver,
+        deleted_snapshots: deleted,
+        removed: true,
+        damaged: (!damaged.is_empty()).then(|| damaged.join("; ")),
+        snapshots_unknown,
+    })
+}
+
+fn reason_of<T>(r: &Record<T>) -> Option<&str> {
+    match r {
+        Record::Damaged(why) => Some(why),
+        _ => None,
+    }
 }

@@ -264,32 +264,32 @@ fn discard(repo: &Repository, cfg: &SnapshotConfig, id: &str, recs: &[SnapshotRe
     s
 }
 
-pub fn snapshots_key(id: &str) -> String {
-    format!("{}/snapshots", layout::backup_dir(id))
-}
-
-pub fn pending_key(id: &str) -> String {
-    format!("{}/pending", layout::backup_dir(id))
-}
+// The keys live with the other object keys; re-exported for the snapshot modules' callers.
+pub use crate::repo::layout::{pending_key, snapshots_key};
 
 /// Delete the snapshots of backups that a killed or failed run left behind, then their
 /// directories. Called with the backup lock held.
 pub fn cleanup_stale(repo: &Repository, cfg: &SnapshotConfig) -> crate::Result<Vec<String>> {
     let mut removed = Vec::new();
-    for e in catalog::list(repo)? {
-        if e.state != BackupState::Incomplete {
+    for (id, state) in catalog::states(repo)? {
+        if state != BackupState::Incomplete {
             continue;
         }
-        let progress: Option<SnapshotProgress> = match repo.get_json(&snapshots_key(&e.id)) {
+        let progress: Option<SnapshotProgress> = match repo.get_json(&snapshots_key(&id)) {
             Ok(p) => Some(p),
             Err(crate::Error::Storage(s)) if s.is_not_found() => None,
-            Err(err) => return Err(err),
+            // Its snapshots are unknown: keep the backup on record (remove_stale skips it too)
+            // rather than stop this backup or lose track of them.
+            Err(err) => {
+                tracing::warn!("backup {id} is left in place: its snapshot record cannot be read ({err}); hint: delete its snapshots by hand, then `pgkeep expire --backup {id} --force`");
+                continue;
+            }
         };
         let Some(p) = progress else { continue };
         let (_, failed) = delete_records(&p.snapshots, cfg, repo.runtime());
         if failed.is_empty() {
-            repo.storage().delete_prefix(&layout::backup_dir(&e.id))?;
-            removed.push(e.id);
+            repo.storage().delete_prefix(&layout::backup_dir(&id))?;
+            removed.push(id);
         }
     }
     Ok(removed)
@@ -640,7 +640,8 @@ fn wait_completed(
 #[derive(Debug, Clone, Serialize)]
 pub struct Finished {
     pub id: String,
-    /// `complete`, `pending` (still) or `failed` (a snapshot failed; the backup was removed).
+    /// `complete`, `pending` (still), `failed` (a snapshot failed; the backup was removed) or
+    /// `damaged` (its pending record cannot be read; left in place).
     pub state: String,
     pub detail: String,
 }
@@ -655,7 +656,7 @@ pub fn finish_pending(
     archive_timeout: Duration,
 ) -> crate::Result<Vec<Finished>> {
     let pending: Vec<String> =
-        catalog::list(repo)?.into_iter().filter(|e| e.state == BackupState::Pending).map(|e| e.id).collect();
+        catalog::states(repo)?.into_iter().filter(|(_, s)| *s == BackupState::Pending).map(|(id, _)| id).collect();
     if pending.is_empty() {
         return Ok(Vec::new());
     }
@@ -670,7 +671,18 @@ pub fn finish_pending(
     let rt = repo.runtime().clone();
     let mut out = Vec::new();
     for id in pending {
-        let mut m: Manifest = repo.get_json(&pending_key(&id))?;
+        // A damaged pending record is the only record of its snapshots: leave it alone.
+        let mut m: Manifest = match repo.get_json(&pending_key(&id)) {
+            Ok(m) => m,
+            Err(e) => {
+                out.push(Finished {
+                    id,
+                    state: "damaged".into(),
+                    detail: format!("the pending record cannot be read: {e}"),
+                });
+                continue;
+            }
+        };
         let mut recs = records_from_values(&id, &m.snapshots)?;
         let drivers = drivers_for(cfg, recs.iter().map(|r| r.driver), &rt)?;
         let res = if wait { wait_completed(&mut recs, cfg, &drivers) } else { refresh_once(&mut recs, cfg, &drivers) };
