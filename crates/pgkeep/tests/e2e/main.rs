@@ -7,6 +7,7 @@ mod common;
 
 mod archive;
 mod backup_restore;
+mod bad_input;
 mod check;
 mod corruption;
 mod demo;
