@@ -17,6 +17,7 @@ use pgkeep_wal::page::XLOG_BLCKSZ;
 use pgkeep_wal::record::{check_record_prefix, decode_body, record_crc};
 use pgkeep_wal::rmgr::record_kind;
 use pgkeep_wal::version::KNOWN_VERSIONS;
+use pgkeep_wal::{inspect_wal, ReplayStart, SegmentFile};
 use pgkeep_wal::{
     parse_backup_label, parse_pg_control, parse_timeline_history, parse_wal_file_name, timeline_of,
     validate_partial_segment, validate_segment, DecoderOptions, Lsn, SegmentExpectations, WalDecoder, WalFileName,
@@ -468,6 +469,75 @@ proptest! {
             prop_assert_eq!(n, lsn / seg_size as u64);
             prop_assert_eq!(Lsn::from_segment_offset(n, l.segment_offset(seg_size), seg_size), l);
         }
+    }
+}
+
+/// The fixture's pg_wal (timeline 1 from segment 09 on, and timeline 2) by name.
+fn pg_wal() -> &'static std::collections::BTreeMap<String, Vec<u8>> {
+    static W: OnceLock<std::collections::BTreeMap<String, Vec<u8>>> = OnceLock::new();
+    W.get_or_init(|| {
+        segment_fixtures().iter().filter(|s| s.expect.segno >= 9).map(|s| (s.name.clone(), s.data.clone())).collect()
+    })
+}
+
+fn inspect(start: &ReplayStart, names: &[String], damaged: Option<(&str, &[u8])>) {
+    let files = pg_wal();
+    let _ = inspect_wal(start, names, &mut |n| match (damaged, files.get(n)) {
+        (Some((d, bytes)), _) if d == n => SegmentFile::Data(bytes.to_vec()),
+        (_, Some(b)) => SegmentFile::Data(b.clone()),
+        (_, None) if n.ends_with('F') => SegmentFile::Unreadable("EIO".into()),
+        _ => SegmentFile::Missing,
+    });
+}
+
+/// pg_control of the fixture cluster, as crash recovery would start from it.
+fn fixture_start() -> ReplayStart {
+    ReplayStart::from_control(&parse_pg_control(&read("pg_control")).expect("fixture pg_control"))
+}
+
+proptest! {
+    #![proptest_config(config(200))]
+
+    /// `wal inspect` on a damaged data directory: pg_control fields anything at all (they
+    /// come from the same damaged disk), the files real, missing or unreadable.
+    #[test]
+    fn inspect_any_start(
+        redo in prop_oneof![any::<u64>(), 0x900000..0x1200000u64, Just(u64::MAX)],
+        checkpoint in prop_oneof![any::<u64>(), 0x900000..0x1200000u64],
+        seg_size in prop_oneof![Just(SEG), Just(0u32), any::<u32>()],
+        timeline in prop_oneof![1..4u32, any::<u32>()],
+        pg_major in proptest::option::of(10..20u32),
+        extra in proptest::collection::vec("[0-9A-F]{24}(\\.partial)?", 0..3),
+    ) {
+        let mut start = fixture_start();
+        start.redo = Lsn(redo);
+        start.checkpoint = Lsn(checkpoint);
+        start.seg_size = seg_size;
+        start.timeline = timeline;
+        start.pg_major = pg_major;
+        let mut names: Vec<String> = pg_wal().keys().cloned().collect();
+        names.extend(extra);
+        inspect(&start, &names, None);
+    }
+
+    /// The fixture's own start with one segment mutated (half the time resealed).
+    #[test]
+    fn inspect_mutated_segment(which in any::<Index>(), muts in mutations(), reseal in any::<bool>(), redo_at_record in proptest::option::of(any::<Index>())) {
+        let segs: Vec<&Segment> = segment_fixtures().iter().filter(|s| s.expect.segno >= 9).collect();
+        let s = segs[which.index(segs.len())];
+        let mut d = mutated(&s.data, &muts);
+        if reseal && muts.iter().all(in_place) {
+            reseal_records(&mut d, &s.one_page_records);
+        }
+        let mut start = fixture_start();
+        if let Some(i) = redo_at_record {
+            let t1 = &segs[0].record_starts;
+            start.redo = t1[i.index(t1.len())];
+            start.checkpoint = start.redo;
+            start.timeline = 1;
+        }
+        let names: Vec<String> = pg_wal().keys().cloned().collect();
+        inspect(&start, &names, Some((&s.name, &d)));
     }
 }
 
