@@ -836,7 +836,9 @@ fn record_at(ctx: &Ctx<'_>, data: &[u8], seg_start: u64, pos: u64) -> RecordAt {
         return if record_crc(rec) == Some(hdr.xl_crc) { RecordAt::Yes } else { RecordAt::No };
     }
     let mut buf = Vec::with_capacity(tot.min(1 << 20));
-    buf.extend_from_slice(&data[off..off + page_left]);
+    // A file cut short mid-page (a torn copy) ends before the page does.
+    let Some(first) = data.get(off..off + page_left) else { return RecordAt::No };
+    buf.extend_from_slice(first);
     let mut page = off + page_left;
     while buf.len() < tot {
         if page >= data.len() {

@@ -20,7 +20,8 @@ use pgkeep_wal::version::KNOWN_VERSIONS;
 use pgkeep_wal::{inspect_wal, ReplayStart, SegmentFile};
 use pgkeep_wal::{
     parse_backup_label, parse_pg_control, parse_timeline_history, parse_wal_file_name, timeline_of,
-    validate_partial_segment, validate_segment, DecoderOptions, Lsn, SegmentExpectations, WalDecoder, WalFileName,
+    validate_partial_segment, validate_segment, DecoderOptions, Lsn, SegmentError, SegmentExpectations, WalDecoder,
+    WalFileName,
 };
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -539,6 +540,37 @@ proptest! {
         let names: Vec<String> = pg_wal().keys().cloned().collect();
         inspect(&start, &names, Some((&s.name, &d)));
     }
+}
+
+/// Found by `inspect_mutated_segment`: a segment cut short mid-page (a torn copy in pg_wal),
+/// its bytes shifted, made the salvage scan slice past the end of the file.
+#[test]
+fn inspect_a_shifted_segment_cut_mid_page() {
+    let segs: Vec<&Segment> = segment_fixtures().iter().filter(|s| s.expect.segno >= 9).collect();
+    let b = segs.iter().find(|s| s.name == "00000001000000000000000B").expect("segment 0B");
+    let mut d = vec![0u8; 8];
+    d.extend_from_slice(&b.data[..323_788]);
+    let mut start = fixture_start();
+    start.redo = segs[0].record_starts[0];
+    start.checkpoint = start.redo;
+    start.timeline = 1;
+    let names: Vec<String> = pg_wal().keys().cloned().collect();
+    inspect(&start, &names, Some((&b.name, &d)));
+}
+
+/// Re-sealing does what the mutated cases rely on: damage behind a recomputed CRC is
+/// reported by the record decoder, not by the CRC check.
+#[test]
+fn resealed_damage_reaches_the_record_decoder() {
+    let s = segment_fixtures().iter().find(|s| s.name == "000000010000000000000009").expect("segment 09");
+    let &(start, _) = s.one_page_records.iter().find(|(a, b)| b - a > 24 && s.data[a + 24] <= 32).expect("a block ref");
+    let mut d = s.data.clone();
+    d[start + 24] = 200;
+    let e = validate_segment(&d, &strict(&s.expect), None).unwrap_err();
+    assert!(matches!(e, SegmentError::RecordCrc { .. }), "{e}");
+    reseal_records(&mut d, &s.one_page_records);
+    let e = validate_segment(&d, &strict(&s.expect), None).unwrap_err();
+    assert!(e.to_string().contains("invalid block_id 200"), "{e}");
 }
 
 /// A `backup_label` as `pg_backup_stop` returns it (no STOP lines).
