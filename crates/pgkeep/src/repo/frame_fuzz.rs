@@ -34,7 +34,7 @@ const MANIFEST: &str = r#"{"format":1,"id":"20261121-064841F","label":"nightly",
 fn frames() -> &'static [Vec<u8>] {
     static F: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
     F.get_or_init(|| {
-        let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251 ^ i / 4096) as u8).collect();
+        let big: Vec<u8> = (0..300_000u32).map(|i| ((i % 251) ^ (i / 4096)) as u8).collect();
         let mut v = Vec::new();
         for plain in [&b""[..], b"15\n", &big, MANIFEST.as_bytes()] {
             for c in [Compression::None, Compression::Zstd(3)] {
