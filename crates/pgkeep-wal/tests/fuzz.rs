@@ -25,105 +25,10 @@ use pgkeep_wal::{
 };
 use proptest::prelude::*;
 use proptest::sample::Index;
-use proptest::test_runner::{Config, RngSeed};
 
-fn config(cases: u32) -> Config {
-    let base = Config::default();
-    let scale: u32 = std::env::var("PGKEEP_FUZZ_SCALE").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
-    Config {
-        cases: cases.saturating_mul(scale.max(1)),
-        rng_seed: match base.rng_seed {
-            RngSeed::Random => RngSeed::Fixed(0x5EED_F022),
-            fixed => fixed,
-        },
-        failure_persistence: None,
-        max_shrink_iters: 512,
-        ..base
-    }
-}
-
-/// One change to a byte string. Positions are `Index`es so they scale to any length.
-#[derive(Clone, Debug)]
-enum Mutation {
-    Flip(Index, u8),
-    Set(Index, u8),
-    Truncate(Index),
-    /// Copies `len` bytes from one place over another (a torn or misplaced write).
-    Splice {
-        from: Index,
-        to: Index,
-        len: usize,
-    },
-    Insert(Index, Vec<u8>),
-    Delete(Index, usize),
-    /// Overwrites 1-8 bytes with an extreme little-endian value (0, all ones, sign bit).
-    Extreme(Index, u8, u8),
-}
-
-fn mutation() -> impl Strategy<Value = Mutation> {
-    prop_oneof![
-        4 => (any::<Index>(), 0..8u8).prop_map(|(i, b)| Mutation::Flip(i, b)),
-        3 => (any::<Index>(), any::<u8>()).prop_map(|(i, v)| Mutation::Set(i, v)),
-        1 => any::<Index>().prop_map(Mutation::Truncate),
-        1 => (any::<Index>(), any::<Index>(), 1..64usize).prop_map(|(from, to, len)| Mutation::Splice { from, to, len }),
-        1 => (any::<Index>(), proptest::collection::vec(any::<u8>(), 1..16)).prop_map(|(i, v)| Mutation::Insert(i, v)),
-        1 => (any::<Index>(), 1..64usize).prop_map(|(i, n)| Mutation::Delete(i, n)),
-        2 => (any::<Index>(), 1..=8u8, 0..3u8).prop_map(|(i, w, k)| Mutation::Extreme(i, w, k)),
-    ]
-}
-
-fn mutations() -> impl Strategy<Value = Vec<Mutation>> {
-    proptest::collection::vec(mutation(), 1..6)
-}
-
-/// Mutations that keep every byte where it was (so page and record positions still mean
-/// something afterwards).
-fn in_place(m: &Mutation) -> bool {
-    matches!(m, Mutation::Flip(..) | Mutation::Set(..) | Mutation::Splice { .. } | Mutation::Extreme(..))
-}
-
-fn apply(data: &mut Vec<u8>, muts: &[Mutation]) {
-    for m in muts {
-        if data.is_empty() {
-            data.push(0);
-        }
-        let n = data.len();
-        match m {
-            Mutation::Flip(i, b) => data[i.index(n)] ^= 1 << b,
-            Mutation::Set(i, v) => data[i.index(n)] = *v,
-            Mutation::Truncate(i) => data.truncate(i.index(n)),
-            Mutation::Splice { from, to, len } => {
-                let (f, t) = (from.index(n), to.index(n));
-                let len = (*len).min(n - f).min(n - t);
-                data.copy_within(f..f + len, t);
-            }
-            Mutation::Insert(i, v) => {
-                let at = i.index(n + 1);
-                data.splice(at..at, v.iter().copied());
-            }
-            Mutation::Delete(i, len) => {
-                let at = i.index(n);
-                data.drain(at..(at + len).min(n));
-            }
-            Mutation::Extreme(i, w, k) => {
-                let v: u64 = match k {
-                    0 => 0,
-                    1 => u64::MAX,
-                    _ => 1 << (*w as u64 * 8 - 1),
-                };
-                let at = i.index(n);
-                let w = (*w as usize).min(n - at);
-                data[at..at + w].copy_from_slice(&v.to_le_bytes()[..w]);
-            }
-        }
-    }
-}
-
-fn mutated(base: &[u8], muts: &[Mutation]) -> Vec<u8> {
-    let mut d = base.to_vec();
-    apply(&mut d, muts);
-    d
-}
+#[path = "common/mutate.rs"]
+mod mutate;
+use mutate::{apply, config, in_place, mutated, mutations};
 
 /// A full segment fixture with the file offsets of its records that lie on one page (whose
 /// CRC can be recomputed in place after a mutation).
@@ -491,6 +396,17 @@ fn inspect(start: &ReplayStart, names: &[String], damaged: Option<(&str, &[u8])>
     });
 }
 
+/// The whole fixture pg_wal with one file replaced by `bytes`.
+fn inspect_damaged(start: &ReplayStart, name: &str, bytes: &[u8]) {
+    let names: Vec<String> = pg_wal().keys().cloned().collect();
+    inspect(start, &names, Some((name, bytes)));
+}
+
+/// Crash recovery from a checkpoint whose redo is at `redo` on timeline 1.
+fn start_at(redo: Lsn) -> ReplayStart {
+    ReplayStart { redo, checkpoint: redo, timeline: 1, ..fixture_start() }
+}
+
 /// pg_control of the fixture cluster, as crash recovery would start from it.
 fn fixture_start() -> ReplayStart {
     ReplayStart::from_control(&parse_pg_control(&read("pg_control")).expect("fixture pg_control"))
@@ -530,15 +446,12 @@ proptest! {
         if reseal && muts.iter().all(in_place) {
             reseal_records(&mut d, &s.one_page_records);
         }
-        let mut start = fixture_start();
-        if let Some(i) = redo_at_record {
-            let t1 = &segs[0].record_starts;
-            start.redo = t1[i.index(t1.len())];
-            start.checkpoint = start.redo;
-            start.timeline = 1;
-        }
-        let names: Vec<String> = pg_wal().keys().cloned().collect();
-        inspect(&start, &names, Some((&s.name, &d)));
+        let t1 = &segs[0].record_starts;
+        let start = match redo_at_record {
+            Some(i) => start_at(t1[i.index(t1.len())]),
+            None => fixture_start(),
+        };
+        inspect_damaged(&start, &s.name, &d);
     }
 }
 
@@ -550,12 +463,7 @@ fn inspect_a_shifted_segment_cut_mid_page() {
     let b = segs.iter().find(|s| s.name == "00000001000000000000000B").expect("segment 0B");
     let mut d = vec![0u8; 8];
     d.extend_from_slice(&b.data[..323_788]);
-    let mut start = fixture_start();
-    start.redo = segs[0].record_starts[0];
-    start.checkpoint = start.redo;
-    start.timeline = 1;
-    let names: Vec<String> = pg_wal().keys().cloned().collect();
-    inspect(&start, &names, Some((&b.name, &d)));
+    inspect_damaged(&start_at(segs[0].record_starts[0]), &b.name, &d);
 }
 
 /// Re-sealing does what the mutated cases rely on: damage behind a recomputed CRC is

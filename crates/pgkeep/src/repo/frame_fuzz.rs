@@ -1,31 +1,19 @@
 //! Property tests of frame decoding: any bytes, and mutations of real frames made by the
 //! encoder (some re-sealed with correct CRCs so the damage reaches the size checks, the zstd
 //! decoder and the BLAKE3 check), give `Ok` or a `FrameError`, never a panic. The manifest's
-//! JSON is read through the same path. Fixed seed (`PROPTEST_RNG_SEED` overrides) and a
-//! fixed number of cases, which `PGKEEP_FUZZ_SCALE` multiplies.
+//! JSON is read through the same path. Seeds, case counts and mutations are pgkeep-wal's
+//! (`PGKEEP_FUZZ_SCALE` multiplies the counts).
 
 use std::sync::OnceLock;
 
 use proptest::prelude::*;
 use proptest::sample::Index;
-use proptest::test_runner::{Config, RngSeed};
 
 use super::*;
 
-fn config(cases: u32) -> Config {
-    let base = Config::default();
-    let scale: u32 = std::env::var("PGKEEP_FUZZ_SCALE").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
-    Config {
-        cases: cases.saturating_mul(scale.max(1)),
-        rng_seed: match base.rng_seed {
-            RngSeed::Random => RngSeed::Fixed(0x5EED_F4A3),
-            fixed => fixed,
-        },
-        failure_persistence: None,
-        max_shrink_iters: 512,
-        ..base
-    }
-}
+#[path = "../../../pgkeep-wal/tests/common/mutate.rs"]
+mod mutate;
+use mutate::{apply, config, mutations};
 
 /// A manifest as `backup` writes it (two entries, one bundle).
 const MANIFEST: &str = r#"{"format":1,"id":"20261121-064841F","label":"nightly","kind":"full","driver":"files","pgkeep_version":"0.1.0","system_identifier":"7710514660753506577","pg_version_num":150018,"pg_major":15,"wal_segment_size":16777216,"data_checksums":true,"timeline":1,"stop_timeline":1,"start_lsn":"0/D00028","stop_lsn":"0/D00100","start_wal":"00000001000000000000000D","stop_wal":"00000001000000000000000D","start_time":"2026-11-21T06:48:41Z","stop_time":"2026-11-21T06:48:42Z","backup_window_seconds":1.2,"backup_label_blake3":"af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262","tablespace_map_blake3":null,"tablespaces":[],"size":8200,"stored_size":300,"file_count":2,"objects":[{"name":"bundle-0","size":300}],"entries":[{"path":"base","kind":"dir","mode":448},{"path":"PG_VERSION","kind":"file","mode":384,"size":3,"blake3":"af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262","object":0,"offset":0,"length":79},{"path":"pg_wal","kind":"link","mode":511,"target":"/srv/wal"}]}"#;
@@ -43,55 +31,6 @@ fn frames() -> &'static [Vec<u8>] {
         }
         v
     })
-}
-
-#[derive(Clone, Debug)]
-enum Mutation {
-    Flip(Index, u8),
-    Set(Index, u8),
-    Truncate(Index),
-    Splice { from: Index, to: Index, len: usize },
-    Insert(Index, Vec<u8>),
-    Delete(Index, usize),
-}
-
-fn mutations() -> impl Strategy<Value = Vec<Mutation>> {
-    let one = prop_oneof![
-        4 => (any::<Index>(), 0..8u8).prop_map(|(i, b)| Mutation::Flip(i, b)),
-        3 => (any::<Index>(), any::<u8>()).prop_map(|(i, v)| Mutation::Set(i, v)),
-        1 => any::<Index>().prop_map(Mutation::Truncate),
-        1 => (any::<Index>(), any::<Index>(), 1..64usize).prop_map(|(from, to, len)| Mutation::Splice { from, to, len }),
-        1 => (any::<Index>(), proptest::collection::vec(any::<u8>(), 1..16)).prop_map(|(i, v)| Mutation::Insert(i, v)),
-        1 => (any::<Index>(), 1..64usize).prop_map(|(i, n)| Mutation::Delete(i, n)),
-    ];
-    proptest::collection::vec(one, 1..6)
-}
-
-fn apply(data: &mut Vec<u8>, muts: &[Mutation]) {
-    for m in muts {
-        if data.is_empty() {
-            data.push(0);
-        }
-        let n = data.len();
-        match m {
-            Mutation::Flip(i, b) => data[i.index(n)] ^= 1 << b,
-            Mutation::Set(i, v) => data[i.index(n)] = *v,
-            Mutation::Truncate(i) => data.truncate(i.index(n)),
-            Mutation::Splice { from, to, len } => {
-                let (f, t) = (from.index(n), to.index(n));
-                let len = (*len).min(n - f).min(n - t);
-                data.copy_within(f..f + len, t);
-            }
-            Mutation::Insert(i, v) => {
-                let at = i.index(n + 1);
-                data.splice(at..at, v.iter().copied());
-            }
-            Mutation::Delete(i, len) => {
-                let at = i.index(n);
-                data.drain(at..(at + len).min(n));
-            }
-        }
-    }
 }
 
 /// Rewrites the trailer's stored CRC and its own CRC to match the (damaged) frame, as a
