@@ -371,6 +371,8 @@ proptest! {
         let _ = (l.prev_segment_number(seg_size), l.segment_offset(seg_size), l.page_start(), l.page_offset());
         let _ = (Lsn::segment_start(segno, seg_size), Lsn::from_segment_offset(segno, off, seg_size));
         let _ = (pgkeep_wal::xlog_file_name(tli, segno, seg_size), pgkeep_wal::backup_history_file_name(tli, l, seg_size));
+        // Times come from commit records and pg_control: any value must print.
+        let _ = (pgkeep_wal::TimestampTz(lsn as i64).to_string(), pgkeep_wal::lsn::civil_from_unix(lsn as i64), l.to_string());
         if pgkeep_wal::is_valid_wal_seg_size(seg_size) {
             prop_assert_eq!(n, lsn / seg_size as u64);
             prop_assert_eq!(Lsn::from_segment_offset(n, l.segment_offset(seg_size), seg_size), l);
@@ -453,6 +455,19 @@ proptest! {
         };
         inspect_damaged(&start, &s.name, &d);
     }
+}
+
+/// The decoder's read limit: a start in the last 4 GiB is refused, and WAL fed up to the
+/// limit is kept, nothing after it.
+#[test]
+fn decoder_stops_at_the_read_limit() {
+    use pgkeep_wal::decoder::READ_LIMIT;
+    assert!(WalDecoder::new(READ_LIMIT, SEG).is_err());
+    assert!(WalDecoder::new(Lsn(u64::MAX & !7), SEG).is_err());
+    let mut dec = WalDecoder::new(Lsn(READ_LIMIT.0 - SEG as u64), SEG).expect("start below the limit");
+    dec.feed(&vec![0u8; 2 * SEG as usize]);
+    assert_eq!(dec.fed_until(), READ_LIMIT);
+    assert!(dec.next_record().is_err());
 }
 
 /// Found by `inspect_mutated_segment`: a segment cut short mid-page (a torn copy in pg_wal),
