@@ -463,7 +463,7 @@ proptest! {
 fn decoder_stops_at_the_read_limit() {
     use pgkeep_wal::decoder::READ_LIMIT;
     assert!(WalDecoder::new(READ_LIMIT, SEG).is_err());
-    assert!(WalDecoder::new(Lsn(u64::MAX & !7), SEG).is_err());
+    assert!(WalDecoder::new(Lsn(!7), SEG).is_err());
     let mut dec = WalDecoder::new(Lsn(READ_LIMIT.0 - SEG as u64), SEG).expect("start below the limit");
     dec.feed(&vec![0u8; 2 * SEG as usize]);
     assert_eq!(dec.fed_until(), READ_LIMIT);
