@@ -159,6 +159,12 @@ pub struct DecoderOptions {
     pub max_timeline: Option<u32>,
 }
 
+/// WAL is never read from this position on: the last 4 GiB of the address space, a segment
+/// boundary for every segment size. Keeping every position the reader computes (a page or
+/// segment further, a record's end) below `u64::MAX` makes LSNs read from a damaged or hostile
+/// pg_control or manifest unable to overflow, and no real cluster writes 16 EiB of WAL.
+pub const READ_LIMIT: Lsn = Lsn(0xFFFF_FFFF_0000_0000);
+
 /// Feed-bytes / next-record WAL decoder.
 ///
 /// Created at a position and fed the WAL bytes from that position on, in order and in
@@ -195,6 +201,9 @@ impl WalDecoder {
     pub fn with_options(start: Lsn, seg_size: u32, opts: DecoderOptions) -> Result<WalDecoder, DecodeError> {
         if !is_valid_wal_seg_size(seg_size) {
             return Err(DecodeError::InvalidStart { lsn: start, reason: "invalid wal segment size" });
+        }
+        if start >= READ_LIMIT {
+            return Err(DecodeError::InvalidStart { lsn: start, reason: "past the end of the wal address space" });
         }
         let version = match opts.pg_major {
             Some(m) => Some(
@@ -238,7 +247,9 @@ impl WalDecoder {
                 self.buf_start += skip as u64;
             }
         }
-        self.buf.extend_from_slice(bytes);
+        // Bytes past the read limit are never WAL this decoder reads.
+        let room = usize::try_from(READ_LIMIT.0.saturating_sub(self.fed_until().0)).unwrap_or(usize::MAX);
+        self.buf.extend_from_slice(&bytes[..bytes.len().min(room)]);
     }
 
     fn compact(&mut self) {

@@ -17,8 +17,10 @@ pub const fn is_valid_wal_seg_size(size: u32) -> bool {
 
 /// Segments per 4 GiB "xlogid" (`XLogSegmentsPerXLogId`): the middle 8 hex digits of a
 /// segment name count these, the last 8 the segment within one. // access/xlog_internal.h
+///
+/// An invalid size of 0 counts as 1 (see [`Lsn::segment_number`]): the result is never 0.
 pub const fn segments_per_xlog_id(seg_size: u32) -> u64 {
-    0x1_0000_0000 / seg_size as u64
+    0x1_0000_0000 / if seg_size == 0 { 1 } else { seg_size as u64 }
 }
 
 /// `XLogFileName`: `TTTTTTTTXXXXXXXXYYYYYYYY`. // access/xlog_internal.h

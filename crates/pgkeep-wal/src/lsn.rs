@@ -25,6 +25,15 @@ pub const fn maxalign(x: u64) -> u64 {
     (x + (MAXIMUM_ALIGNOF - 1)) & !(MAXIMUM_ALIGNOF - 1)
 }
 
+/// A segment size usable as a divisor: 0 (never valid) counts as 1.
+const fn seg_divisor(seg_size: u32) -> u64 {
+    if seg_size == 0 {
+        1
+    } else {
+        seg_size as u64
+    }
+}
+
 /// A WAL position (`XLogRecPtr`). Prints and parses as PostgreSQL does: `16/B374D848`,
 /// uppercase hex, no zero padding. // access/xlogdefs.h
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -39,29 +48,33 @@ impl Lsn {
     }
 
     /// Segment holding this byte (`XLByteToSeg`). // access/xlog_internal.h
+    ///
+    /// The segment functions take sizes read from files (a manifest, `pgkeep.info`): an
+    /// invalid size of 0 computes as 1 and products saturate, so a bad size gives wrong
+    /// numbers, never a panic. Callers that read a size check [`crate::is_valid_wal_seg_size`].
     pub const fn segment_number(self, seg_size: u32) -> XLogSegNo {
-        self.0 / seg_size as u64
+        self.0 / seg_divisor(seg_size)
     }
 
     /// Segment holding the byte just before this position (`XLByteToPrevSeg`): the
     /// segment a record *ending* here was written to. // access/xlog_internal.h
     pub const fn prev_segment_number(self, seg_size: u32) -> XLogSegNo {
-        self.0.saturating_sub(1) / seg_size as u64
+        self.0.saturating_sub(1) / seg_divisor(seg_size)
     }
 
     /// Offset inside its segment (`XLogSegmentOffset`). // access/xlog_internal.h
     pub const fn segment_offset(self, seg_size: u32) -> u32 {
-        (self.0 & (seg_size as u64 - 1)) as u32
+        (self.0 & (seg_divisor(seg_size) - 1)) as u32
     }
 
     /// First byte of a segment (`XLogSegNoOffsetToRecPtr` with offset 0). // access/xlog_internal.h
     pub const fn segment_start(segno: XLogSegNo, seg_size: u32) -> Lsn {
-        Lsn(segno * seg_size as u64)
+        Lsn(segno.saturating_mul(seg_size as u64))
     }
 
     /// Position `offset` bytes into segment `segno`.
     pub const fn from_segment_offset(segno: XLogSegNo, offset: u32, seg_size: u32) -> Lsn {
-        Lsn(segno * seg_size as u64 + offset as u64)
+        Lsn(segno.saturating_mul(seg_size as u64).saturating_add(offset as u64))
     }
 
     /// Offset inside its WAL page.

@@ -14,12 +14,15 @@ pub fn new_id(now: DateTime<Utc>, taken: &[String]) -> String {
 }
 
 /// True for strings that look like backup ids (guards `--backup` input and repository listings).
+/// Works on bytes: slicing the `str` would panic where a multi-byte character straddles a
+/// boundary (`20261121-00000é`).
 pub fn is_backup_id(s: &str) -> bool {
-    s.len() == 16
-        && s.as_bytes()[8] == b'-'
-        && s[..8].bytes().all(|b| b.is_ascii_digit())
-        && s[9..15].bytes().all(|b| b.is_ascii_digit())
-        && s.ends_with('F')
+    let b = s.as_bytes();
+    b.len() == 16
+        && b[..8].iter().all(u8::is_ascii_digit)
+        && b[8] == b'-'
+        && b[9..15].iter().all(u8::is_ascii_digit)
+        && b[15] == b'F'
 }
 
 #[cfg(test)]
@@ -36,5 +39,18 @@ mod tests {
         let b = new_id(t, std::slice::from_ref(&a));
         assert_eq!(b, "20261121-064301F");
         assert!(!is_backup_id("latest"));
+    }
+
+    /// `--backup` is operator input: a multi-byte character where a digit belongs must be
+    /// refused, not panic on a slice that splits it.
+    #[test]
+    fn non_ascii_ids_are_refused_without_panicking() {
+        for s in ["20261121-00000é", "é0261121-000000F", "2026112é-00000F", "20261121-0000é0F", "20261121-000000é"]
+        {
+            assert!(!is_backup_id(s), "{s:?}");
+        }
+        assert!(!is_backup_id("20261121_064300F"));
+        assert!(!is_backup_id("20261121-064300f"));
+        assert!(is_backup_id("20261121-064300F"));
     }
 }

@@ -8,6 +8,7 @@ mod common;
 mod archive;
 mod archive_hardening;
 mod backup_restore;
+mod bad_input;
 mod catalog_hardening;
 mod check;
 mod corruption;
