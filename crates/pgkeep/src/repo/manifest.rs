@@ -22,7 +22,7 @@ pub struct Manifest {
     pub pg_version_num: u32,
     pub pg_major: u32,
     /// Checked when read: everything derived from it divides by it.
-    #[serde(deserialize_with = "segment_size")]
+    #[serde(deserialize_with = "checked_wal_segment_size")]
     pub wal_segment_size: u32,
     pub data_checksums: bool,
     pub timeline: u32,
@@ -103,7 +103,8 @@ pub struct Entry {
     pub target: Option<String>,
 }
 
-fn segment_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+/// Serde check for every stored `wal_segment_size` (manifests, pgkeep.info).
+pub(crate) fn checked_wal_segment_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     let n = u32::deserialize(d)?;
     if pgkeep_wal::is_valid_wal_seg_size(n) {
         Ok(n)
