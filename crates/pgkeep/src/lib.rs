@@ -154,10 +154,6 @@ pub fn run(cli: &Cli, progress: Arc<dyn Progress>, rt: tokio::runtime::Handle) -
             let mut opts = restore_options(a, &cfg)?;
             let id =
                 restore::plan::choose_backup_id(&repo, opts.backup.as_deref(), &opts.target, opts.timeline.as_deref())?;
-            let archive_mode = match a.archive_mode {
-                cli::ArchiveModeArg::Off => restore::recovery::ArchiveMode::Off,
-                cli::ArchiveModeArg::Preserve => restore::recovery::ArchiveMode::Preserve,
-            };
             let manifest = repo.manifest(&id)?;
             if manifest.snapshot_layout.is_some() {
                 if a.to.is_some() {
@@ -177,7 +173,7 @@ pub fn run(cli: &Cli, progress: Arc<dyn Progress>, rt: tokio::runtime::Handle) -
                     availability_zone: a.availability_zone.clone(),
                     attach_to: a.attach_to.clone(),
                 };
-                let r = restore::snapshot::restore_with(&repo, &snap, &manifest, &opts, &sopts, archive_mode)?;
+                let r = restore::snapshot::restore(&repo, &snap, &manifest, &opts, &sopts)?;
                 return Ok(Outcome::new(&r, render::snapshot_restore(&r), true));
             }
             if a.to.is_none() || !a.volume.is_empty() {
@@ -188,7 +184,7 @@ pub fn run(cli: &Cli, progress: Arc<dyn Progress>, rt: tokio::runtime::Handle) -
                 .into());
             }
             opts.backup = Some(id);
-            let plan = restore::RestorePlan::build(&repo, &opts)?.with_archive_mode(archive_mode);
+            let plan = restore::RestorePlan::build(&repo, &opts)?;
             let r = plan.run(&repo, progress)?;
             Ok(Outcome::new(&r, render::restore(&r), true))
         }
@@ -321,5 +317,9 @@ fn restore_options(a: &cli::RestoreArgs, cfg: &Config) -> Result<restore::Restor
         timeline: a.target_timeline.as_deref().map(parse_timeline).transpose()?,
         tablespace_map: map,
         jobs: a.jobs.unwrap_or(cfg.jobs).max(1),
+        archive_mode: match a.archive_mode {
+            cli::ArchiveModeArg::Off => restore::recovery::ArchiveMode::Off,
+            cli::ArchiveModeArg::Preserve => restore::recovery::ArchiveMode::Preserve,
+        },
     })
 }

@@ -159,6 +159,7 @@ pub fn demo(args: &DemoArgs, progress: Arc<dyn Progress>, rt: tokio::runtime::Ha
         timeline: None,
         tablespace_map: Vec::new(),
         jobs: crate::config::default_jobs(),
+        archive_mode: restore::recovery::ArchiveMode::Off,
     };
     let plan = restore::RestorePlan::build(&repo, &ropts)?;
     let r = plan.run(&repo, progress.clone())?;

@@ -31,6 +31,8 @@ pub struct RestoreOptions {
     pub timeline: Option<String>,
     pub tablespace_map: Vec<(u32, PathBuf)>,
     pub jobs: usize,
+    /// Off unless `--archive-mode preserve`: a copy must not archive into the source's repository.
+    pub archive_mode: ArchiveMode,
 }
 
 /// Parse `OID=DIR`.
@@ -166,7 +168,7 @@ impl RestorePlan {
             action: opts.action,
             inclusive: opts.inclusive,
             timeline: opts.timeline.clone(),
-            archive_mode: ArchiveMode::Off,
+            archive_mode: opts.archive_mode,
         };
         Ok(RestorePlan {
             manifest,
@@ -176,12 +178,6 @@ impl RestorePlan {
             label,
             timelines,
         })
-    }
-
-    /// `preserve` for a restore that becomes the new primary (default: off).
-    pub fn with_archive_mode(mut self, mode: ArchiveMode) -> RestorePlan {
-        self.settings.archive_mode = mode;
-        self
     }
 
     pub fn run(&self, repo: &Repository, progress: Arc<dyn Progress>) -> crate::Result<RestoreReport> {

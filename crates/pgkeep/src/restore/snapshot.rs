@@ -78,20 +78,7 @@ pub fn restore(
     sopts: &SnapshotRestoreOptions,
 ) -> crate::Result<SnapshotRestoreReport> {
     let mut made = Vec::new();
-    restore_tracked_with(repo, cfg, m, opts, sopts, ArchiveMode::Off, &mut made)
-}
-
-/// [`restore`] with the copy's archiving chosen (`--archive-mode`).
-pub fn restore_with(
-    repo: &Repository,
-    cfg: &SnapshotConfig,
-    m: &Manifest,
-    opts: &RestoreOptions,
-    sopts: &SnapshotRestoreOptions,
-    archive_mode: ArchiveMode,
-) -> crate::Result<SnapshotRestoreReport> {
-    let mut made = Vec::new();
-    restore_tracked_with(repo, cfg, m, opts, sopts, archive_mode, &mut made)
+    restore_tracked(repo, cfg, m, opts, sopts, &mut made)
 }
 
 /// [`restore`], reporting each volume's clone in `made` (which starts empty) as soon as it
@@ -106,18 +93,7 @@ pub fn restore_tracked(
     sopts: &SnapshotRestoreOptions,
     made: &mut Vec<RestoredVolume>,
 ) -> crate::Result<SnapshotRestoreReport> {
-    restore_tracked_with(repo, cfg, m, opts, sopts, ArchiveMode::Off, made)
-}
-
-fn restore_tracked_with(
-    repo: &Repository,
-    cfg: &SnapshotConfig,
-    m: &Manifest,
-    opts: &RestoreOptions,
-    sopts: &SnapshotRestoreOptions,
-    archive_mode: ArchiveMode,
-    made: &mut Vec<RestoredVolume>,
-) -> crate::Result<SnapshotRestoreReport> {
+    let archive_mode = opts.archive_mode;
     let began = Instant::now();
     let id = m.id.clone();
     let layout: &SnapshotLayout = m.snapshot_layout.as_ref().ok_or_else(|| {

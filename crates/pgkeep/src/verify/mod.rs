@@ -199,6 +199,7 @@ pub fn materialise_backup(
         timeline: None,
         tablespace_map: m.tablespaces.iter().map(|t| (t.oid, scratch.tblspc.join(t.oid.to_string()))).collect(),
         jobs,
+        archive_mode: crate::restore::recovery::ArchiveMode::Off,
     };
     let plan = RestorePlan::build(repo, &opts).map_err(classify_restore_error)?;
     // Run the restore on its own thread so SIGINT is noticed: removing the scratch data
@@ -267,6 +268,7 @@ fn materialise_snapshot(
         timeline: None,
         tablespace_map: Vec::new(),
         jobs,
+        archive_mode: crate::restore::recovery::ArchiveMode::Off,
     };
     // Clones are instant (btrfs, reflink) or the operator's command (bounded by its
     // command_timeout): an interrupt is acted on when the restore returns.
