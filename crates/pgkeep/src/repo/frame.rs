@@ -288,7 +288,8 @@ pub fn encode(plain: &[u8], compression: Compression) -> (Vec<u8>, FrameSummary)
 /// Decode and verify a whole frame held in memory.
 pub fn decode(framed: &[u8], what: &str) -> Result<Vec<u8>, FrameError> {
     let mut out = Vec::new();
-    let summary = copy(framed, framed.len() as u64, &mut out, what)?;
+    let limit = trailer_of(framed, what)?.plain_size;
+    let summary = copy_checked(framed, framed.len() as u64, &mut out, what, true, Some(limit))?;
     debug_assert_eq!(summary.plain_size as usize, out.len());
     Ok(out)
 }
@@ -312,10 +313,14 @@ struct Verify<'a, W: Write> {
     out: &'a mut W,
     hasher: Option<blake3::Hasher>,
     n: u64,
+    limit: u64,
 }
 
 impl<W: Write> Write for Verify<'_, W> {
     fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        if self.n.saturating_add(b.len() as u64) > self.limit {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "decodes to more bytes than its trailer records"));
+        }
         let n = self.out.write(b)?;
         if let Some(h) = &mut self.hasher {
             h.update(&b[..n]);
@@ -331,7 +336,7 @@ impl<W: Write> Write for Verify<'_, W> {
 /// Stream-decode a frame of `framed_len` bytes from `r` into `out`, verifying size and BLAKE3.
 /// `what` names the object (and the file it holds) in errors.
 pub fn copy<R: Read, W: Write>(r: R, framed_len: u64, out: &mut W, what: &str) -> Result<FrameSummary, FrameError> {
-    copy_checked(r, framed_len, out, what, true)
+    copy_checked(r, framed_len, out, what, true, None)
 }
 
 /// Decode a whole in-memory frame checking sizes and CRCs but not the BLAKE3: for reads whose
@@ -339,7 +344,8 @@ pub fn copy<R: Read, W: Write>(r: R, framed_len: u64, out: &mut W, what: &str) -
 /// record by record), where hashing 16 MiB would only add latency.
 pub fn decode_crc_only(framed: &[u8], what: &str) -> Result<Vec<u8>, FrameError> {
     let mut out = Vec::with_capacity(frame_plain_size_hint(framed));
-    copy_checked(framed, framed.len() as u64, &mut out, what, false)?;
+    let limit = trailer_of(framed, what)?.plain_size;
+    copy_checked(framed, framed.len() as u64, &mut out, what, false, Some(limit))?;
     Ok(out)
 }
 
@@ -357,6 +363,9 @@ fn copy_checked<R: Read, W: Write>(
     out: &mut W,
     what: &str,
     verify_hash: bool,
+    // In-memory decodes stop at the size the (CRC-checked) trailer records, so a forged
+    // payload cannot make a reader allocate without bound.
+    limit: Option<u64>,
 ) -> Result<FrameSummary, FrameError> {
     if framed_len < FRAME_OVERHEAD {
         return Err(FrameError::damaged(what, format!("truncated ({framed_len} bytes)")));
@@ -367,7 +376,7 @@ fn copy_checked<R: Read, W: Write>(
     let payload_len = framed_len - FRAME_OVERHEAD;
     let mut crc_reader = CrcReader { inner: &mut r, crc: crc32c::crc32c(&h) };
     let mut payload = (&mut crc_reader).take(payload_len);
-    let mut v = Verify { out, hasher: verify_hash.then(blake3::Hasher::new), n: 0 };
+    let mut v = Verify { out, hasher: verify_hash.then(blake3::Hasher::new), n: 0, limit: limit.unwrap_or(u64::MAX) };
     match compression {
         0 => {
             io::copy(&mut payload, &mut v).map_err(|e| io_or_damaged(e, what))?;
@@ -474,6 +483,20 @@ mod tests {
                 g[i] ^= 0x20;
                 assert!(decode(&g, "obj").is_err(), "flip at {i} of {} ({c:?}) went unnoticed", f.len());
             }
+        }
+    }
+
+    #[test]
+    fn a_payload_larger_than_its_trailer_says_stops_at_the_recorded_size() {
+        let (mut f, _) = encode(&vec![0u8; 64 << 20], Compression::Zstd(1));
+        // Forge the trailer: 10 bytes recorded, its own CRC recomputed so it reads as written.
+        let t = f.len() - TRAILER_LEN;
+        f[t..t + 8].copy_from_slice(&10u64.to_le_bytes());
+        let crc = crc32c::crc32c(&f[t..t + 52]);
+        f[t + 52..t + 56].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(trailer_of(&f, "t").unwrap().plain_size, 10);
+        for err in [decode(&f, "obj").unwrap_err(), decode_crc_only(&f, "obj").unwrap_err()] {
+            assert!(err.to_string().contains("more bytes than its trailer records"), "{err}");
         }
     }
 
