@@ -150,6 +150,9 @@ impl Objects {
     }
 }
 
+// One writer per object being stored: the sealer's size (an expanded AES key schedule) does
+// not matter, and boxing it would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 enum Sink {
     Plain(RawWriter),
     Sealed(seal::SealWriter<RawWriter>),

@@ -167,6 +167,7 @@ fn encrypted_repository_hides_data_opens_only_with_its_key_and_rotates() {
             ("restore", cmd(&env, &repo, &pg, key).arg("restore").arg("--to").arg(&scratch)),
             ("archive-push", cmd(&env, &repo, &pg, key).arg("archive-push").arg(&wal_file)),
             ("wal verify", cmd(&env, &repo, &pg, key).arg("wal").arg("verify")),
+            ("init", cmd(&env, &repo, &pg, key).arg("init")),
             ("verify", cmd(&env, &repo, &pg, key).arg("verify").arg(&id)),
             ("key rotate", cmd(&env, &repo, &pg, key).arg("key").arg("rotate").arg("--new-key-file").arg(&k3)),
             ("archive-get", cmd(&env, &repo, &pg, key).arg("archive-get").arg(&late_segment).arg(scratch.join("seg"))),
@@ -248,4 +249,24 @@ fn key_file_readable_by_others_or_of_the_wrong_size_is_refused_before_anything_i
         assert!(o.one_error_line().contains(expect), "{name}: {}", o.stderr);
         assert!(!repo.exists(), "a refused init created the repository");
     }
+}
+
+#[test]
+fn a_key_given_for_a_plain_repository_is_refused() {
+    let s = common::Setup::new();
+    let k = key_file(&s.env, "k.key");
+    for args in [vec!["list"], vec!["backup"], vec!["key", "rotate", "--new-key-file"]] {
+        let mut c = s.pgkeep(["--encryption-key-file"]).arg(&k);
+        for a in &args {
+            c = c.arg(a);
+        }
+        if args[0] == "key" {
+            c = c.arg(&k);
+        }
+        let o = c.fails();
+        assert_eq!(o.code, Some(2), "{args:?}: {}", o.stderr);
+        assert!(o.one_error_line().contains("is not encrypted but an encryption key was given"), "{}", o.stderr);
+    }
+    // Plain repositories keep working without a key.
+    s.pgkeep(["list"]).ok();
 }
