@@ -77,9 +77,14 @@ fn main() {
     let restores = env.owned_dir("restores");
     for i in 0..runs {
         eprintln!("round {} of {runs} …", i + 1);
-        bp.push(timed(&mut pgk(&plain, false, &["backup"]), "plain backup"));
-        be.push(timed(&mut pgk(&sealed, true, &["backup"]), "encrypted backup"));
-        for (repo, enc, out) in [(&plain, false, &mut rp), (&sealed, true, &mut re)] {
+        // Alternate which goes first, so neither always meets a cache the other warmed.
+        let order = if i % 2 == 0 { [false, true] } else { [true, false] };
+        for enc in order {
+            let (repo, b) = if enc { (&sealed, &mut be) } else { (&plain, &mut bp) };
+            b.push(timed(&mut pgk(repo, enc, &["backup"]), "backup"));
+        }
+        for enc in order {
+            let (repo, out) = if enc { (&sealed, &mut re) } else { (&plain, &mut rp) };
             let d = restores.join(format!("r-{enc}-{i}"));
             out.push(timed(&mut pgk(repo, enc, &["restore", "--to", d.to_str().expect("utf-8")]), "restore"));
             let _ = std::fs::remove_dir_all(&d);

@@ -145,11 +145,11 @@ fn derive<const N: usize>(ikm: &[u8], salt: &[u8], info: &[u8]) -> [u8; N] {
     }
     let mut out = [0u8; N];
     let infos = [info];
-    // N is at most 32 here, far below HKDF-SHA256's 255 * 32 limit, so neither step can fail.
+    // N is at most 32 here, far below HKDF-SHA256's 255 * 32 limit: neither step can fail,
+    // and a silently unfilled (zero) key must never be used.
     let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, salt).extract(ikm);
-    if let Ok(okm) = prk.expand(&infos, Len(N)) {
-        let _ = okm.fill(&mut out);
-    }
+    let okm = prk.expand(&infos, Len(N)).expect("HKDF-SHA256 output of at most 32 bytes");
+    okm.fill(&mut out).expect("HKDF-SHA256 output of at most 32 bytes");
     out
 }
 

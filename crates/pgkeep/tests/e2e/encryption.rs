@@ -102,6 +102,11 @@ fn encrypted_repository_hides_data_opens_only_with_its_key_and_rotates() {
     // Only in WAL: written after the backup, archived by archive_command with the key.
     pg.sql(&format!("INSERT INTO secret VALUES (0, '{LATE_MARKER}')"));
     let late_segment = pg.switch_and_wait_archived(&repo);
+    // An identical re-push is recognised through the seal (random salts make the stored bytes
+    // differ each time, the opened content does not).
+    let again =
+        cmd(&env, &repo, &pg, Some(&k1)).arg("archive-push").arg(pg.pgdata().join("pg_wal").join(&late_segment)).json();
+    assert_eq!(again["outcome"], "already-archived", "{again}");
 
     // Nothing stored contains the markers, and every object but pgkeep.info is sealed.
     let mut all = Vec::new();
