@@ -143,6 +143,9 @@ fn encrypted_repository_hides_data_opens_only_with_its_key_and_rotates() {
         assert_eq!(r.int(&format!("SELECT count(*) FROM secret WHERE v = '{LATE_MARKER}'")), 1);
         r.stop();
     }
+    // The restore drill (its scratch restore replays WAL through archive-get) works too.
+    let drill = cmd(&env, &repo, &pg, Some(&k1)).arg("verify").arg(&id).json();
+    assert_eq!(drill["ok"], true, "{drill}");
     pg.stop();
 
     // The key can also come from the environment and from the config file.
