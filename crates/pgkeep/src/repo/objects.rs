@@ -212,3 +212,44 @@ impl Write for ObjectWriter {
 pub fn is_damaged(e: &StorageError) -> bool {
     matches!(e, StorageError::Sealed { .. })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::storage::RepoLocation;
+
+    #[test]
+    fn sealed_objects_round_trip_through_every_call_and_store_no_plaintext() {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let raw = Storage::open(&RepoLocation::Local(dir.path().to_path_buf()), rt.handle().clone(), false).unwrap();
+        let o = Objects::new(raw, Some(DataKey::generate().unwrap()));
+        let text = b"plaintext that must not be stored as is".repeat(5000);
+        o.put("a/one", Bytes::from(text.clone())).unwrap();
+        assert_eq!(o.get("a/one").unwrap(), text);
+        assert_eq!(
+            o.put_new_parts("a/two", vec![Bytes::from_static(b"x"), Bytes::from(text.clone())]).unwrap(),
+            PutOutcome::Created
+        );
+        assert_eq!(o.put_new("a/two", Bytes::from_static(b"y")).unwrap(), PutOutcome::AlreadyExists);
+        let mut w = o.create_writer("a/three").unwrap();
+        w.write_all(&text).unwrap();
+        assert_eq!(w.written(), text.len() as u64, "plaintext offsets");
+        let stored = w.finish().unwrap();
+        assert_eq!(stored, seal::sealed_len(text.len() as u64));
+        let mut r = o.open_reader("a/three", Some(70_000..70_100)).unwrap();
+        let mut part = Vec::new();
+        r.read_to_end(&mut part).unwrap();
+        assert_eq!(part, &text[70_000..70_100]);
+        assert_eq!(o.get_range("a/three", 5..9).unwrap(), &text[5..9]);
+        for k in ["a/one", "a/two", "a/three"] {
+            let b = std::fs::read(dir.path().join(k)).unwrap();
+            assert!(b.starts_with(b"PGKS"));
+            assert!(!b.windows(9).any(|w| w == b"plaintext"), "{k} holds plaintext");
+        }
+        // An object moved to another key does not open, and says which one it is.
+        std::fs::copy(dir.path().join("a/one"), dir.path().join("a/four")).unwrap();
+        let e = o.get("a/four").unwrap_err();
+        assert!(is_damaged(&e) && e.to_string().contains("'a/four' failed authentication"), "{e}");
+    }
+}
