@@ -27,6 +27,11 @@ pub struct GlobalArgs {
     /// Repository: a local path (s3://bucket/prefix in builds with S3 support).
     #[arg(long, global = true, env = "PGKEEP_REPO", value_name = "REPO")]
     pub repo: Option<String>,
+    /// Key file of an encrypted repository: 32 random bytes, readable by its owner only
+    /// (`head -c 32 /dev/urandom > FILE; chmod 600 FILE`). With `init`: encrypt the new
+    /// repository.
+    #[arg(long, global = true, env = "PGKEEP_ENCRYPTION_KEY_FILE", value_name = "FILE")]
+    pub encryption_key_file: Option<PathBuf>,
     /// libpq connection string or URI (e.g. "host=/var/run/postgresql user=postgres").
     #[arg(long, global = true, value_name = "CONNINFO")]
     pub pg: Option<String>,
@@ -74,6 +79,9 @@ pub enum Command {
     /// WAL integrity and forensics: check the archive, inspect a data directory's WAL.
     #[command(subcommand)]
     Wal(WalCommand),
+    /// Encryption keys of an encrypted repository.
+    #[command(subcommand)]
+    Key(KeyCommand),
     /// How much a failure could cost now: checkpoint interval, archive lag, backup ages, worst-case loss.
     Rpo(RpoArgs),
 }
@@ -87,6 +95,21 @@ pub enum WalCommand {
     /// the damaged segments, the commits at risk, and whether the archive has intact copies.
     /// Exit 0 only when nothing is damaged.
     Inspect(WalInspectArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Rewrap the repository's data key under a new key file (the current one comes from
+    /// --encryption-key-file); no data is rewritten, and afterwards only the new key opens
+    /// the repository.
+    Rotate(KeyRotateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KeyRotateArgs {
+    /// The new key file (32 random bytes, mode 0600 or 0400).
+    #[arg(long, value_name = "FILE")]
+    pub new_key_file: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -37,6 +37,8 @@ pub struct FileConfig {
     pub compress_level: Option<i32>,
     pub archive_timeout: Option<u64>,
     pub max_rate: Option<String>,
+    /// Key file of an encrypted repository (32 random bytes, mode 0600 or 0400).
+    pub encryption_key_file: Option<PathBuf>,
     /// Snapshot volumes (`[[volume]]`); when present, `pgkeep backup` takes snapshot backups.
     #[serde(default)]
     pub volume: Vec<VolumeConfig>,
@@ -57,6 +59,7 @@ pub struct Config {
     pub compress_level: i32,
     pub archive_timeout: Duration,
     pub max_rate: Option<u64>,
+    pub encryption_key_file: Option<PathBuf>,
     pub file: FileConfig,
     pub config_path: Option<PathBuf>,
 }
@@ -85,6 +88,7 @@ impl Config {
             compress_level: file.compress_level.unwrap_or(1),
             archive_timeout: Duration::from_secs(file.archive_timeout.unwrap_or(60)),
             max_rate,
+            encryption_key_file: g.encryption_key_file.clone().or_else(|| file.encryption_key_file.clone()),
             file,
             config_path,
         })

@@ -23,6 +23,8 @@ pub enum Error {
     #[error(transparent)]
     Storage(#[from] repo::StorageError),
     #[error(transparent)]
+    Key(#[from] repo::KeyError),
+    #[error(transparent)]
     Frame(#[from] repo::FrameError),
     #[error(transparent)]
     Pg(#[from] pg::PgError),
@@ -49,6 +51,7 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Config(_) => 2,
+            Error::Key(k) if k.is_usage() => 2,
             Error::Snapshot(s) if s.is_usage() => 2,
             // PostgreSQL treats a restore_command exit status above 125 as fatal: recovery stops
             // instead of ending early at a damaged or unreadable archive copy.

@@ -65,18 +65,19 @@ pub fn hostname() -> String {
 pub fn run(cli: &Cli, progress: Arc<dyn Progress>, rt: tokio::runtime::Handle) -> Result<Outcome> {
     let cfg = Config::load(&cli.global)?;
     let conn = || ConnParams::resolve(cfg.pg.as_deref());
-    let open_repo = || -> Result<Repository> { Repository::open(&cfg.repo_location()?, rt.clone()) };
+    let key = cfg.encryption_key_file.as_deref();
+    let open_repo = || -> Result<Repository> { Repository::open(&cfg.repo_location()?, key, rt.clone()) };
     match &cli.command {
         Command::Init(_) => {
             let loc = cfg.repo_location()?;
             let c = conn()?;
-            let r = command::init::init(&loc, Some(&c), cfg.pgdata.as_deref(), rt.clone())?;
+            let r = command::init::init(&loc, Some(&c), cfg.pgdata.as_deref(), key, rt.clone())?;
             Ok(Outcome::new(&r, render::init(&r), true))
         }
         Command::Check(a) => {
             let loc = cfg.repo_location()?;
             let timeout = a.archive_timeout.map(std::time::Duration::from_secs).unwrap_or(cfg.archive_timeout);
-            let r = command::check::check(&loc, &conn()?, cfg.pgdata.as_deref(), timeout, rt.clone());
+            let r = command::check::check(&loc, key, &conn()?, cfg.pgdata.as_deref(), timeout, rt.clone());
             Ok(Outcome::new(&r, render::check(&r), r.ok))
         }
         Command::ArchivePush(a) => {
@@ -209,6 +210,10 @@ pub fn run(cli: &Cli, progress: Arc<dyn Progress>, rt: tokio::runtime::Handle) -
             let r = command::demo::demo(a, progress, rt.clone())?;
             Ok(Outcome::new(&r, render::demo(&r), r.ok))
         }
+        Command::Key(cli::KeyCommand::Rotate(a)) => {
+            let r = command::key::rotate(&open_repo()?, &a.new_key_file)?;
+            Ok(Outcome::new(&r, render::key_rotate(&r), true))
+        }
         Command::Wal(cli::WalCommand::Verify(_)) => {
             let r = wal::verify::verify(&open_repo()?)?;
             Ok(Outcome::new(&r, wal::verify::render(&r), r.ok))
@@ -272,7 +277,7 @@ fn verify_command(
         let r = verify::verify_pgdata(dir, a.wal_dir.as_deref(), &opts, progress, rt.clone(), &interrupt)?;
         return Ok(Outcome::new(&r, render::verify(&r), r.ok));
     }
-    let repo = Repository::open(&cfg.repo_location()?, rt.clone())?;
+    let repo = Repository::open(&cfg.repo_location()?, cfg.encryption_key_file.as_deref(), rt.clone())?;
     let reports = verify::verify_backups(&repo, a.backup.as_deref(), &opts, progress, &interrupt)?;
     let ok = reports.iter().all(|r| r.ok);
     if a.backup.as_deref() == Some("all") {

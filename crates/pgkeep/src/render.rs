@@ -20,6 +20,9 @@ pub fn init(r: &InitReport) -> String {
         r.pg_major,
         human_bytes(r.wal_segment_size as u64)
     );
+    if r.encrypted {
+        s.push_str("; encrypted (keep the key file safe and backed up apart from the repository: without it nothing here can be restored)");
+    }
     if let Some(o) = &r.owner {
         let _ = write!(s, "; owned by {o} so archive_command can write to it");
     }
@@ -289,4 +292,11 @@ pub fn demo(r: &DemoReport) -> String {
 
 pub fn verify(r: &crate::verify::DrillReport) -> String {
     crate::verify::report::render(r)
+}
+
+pub fn key_rotate(r: &crate::command::key::RotateReport) -> String {
+    format!(
+        "repository {}: data key rewrapped under {}; {} no longer opens it (update encryption_key_file / PGKEEP_ENCRYPTION_KEY_FILE and restore_command settings that name it)",
+        r.repo, r.new_key_file, r.old_key_file
+    )
 }

@@ -110,6 +110,8 @@ fn stored_copy(repo: &Repository, key: &str, name: &str) -> crate::Result<Stored
     let framed = match repo.storage().get(key) {
         Ok(b) => b,
         Err(e) if e.is_not_found() => return Ok(Stored::Absent),
+        // A sealed copy that does not authenticate is damaged like one failing its checksum.
+        Err(e) if crate::repo::objects::is_damaged(&e) => return Ok(Stored::Damaged(e.to_string())),
         Err(e) => return Err(e.into()),
     };
     match frame::copy(&framed[..], framed.len() as u64, &mut std::io::sink(), &format!("archived {name}")) {

@@ -13,7 +13,7 @@ use super::BackupError;
 use crate::progress::Progress;
 use crate::repo::frame::{Compression, FrameWriter};
 use crate::repo::layout;
-use crate::repo::storage::{ObjectWriter, Storage};
+use crate::repo::{ObjectWriter, Objects};
 
 /// Files at or below this size go into bundles.
 pub const BUNDLE_FILE_LIMIT: u64 = 4 * 1024 * 1024;
@@ -44,7 +44,7 @@ pub struct CopyOutcome {
 }
 
 pub struct CopyParams<'a> {
-    pub storage: &'a Storage,
+    pub storage: &'a Objects,
     pub backup_id: &'a str,
     pub compression: Compression,
     pub jobs: usize,

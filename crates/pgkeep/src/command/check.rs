@@ -41,6 +41,7 @@ impl Items {
 
 pub fn check(
     location: &RepoLocation,
+    key: Option<&Path>,
     conn: &ConnParams,
     pgdata: Option<&Path>,
     archive_timeout: Duration,
@@ -140,7 +141,7 @@ pub fn check(
         }
     }
 
-    let repo = match Repository::open(location, rt.clone()) {
+    let repo = match Repository::open(location, key, rt.clone()) {
         Ok(r) => r,
         Err(e) => {
             items.fail("repository", e.to_string(), format!("run `pgkeep init --repo {location}`"));

@@ -73,8 +73,8 @@ pub fn demo(args: &DemoArgs, progress: Arc<dyn Progress>, rt: tokio::runtime::Ha
 
     let conn = src.conn("postgres");
     let loc = RepoLocation::Local(repo_dir.clone());
-    let init_report = init::init(&loc, Some(&conn), Some(&src_data), rt.clone())?;
-    let repo = Repository::open(&loc, rt.clone())?;
+    let init_report = init::init(&loc, Some(&conn), Some(&src_data), None, rt.clone())?;
+    let repo = Repository::open(&loc, None, rt.clone())?;
     note(
         format!(
             "initialized repository {} for system identifier {}",

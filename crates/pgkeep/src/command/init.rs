@@ -7,8 +7,11 @@ use chrono::Utc;
 use serde::Serialize;
 
 use crate::pg::{ConnParams, ServerInfo};
-use crate::repo::info::{RepoInfo, REPO_FORMAT};
-use crate::repo::{frame, layout, read_info, Compression, PutOutcome, RepoError, RepoLocation, Storage};
+use crate::repo::info::{RepoInfo, REPO_FORMAT, REPO_FORMAT_SEALED};
+use crate::repo::seal::DataKey;
+use crate::repo::{
+    frame, layout, read_info, Compression, KeyError, KeyFile, PutOutcome, RepoError, RepoLocation, Storage,
+};
 use crate::{fsutil, Error};
 
 #[derive(Debug, Serialize)]
@@ -20,6 +23,8 @@ pub struct InitReport {
     /// false when the repository was already initialized for this cluster.
     pub created: bool,
     pub owner: Option<String>,
+    /// Objects are sealed under a data key wrapped by the key file.
+    pub encrypted: bool,
 }
 
 /// Facts about the cluster, from the server and/or its data directory.
@@ -35,8 +40,11 @@ pub fn init(
     location: &RepoLocation,
     conn: Option<&ConnParams>,
     pgdata: Option<&Path>,
+    key: Option<&Path>,
     rt: tokio::runtime::Handle,
 ) -> crate::Result<InitReport> {
+    // A bad key file is refused before anything is created.
+    let key_file = key.map(KeyFile::load).transpose()?;
     let from_server = match conn {
         Some(c) => match rt.block_on(async {
             let client = c.connect().await?;
@@ -96,14 +104,20 @@ pub fn init(
     }
     // Reopen so the storage sees the (possibly new) owner.
     let storage = Storage::open(location, storage.runtime().clone(), false)?;
+    let system_identifier = facts.system_identifier.to_string();
+    let encryption = match &key_file {
+        Some(kf) => Some(DataKey::generate()?.wrap(kf, &system_identifier)?),
+        None => None,
+    };
     let info = RepoInfo {
-        format: REPO_FORMAT,
-        system_identifier: facts.system_identifier.to_string(),
+        format: if encryption.is_some() { REPO_FORMAT_SEALED } else { REPO_FORMAT },
+        system_identifier,
         pg_major: facts.pg_major,
         pg_version_num: facts.pg_version_num,
         wal_segment_size: facts.wal_segment_size,
         created_at: Utc::now(),
         created_by: format!("pgkeep {}", env!("CARGO_PKG_VERSION")),
+        encryption,
     };
     let report = |created| InitReport {
         repo: location.to_string(),
@@ -112,9 +126,10 @@ pub fn init(
         wal_segment_size: info.wal_segment_size,
         created,
         owner: owner.clone(),
+        encrypted: info.encryption.is_some(),
     };
     if let Some(existing) = read_info(&storage)? {
-        return same_cluster(location, &existing, &info).map(|_| report(false));
+        return same_repo(location, &existing, &info, key_file.as_ref()).map(|_| report(false));
     }
     let json = serde_json::to_vec_pretty(&info).map_err(|e| Error::other(e.to_string()))?;
     let (framed, _) = frame::encode(&json, Compression::None);
@@ -122,9 +137,27 @@ pub fn init(
         PutOutcome::Created => Ok(report(true)),
         PutOutcome::AlreadyExists => {
             let existing = read_info(&storage)?.ok_or_else(|| Error::other("repository info vanished during init"))?;
-            same_cluster(location, &existing, &info).map(|_| report(false))
+            same_repo(location, &existing, &info, key_file.as_ref()).map(|_| report(false))
         }
     }
+}
+
+/// `init` of an existing repository succeeds when it is this cluster's and the key (or its
+/// absence) matches how it was initialized.
+fn same_repo(location: &RepoLocation, existing: &RepoInfo, new: &RepoInfo, key: Option<&KeyFile>) -> crate::Result<()> {
+    same_cluster(location, existing, new)?;
+    let loc = location.to_string();
+    match (&existing.encryption, key) {
+        (Some(enc), Some(kf)) => {
+            DataKey::unwrap(enc, kf, &existing.system_identifier, &loc)?;
+        }
+        (Some(_), None) => return Err(KeyError::Required { location: loc }.into()),
+        (None, Some(kf)) => {
+            return Err(KeyError::NotEncrypted { location: loc, file: kf.path().display().to_string() }.into())
+        }
+        (None, None) => {}
+    }
+    Ok(())
 }
 
 fn same_cluster(location: &RepoLocation, existing: &RepoInfo, new: &RepoInfo) -> crate::Result<()> {

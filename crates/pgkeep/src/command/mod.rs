@@ -1,5 +1,6 @@
-//! Small commands that are not a domain of their own: init, check, demo.
+//! Small commands that are not a domain of their own: init, check, demo, key rotate.
 
 pub mod check;
 pub mod demo;
 pub mod init;
+pub mod key;

@@ -5,6 +5,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub const REPO_FORMAT: u32 = 1;
+/// The format of an encrypted repository: every object but `pgkeep.info` is sealed
+/// (docs/repo-format.md). A pgkeep that reads only format 1 refuses it instead of failing on
+/// every object.
+pub const REPO_FORMAT_SEALED: u32 = 2;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RepoInfo {
@@ -20,6 +24,9 @@ pub struct RepoInfo {
     pub wal_segment_size: u32,
     pub created_at: DateTime<Utc>,
     pub created_by: String,
+    /// Present exactly in encrypted repositories (format 2): the wrapped data key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<super::seal::EncryptionInfo>,
 }
 
 impl RepoInfo {

@@ -7,6 +7,8 @@ pub mod info;
 pub mod layout;
 pub mod lock;
 pub mod manifest;
+pub mod objects;
+pub mod seal;
 pub mod snapshot_layout;
 pub mod storage;
 pub mod verdict;
@@ -19,6 +21,8 @@ use tokio::runtime::Handle;
 pub use frame::{Compression, FrameError, FrameSummary};
 pub use info::RepoInfo;
 pub use manifest::Manifest;
+pub use objects::{ObjectWriter, Objects};
+pub use seal::{KeyError, KeyFile};
 pub use storage::{ObjectInfo, PutOutcome, RepoLocation, Storage, StorageError};
 
 #[derive(Debug, thiserror::Error)]
@@ -48,14 +52,19 @@ pub enum RepoError {
 /// An opened, initialized repository.
 #[derive(Clone)]
 pub struct Repository {
-    storage: Storage,
+    objects: Objects,
     info: RepoInfo,
     location: RepoLocation,
+    /// The key file that opened an encrypted repository (absolute): commands pgkeep writes for
+    /// PostgreSQL (restore_command) must name it too.
+    key_file: Option<std::path::PathBuf>,
 }
 
 impl Repository {
-    /// Open an initialized repository.
-    pub fn open(location: &RepoLocation, rt: Handle) -> crate::Result<Repository> {
+    /// Open an initialized repository; an encrypted one needs its key file (`key`), a plain
+    /// one refuses a key (the operator expects encryption that is not there). Nothing is
+    /// written before the key has been checked.
+    pub fn open(location: &RepoLocation, key: Option<&std::path::Path>, rt: Handle) -> crate::Result<Repository> {
         let storage = Storage::open(location, rt, false).map_err(|e| match e {
             StorageError::Io { op: "open", .. } => {
                 crate::Error::Repo(RepoError::NotInitialized { location: location.to_string() })
@@ -63,24 +72,51 @@ impl Repository {
             other => other.into(),
         })?;
         let info = read_info(&storage)?.ok_or_else(|| RepoError::NotInitialized { location: location.to_string() })?;
-        if info.format != info::REPO_FORMAT {
+        let sealed = info.format == info::REPO_FORMAT_SEALED;
+        if info.format != info::REPO_FORMAT && !sealed {
             return Err(RepoError::Format {
                 location: location.to_string(),
                 found: info.format,
-                supported: info::REPO_FORMAT,
+                supported: info::REPO_FORMAT_SEALED,
             }
             .into());
         }
-        Ok(Repository { storage, info, location: location.clone() })
+        let loc = location.to_string();
+        let (data_key, key_file) = match (&info.encryption, key) {
+            (Some(enc), Some(path)) if sealed => {
+                let kf = KeyFile::load(path)?;
+                let dk = seal::DataKey::unwrap(enc, &kf, &info.system_identifier, &loc)?;
+                (Some(dk), Some(kf.path().to_path_buf()))
+            }
+            (Some(_), None) if sealed => return Err(KeyError::Required { location: loc }.into()),
+            (None, Some(path)) if !sealed => {
+                return Err(KeyError::NotEncrypted { location: loc, file: path.display().to_string() }.into())
+            }
+            (None, None) if !sealed => (None, None),
+            _ => {
+                return Err(KeyError::Damaged {
+                    location: loc,
+                    detail: format!("format {} does not match its encryption section", info.format),
+                }
+                .into())
+            }
+        };
+        Ok(Repository { objects: Objects::new(storage, data_key), info, location: location.clone(), key_file })
     }
 
     /// Wrap storage and info that are already known (used by `init`).
-    pub fn from_parts(storage: Storage, info: RepoInfo, location: RepoLocation) -> Repository {
-        Repository { storage, info, location }
+    pub fn from_parts(objects: Objects, info: RepoInfo, location: RepoLocation) -> Repository {
+        Repository { objects, info, location, key_file: None }
     }
 
-    pub fn storage(&self) -> &Storage {
-        &self.storage
+    /// The repository's objects (sealed and opened here when the repository is encrypted).
+    pub fn storage(&self) -> &Objects {
+        &self.objects
+    }
+
+    /// The key file that opened this (encrypted) repository.
+    pub fn key_file(&self) -> Option<&std::path::Path> {
+        self.key_file.as_deref()
     }
 
     pub fn info(&self) -> &RepoInfo {
@@ -92,7 +128,7 @@ impl Repository {
     }
 
     pub fn runtime(&self) -> &Handle {
-        self.storage.runtime()
+        self.objects.runtime()
     }
 
     /// Refuse to work for a cluster this repository does not belong to.
@@ -117,13 +153,13 @@ impl Repository {
     /// Store a small framed object (replaces atomically).
     pub fn put_framed(&self, key: &str, plain: &[u8]) -> crate::Result<FrameSummary> {
         let (framed, summary) = frame::encode(plain, Compression::Zstd(3));
-        self.storage.put(key, Bytes::from(framed))?;
+        self.objects.put(key, Bytes::from(framed))?;
         Ok(summary)
     }
 
     /// Read and verify a small framed object.
     pub fn get_framed(&self, key: &str) -> crate::Result<Vec<u8>> {
-        let framed = self.storage.get(key)?;
+        let framed = self.objects.get(key)?;
         Ok(frame::decode(&framed, &format!("repository object '{key}'"))?)
     }
 
@@ -152,7 +188,7 @@ impl Repository {
         match self.get_json(&layout::manifest_key(id)) {
             Ok(m) => Ok(m),
             Err(crate::Error::Storage(StorageError::NotFound { .. })) => {
-                if self.storage.head(&layout::backup_started_key(id))?.is_some() {
+                if self.objects.head(&layout::backup_started_key(id))?.is_some() {
                     Err(RepoError::Incomplete { location: self.location.to_string(), id: id.to_string() }.into())
                 } else {
                     Err(RepoError::NoSuchBackup { location: self.location.to_string(), id: id.to_string() }.into())

@@ -100,6 +100,12 @@ pub enum StorageError {
     Io { location: String, op: &'static str, key: String, detail: String, hint: String },
     #[error("repository location '{location}' is not supported; hint: {hint}")]
     Unsupported { location: String, hint: String },
+    /// A sealed object (encrypted repository, repo/objects.rs) that does not authenticate;
+    /// `detail` names the object.
+    #[error(
+        "repository {location}: {detail}; hint: the stored copy cannot be trusted, use another backup or archive copy"
+    )]
+    Sealed { location: String, key: String, detail: String },
 }
 
 impl StorageError {

@@ -163,7 +163,7 @@ impl RestorePlan {
             }
         }
         let settings = RecoverySettings {
-            restore_command: recovery::restore_command(&repo.location().to_string()),
+            restore_command: recovery::restore_command(&repo.location().to_string(), repo.key_file()),
             target: opts.target.clone(),
             action: opts.action,
             inclusive: opts.inclusive,
@@ -202,6 +202,9 @@ impl RestorePlan {
             path: pgdata.join("postgresql.auto.conf").display().to_string(),
             detail: e.to_string(),
         })?;
+        if let Some(warning) = recovery::key_file_warning(pgdata, repo.key_file()) {
+            tracing::warn!("{warning}");
+        }
         materialize::sync_restored(m, &self.map)?;
         materialize::publish_pg_control(&self.map)?;
 

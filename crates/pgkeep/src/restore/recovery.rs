@@ -89,10 +89,30 @@ impl RecoverySettings {
     }
 }
 
-/// `"<pgkeep>" --repo "<repo>" archive-get %f "%p"`, with the absolute path of this binary.
-pub fn restore_command(repo_location: &str) -> String {
+/// `"<pgkeep>" --repo "<repo>" archive-get %f "%p"`, with the absolute path of this binary;
+/// for an encrypted repository also `--encryption-key-file "<file>"` (absolute): the server
+/// runs restore_command without pgkeep's flags or environment.
+pub fn restore_command(repo_location: &str, key_file: Option<&Path>) -> String {
     let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "pgkeep".into());
-    format!("\"{exe}\" --repo \"{repo_location}\" archive-get %f \"%p\"")
+    let key = key_file.map(|k| format!(" --encryption-key-file \"{}\"", k.display())).unwrap_or_default();
+    format!("\"{exe}\" --repo \"{repo_location}\"{key} archive-get %f \"%p\"")
+}
+
+/// restore_command runs as the server's OS user (the data directory's owner), and a key file
+/// is readable by its owner only: say so when the two differ, before recovery fails on it.
+pub fn key_file_warning(pgdata: &Path, key_file: Option<&Path>) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let key = key_file?;
+    let server_uid = fsutil::owner_of(pgdata).ok()?.0;
+    let key_uid = fs::metadata(key).ok()?.uid();
+    (server_uid != 0 && server_uid != key_uid).then(|| {
+        format!(
+            "restore_command runs as the owner of {} (uid {server_uid}), who cannot read the key file {} (owner uid {key_uid}, readable by its owner only); hint: give that user its own copy (`install -o <server user> -m 600 {} <path>`) and point restore_command's --encryption-key-file at it",
+            pgdata.display(),
+            key.display(),
+            key.display()
+        )
+    })
 }
 
 fn quote(v: &str) -> String {

@@ -172,6 +172,8 @@ pub fn inspect(pgdata: &Path, archive: ArchiveSource<'_>) -> crate::Result<Inspe
     let mut with_archive: Option<WalInspection> = None;
     let mut steps = Vec::new();
     let mut repo_loc: Option<RepoLocation> = None;
+    // The suggested archive-get commands must name the key of an encrypted repository.
+    let mut key_arg = String::new();
     match archive {
         ArchiveSource::None => {
             consulted.reason = Some("no repository given (--repo, PGKEEP_REPO or the config file)".into())
@@ -191,6 +193,9 @@ pub fn inspect(pgdata: &Path, archive: ArchiveSource<'_>) -> crate::Result<Inspe
             } else if local.damaged {
                 consulted.consulted = true;
                 repo_loc = Some(repo.location().clone());
+                if let Some(k) = repo.key_file() {
+                    key_arg = format!(" --encryption-key-file {}", shell_quote(&k.display().to_string()));
+                }
                 let mut substitutes: BTreeMap<String, Vec<u8>> = BTreeMap::new();
                 for d in &local.damaged_segments {
                     let (copy, data) = archived_copy(repo, &control, &start, &d.file);
@@ -237,7 +242,7 @@ pub fn inspect(pgdata: &Path, archive: ArchiveSource<'_>) -> crate::Result<Inspe
             if let ArchiveCopy::Intact { file, .. } = copy {
                 let dest = pgdata_abs.join("pg_wal").join(seg);
                 let command = format!(
-                    "{run_as}{} --repo {} archive-get {} {}",
+                    "{run_as}{} --repo {}{key_arg} archive-get {} {}",
                     shell_quote(&exe),
                     shell_quote(&loc.to_string()),
                     shell_quote(file),

@@ -14,6 +14,7 @@ mod check;
 mod corruption;
 mod demo;
 mod docs;
+mod encryption;
 mod init;
 mod interrupted;
 mod pitr;

@@ -111,6 +111,7 @@ fn rpo_fields_move_with_checkpoints_archive_lag_and_backups() {
     assert!(r5["newest_verified_backup_age_seconds"].is_null());
     let repo = pgkeep::repo::Repository::open(
         &pgkeep::repo::RepoLocation::parse(s.repo.to_str().unwrap()).unwrap(),
+        None,
         s.env.rt.handle().clone(),
     )
     .unwrap();
