@@ -124,6 +124,9 @@ impl Objects {
     pub fn delete(&self, key: &str) -> Result<(), StorageError> {
         self.raw.delete(key)
     }
+    pub fn delete_durable(&self, key: &str) -> Result<(), StorageError> {
+        self.raw.delete_durable(key)
+    }
     pub fn delete_prefix(&self, prefix: &str) -> Result<(), StorageError> {
         self.raw.delete_prefix(prefix)
     }
