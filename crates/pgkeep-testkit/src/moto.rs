@@ -66,12 +66,12 @@ impl MotoServer {
         ]
     }
 
-    /// Run a Python snippet with boto3 (`ec2()` returns a client for this server); returns
+    /// Run a Python snippet with boto3 (`ec2()` and `s3()` return clients for this server); returns
     /// stdout. Panics with stderr on failure.
     pub fn python(&self, script: &str) -> String {
         let prelude = format!(
-            "import json, boto3\ndef ec2():\n    return boto3.client('ec2', endpoint_url='{}', region_name='us-east-1')\n",
-            self.endpoint
+            "import json, boto3\ndef ec2():\n    return boto3.client('ec2', endpoint_url='{e}', region_name='us-east-1')\ndef s3():\n    return boto3.client('s3', endpoint_url='{e}', region_name='us-east-1')\n",
+            e = self.endpoint
         );
         let out = Command::new(self.venv.join("bin/python"))
             .arg("-c")

@@ -7,6 +7,7 @@ pub mod info;
 pub mod layout;
 pub mod lock;
 pub mod manifest;
+pub mod s3;
 pub mod storage;
 pub mod verdict;
 

@@ -24,28 +24,47 @@ use futures::StreamExt;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjPath;
 use object_store::{
-    GetOptions, GetRange, GetResultPayload, MultipartUpload, ObjectStore, ObjectStoreExt, PutMode, PutOptions,
-    PutPayload,
+    GetOptions, GetRange, GetResultPayload, MultipartUpload, ObjectStore, ObjectStoreExt, PutMode,
+    PutMultipartOptions, PutOptions, PutPayload,
 };
 use tokio::runtime::Handle;
 
+use super::s3::{S3Location, S3Settings};
 use crate::fsutil;
 
 /// Where a repository lives, as the operator wrote it (`/path` or `s3://bucket/prefix`).
+/// The one place that picks a backend from the URL (with [`Storage::open`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RepoLocation {
     Local(PathBuf),
+    S3(Box<S3Location>),
 }
 
 impl RepoLocation {
     pub fn parse(s: &str) -> Result<Self, StorageError> {
+        Self::parse_with(s, None, None)
+    }
+
+    /// Parse with the config file's `[s3]` table (`config_file`: where it came from).
+    pub fn parse_with(
+        s: &str,
+        s3: Option<&S3Settings>,
+        config_file: Option<&Path>,
+    ) -> Result<Self, StorageError> {
         if let Some(rest) = s.strip_prefix("file://") {
             return Ok(RepoLocation::Local(PathBuf::from(rest)));
+        }
+        if s.starts_with("s3://") {
+            let mut loc = S3Location::parse(s)
+                .map_err(|e| StorageError::Unsupported { location: s.to_string(), hint: e })?;
+            loc.settings = s3.cloned().unwrap_or_default();
+            loc.config_file = config_file.map(fsutil::absolute);
+            return Ok(RepoLocation::S3(Box::new(loc)));
         }
         if s.contains("://") {
             return Err(StorageError::Unsupported {
                 location: s.to_string(),
-                hint: "only local paths are supported by this build; use an absolute path".into(),
+                hint: "use a local path or s3://BUCKET/PREFIX".into(),
             });
         }
         if s.is_empty() {
@@ -56,12 +75,25 @@ impl RepoLocation {
         }
         Ok(RepoLocation::Local(fsutil::absolute(Path::new(s))))
     }
+
+    /// `--repo "…"` (and, for an object store configured in a file, `--config "…"`): what a
+    /// pgkeep run elsewhere (restore_command) needs to reach this repository.
+    pub fn command_args(&self) -> String {
+        match self {
+            RepoLocation::Local(_) => format!("--repo \"{self}\""),
+            RepoLocation::S3(l) => match &l.config_file {
+                Some(f) => format!("--config \"{}\" --repo \"{self}\"", f.display()),
+                None => format!("--repo \"{self}\""),
+            },
+        }
+    }
 }
 
 impl std::fmt::Display for RepoLocation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             RepoLocation::Local(p) => write!(f, "{}", p.display()),
+            RepoLocation::S3(l) => write!(f, "{l}"),
         }
     }
 }
@@ -98,8 +130,12 @@ pub enum StorageError {
     AlreadyExists { location: String, key: String },
     #[error("repository {location}: cannot {op} '{key}': {detail}; hint: {hint}")]
     Io { location: String, op: &'static str, key: String, detail: String, hint: String },
+    #[error("repository {location}: {detail}; hint: {hint}")]
+    Config { location: String, detail: String, hint: String },
     #[error("repository location '{location}' is not supported; hint: {hint}")]
     Unsupported { location: String, hint: String },
+    #[error("repository {location} does not enforce conditional create: a second create-if-absent (If-None-Match: *) of '{key}' replaced the object; pgkeep refuses a store that could overwrite archived WAL; hint: use a store or version that honours If-None-Match on PUT (AWS S3, MinIO, Ceph RGW 18+)")]
+    NoConditionalCreate { location: String, key: String },
 }
 
 impl StorageError {
@@ -129,6 +165,8 @@ pub struct Storage {
     rt: Handle,
     location: String,
     local: Option<LocalExtras>,
+    #[cfg(feature = "s3")]
+    remote: Option<Arc<super::s3::Remote>>,
 }
 
 /// Size of the parts a streaming writer sends; S3 needs at least 5 MiB per part.
@@ -173,8 +211,64 @@ impl Storage {
                     rt,
                     location,
                     local: Some(LocalExtras { root: root.clone(), owner }),
+                    #[cfg(feature = "s3")]
+                    remote: None,
                 })
             }
+            #[cfg(feature = "s3")]
+            RepoLocation::S3(l) => {
+                // Nothing to create: the bucket is the operator's, and a prefix is only a name.
+                let _ = create;
+                let (store, remote) = super::s3::open(l, &rt)?;
+                Ok(Storage { store, rt, location: l.to_string(), local: None, remote: Some(Arc::new(remote)) })
+            }
+            #[cfg(not(feature = "s3"))]
+            RepoLocation::S3(l) => Err(StorageError::Unsupported {
+                location: l.to_string(),
+                hint: "this pgkeep was built without S3 support; build it with the cargo feature `s3`".into(),
+            }),
+        }
+    }
+
+    /// Which credential source an object store's requests are signed with (a provider name,
+    /// never a secret); None for local repositories.
+    pub fn credential_source(&self) -> Option<Result<String, String>> {
+        #[cfg(feature = "s3")]
+        if let Some(r) = &self.remote {
+            return Some(self.rt.block_on(r.credential_source()));
+        }
+        None
+    }
+
+    /// Attributes every new object gets (the configured storage class).
+    fn attributes(&self) -> object_store::Attributes {
+        #[cfg(feature = "s3")]
+        if let Some(r) = &self.remote {
+            return r.attributes.clone();
+        }
+        object_store::Attributes::new()
+    }
+
+    /// Prove that `put_new` is a real create-if-absent on this store: create a probe object,
+    /// create it again (which must be refused), delete it. Local repositories link into place,
+    /// which the kernel makes exclusive, so only object stores are probed.
+    pub fn probe_conditional_create(&self) -> Result<(), StorageError> {
+        if self.local.is_some() {
+            return Ok(());
+        }
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let key = format!("probe/create-{}-{nanos}", std::process::id());
+        let first = self.put_new(&key, Bytes::from_static(b"pgkeep conditional-create probe 1"));
+        let second = first.as_ref().ok().map(|_| self.put_new(&key, Bytes::from_static(b"pgkeep probe 2")));
+        let deleted = self.delete(&key);
+        match (first?, second) {
+            (PutOutcome::Created, Some(Ok(PutOutcome::AlreadyExists))) => deleted,
+            (PutOutcome::Created, Some(Ok(PutOutcome::Created))) => {
+                Err(StorageError::NoConditionalCreate { location: self.location.clone(), key })
+            }
+            (PutOutcome::Created, Some(Err(e))) => Err(e),
+            // Nobody else writes this key: an existing object is a store that lies.
+            _ => Err(StorageError::NoConditionalCreate { location: self.location.clone(), key }),
         }
     }
 
@@ -250,7 +344,10 @@ impl Storage {
         }
         let path = Self::path(key);
         let payload: PutPayload = parts.into_iter().collect();
-        self.rt.block_on(self.store.put(&path, payload)).map_err(|e| os_err(&self.location, "write", key, e))?;
+        let opts = PutOptions { attributes: self.attributes(), ..Default::default() };
+        self.rt
+            .block_on(self.store.put_opts(&path, payload, opts))
+            .map_err(|e| os_err(&self.location, "write", key, e))?;
         self.finish_owner(key)
     }
 
@@ -270,7 +367,7 @@ impl Storage {
             return Ok(outcome);
         }
         let path = Self::path(key);
-        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+        let opts = PutOptions { mode: PutMode::Create, attributes: self.attributes(), ..Default::default() };
         let payload: PutPayload = parts.into_iter().collect();
         match self.rt.block_on(self.store.put_opts(&path, payload, opts)) {
             Ok(_) => {
@@ -604,7 +701,10 @@ impl ObjectWriter {
             let path = Storage::path(&self.key);
             let up = st
                 .rt
-                .block_on(st.store.put_multipart(&path))
+                .block_on(st.store.put_multipart_opts(
+                    &path,
+                    PutMultipartOptions { attributes: st.attributes(), ..Default::default() },
+                ))
                 .map_err(|e| io::Error::other(os_err(&st.location, "write", &self.key, e)))?;
             *upload = Some(up);
         }
@@ -726,6 +826,10 @@ fn hint_for(kind: io::ErrorKind) -> &'static str {
     }
 }
 
+const REMOTE_HINT: &str =
+    "check that the object store is reachable (the [s3] endpoint, the network) and that the bucket exists; requests were retried";
+const REMOTE_AUTH_HINT: &str = "check this OS user's AWS credentials and that their policy allows s3:GetObject, s3:PutObject, s3:DeleteObject and s3:ListBucket; `pgkeep check` names the credential source";
+
 fn io_err(location: &str, op: &'static str, key: &str, e: &io::Error) -> StorageError {
     StorageError::Io {
         location: location.to_string(),
@@ -745,13 +849,19 @@ fn os_err(location: &str, op: &'static str, key: &str, e: object_store::Error) -
             StorageError::AlreadyExists { location: location.to_string(), key: key.to_string() }
         }
         other => {
-            let kind = io_kind_of(&other);
+            let hint = match &other {
+                object_store::Error::Unauthenticated { .. } | object_store::Error::PermissionDenied { .. } => {
+                    REMOTE_AUTH_HINT
+                }
+                object_store::Error::Generic { store, .. } if *store != "LocalFileSystem" => REMOTE_HINT,
+                _ => hint_for(io_kind_of(&other)),
+            };
             StorageError::Io {
                 location: location.to_string(),
                 op,
                 key: key.to_string(),
                 detail: one_line(&other),
-                hint: hint_for(kind).to_string(),
+                hint: hint.to_string(),
             }
         }
     }
@@ -769,7 +879,7 @@ fn io_kind_of(e: &(dyn std::error::Error + 'static)) -> io::ErrorKind {
 }
 
 /// object_store errors nest their causes; keep the innermost cause on one line.
-fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
     let mut msg = e.to_string();
     let mut cur = e.source();
     while let Some(s) = cur {
@@ -791,6 +901,19 @@ mod tests {
             fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         v.sort();
         v
+    }
+
+    #[test]
+    fn s3_locations_carry_their_settings_and_config_file() {
+        let s3 = S3Settings { region: Some("eu-west-1".into()), ..Default::default() };
+        let l = RepoLocation::parse_with("s3://b-1/x/y/", Some(&s3), Some(Path::new("/etc/p.toml"))).unwrap();
+        assert_eq!(l.to_string(), "s3://b-1/x/y");
+        assert_eq!(l.command_args(), "--config \"/etc/p.toml\" --repo \"s3://b-1/x/y\"");
+        let RepoLocation::S3(inner) = &l else { panic!("not s3: {l:?}") };
+        assert_eq!(inner.settings.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(RepoLocation::parse("/r").unwrap().command_args(), "--repo \"/r\"");
+        assert!(RepoLocation::parse("gs://bucket/x").is_err());
+        assert!(RepoLocation::parse("s3://B/x").is_err());
     }
 
     #[test]

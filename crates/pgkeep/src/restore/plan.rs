@@ -161,7 +161,7 @@ impl RestorePlan {
             }
         }
         let settings = RecoverySettings {
-            restore_command: recovery::restore_command(&repo.location().to_string()),
+            restore_command: recovery::restore_command(repo.location()),
             target: opts.target.clone(),
             action: opts.action,
             inclusive: opts.inclusive,

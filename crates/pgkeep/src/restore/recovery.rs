@@ -89,10 +89,11 @@ impl RecoverySettings {
     }
 }
 
-/// `"<pgkeep>" --repo "<repo>" archive-get %f "%p"`, with the absolute path of this binary.
-pub fn restore_command(repo_location: &str) -> String {
+/// `"<pgkeep>" --repo "<repo>" archive-get %f "%p"`, with the absolute path of this binary
+/// (and `--config` when an object store's settings came from a config file).
+pub fn restore_command(repo: &crate::repo::RepoLocation) -> String {
     let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "pgkeep".into());
-    format!("\"{exe}\" --repo \"{repo_location}\" archive-get %f \"%p\"")
+    format!("\"{exe}\" {} archive-get %f \"%p\"", repo.command_args())
 }
 
 fn quote(v: &str) -> String {

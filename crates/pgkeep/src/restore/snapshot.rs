@@ -238,7 +238,7 @@ fn restore_tracked_with(
     }
 
     let settings = RecoverySettings {
-        restore_command: recovery::restore_command(&repo.location().to_string()),
+        restore_command: recovery::restore_command(repo.location()),
         target: opts.target.clone(),
         action: opts.action,
         inclusive: opts.inclusive,
