@@ -28,6 +28,11 @@ impl S3Store {
     /// Start moto_server, create `bucket`, and write the config and credentials files into
     /// the test's directory.
     pub fn start(env: &TestEnv, bucket: &str) -> S3Store {
+        Self::start_with(env, bucket, "")
+    }
+
+    /// Like [`S3Store::start`], with more `[s3]` lines in the config file.
+    pub fn start_with(env: &TestEnv, bucket: &str, extra_s3_settings: &str) -> S3Store {
         let moto = MotoServer::start(env.root());
         moto.python(&format!("s3().create_bucket(Bucket='{bucket}')"));
         let dir = env.owned_dir("aws");
@@ -42,8 +47,11 @@ impl S3Store {
         std::fs::write(&aws_config, "").expect("write aws config");
         env.chown(&dir);
         let config = env.path("pgkeep-s3.toml");
-        std::fs::write(&config, format!("[s3]\nendpoint = \"{}\"\nregion = \"us-east-1\"\n", moto.endpoint))
-            .expect("write config");
+        std::fs::write(
+            &config,
+            format!("[s3]\nendpoint = \"{}\"\nregion = \"us-east-1\"\n{extra_s3_settings}\n", moto.endpoint),
+        )
+        .expect("write config");
         pgkeep::fsutil::set_mode(&config, 0o644).expect("chmod config");
         S3Store { moto, bucket: bucket.to_string(), config, credentials, aws_config }
     }
@@ -80,6 +88,15 @@ impl S3Store {
             self.bucket
         ));
         v.as_array().expect("key list").iter().map(|k| k.as_str().unwrap_or_default().to_string()).collect()
+    }
+
+    /// (size, storage class) of one object, from HeadObject.
+    pub fn head(&self, key: &str) -> (u64, String) {
+        let v = self.moto.json(&format!(
+            "h = s3().head_object(Bucket='{}', Key='{key}')\nprint(json.dumps([h['ContentLength'], h.get('StorageClass', 'STANDARD')]))",
+            self.bucket
+        ));
+        (v[0].as_u64().expect("size"), v[1].as_str().unwrap_or_default().to_string())
     }
 
     /// Every object below `prefix` with its bytes, sorted by key.

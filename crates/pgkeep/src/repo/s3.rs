@@ -136,19 +136,15 @@ mod client {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let s = &loc.settings;
         let sdk = rt.block_on(load_aws_config(s.region.as_deref()));
-        let region = s
-            .region
-            .clone()
-            .or_else(|| sdk.region().map(|r| r.to_string()))
-            .unwrap_or_else(|| "us-east-1".to_string());
+        let region =
+            s.region.clone().or_else(|| sdk.region().map(|r| r.to_string())).unwrap_or_else(|| "us-east-1".to_string());
         let endpoint = s
             .endpoint
             .clone()
             .or_else(|| std::env::var("AWS_ENDPOINT_URL_S3").ok().filter(|v| !v.is_empty()))
             .or_else(|| sdk.endpoint_url().map(str::to_string));
-        let mut options = ClientOptions::new()
-            .with_timeout(Duration::from_secs(60))
-            .with_connect_timeout(Duration::from_secs(5));
+        let mut options =
+            ClientOptions::new().with_timeout(Duration::from_secs(60)).with_connect_timeout(Duration::from_secs(5));
         if let Some(ca) = &s.ca_file {
             let pem = std::fs::read(ca).map_err(|e| {
                 bad(loc, format!("cannot read ca_file {}: {e}", ca.display()), "fix [s3] ca_file in the config file")
@@ -164,25 +160,24 @@ mod client {
                 options = options.with_root_certificate(c);
             }
         }
-        let mut b = AmazonS3Builder::new()
-            .with_bucket_name(&loc.bucket)
-            .with_region(&region)
-            .with_retry(RetryConfig {
-                backoff: BackoffConfig {
-                    init_backoff: Duration::from_millis(100),
-                    max_backoff: Duration::from_secs(5),
-                    base: 2.0,
-                },
-                max_retries: s.max_retries.unwrap_or(5),
-                retry_timeout: Duration::from_secs(s.retry_timeout.unwrap_or(60)),
-            });
+        let mut b = AmazonS3Builder::new().with_bucket_name(&loc.bucket).with_region(&region).with_retry(RetryConfig {
+            backoff: BackoffConfig {
+                init_backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_secs(5),
+                base: 2.0,
+            },
+            max_retries: s.max_retries.unwrap_or(5),
+            retry_timeout: Duration::from_secs(s.retry_timeout.unwrap_or(60)),
+        });
         match endpoint {
             Some(ep) => {
                 options = options.with_allow_http(ep.starts_with("http://"));
                 if s.force_path_style == Some(false) {
                     // object_store takes a virtual-hosted endpoint with the bucket in it.
                     let (scheme, host) = ep.split_once("://").unwrap_or(("https", ep.as_str()));
-                    b = b.with_endpoint(format!("{scheme}://{}.{host}", loc.bucket)).with_virtual_hosted_style_request(true);
+                    b = b
+                        .with_endpoint(format!("{scheme}://{}.{host}", loc.bucket))
+                        .with_virtual_hosted_style_request(true);
                 } else {
                     b = b.with_endpoint(ep);
                 }
@@ -194,11 +189,10 @@ mod client {
             cached: tokio::sync::Mutex::new(None),
             source: std::sync::Mutex::new(None),
         });
-        let store = b
-            .with_client_options(options)
-            .with_credentials(chain.clone())
-            .build()
-            .map_err(|e| bad(loc, super::super::storage::one_line(&e), "check the [s3] settings in the config file"))?;
+        let store =
+            b.with_client_options(options).with_credentials(chain.clone()).build().map_err(|e| {
+                bad(loc, super::super::storage::one_line(&e), "check the [s3] settings in the config file")
+            })?;
         let store: Arc<dyn ObjectStore> = if loc.prefix.is_empty() {
             Arc::new(store)
         } else {
@@ -251,15 +245,14 @@ mod client {
                     return Ok(c.clone());
                 }
             }
-            let no_creds = |detail: String| object_store::Error::Generic {
-                store: "S3",
-                source: format!(
-                    "no AWS credentials ({detail}); hint: give this OS user credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE with ~/.aws/credentials, or an EC2 instance role)"
-                )
-                .into(),
+            // Unauthenticated: the storage layer then hints at credentials, not the network.
+            let no_creds = |detail: String| object_store::Error::Unauthenticated {
+                path: "(any)".into(),
+                source: format!("no AWS credentials ({detail})").into(),
             };
             let provider = self.provider.as_ref().ok_or_else(|| no_creds("no credential chain".into()))?;
-            let creds = provider.provide_credentials().await.map_err(|e| no_creds(super::super::storage::one_line(&e)))?;
+            let creds =
+                provider.provide_credentials().await.map_err(|e| no_creds(super::super::storage::one_line(&e)))?;
             let credential = Arc::new(AwsCredential {
                 key_id: creds.access_key_id().to_string(),
                 secret_key: creds.secret_access_key().to_string(),
@@ -275,11 +268,7 @@ mod client {
     /// redacts the secret) starts with it: `Credentials { provider_name: "Environment", ..`.
     fn provider_name(c: &aws_credential_types::Credentials) -> String {
         let dbg = format!("{c:?}");
-        dbg.split("provider_name: \"")
-            .nth(1)
-            .and_then(|r| r.split('"').next())
-            .unwrap_or("unknown")
-            .to_string()
+        dbg.split("provider_name: \"").nth(1).and_then(|r| r.split('"').next()).unwrap_or("unknown").to_string()
     }
 }
 

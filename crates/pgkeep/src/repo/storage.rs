@@ -24,8 +24,8 @@ use futures::StreamExt;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjPath;
 use object_store::{
-    GetOptions, GetRange, GetResultPayload, MultipartUpload, ObjectStore, ObjectStoreExt, PutMode,
-    PutMultipartOptions, PutOptions, PutPayload,
+    GetOptions, GetRange, GetResultPayload, MultipartUpload, ObjectStore, ObjectStoreExt, PutMode, PutMultipartOptions,
+    PutOptions, PutPayload,
 };
 use tokio::runtime::Handle;
 
@@ -46,17 +46,13 @@ impl RepoLocation {
     }
 
     /// Parse with the config file's `[s3]` table (`config_file`: where it came from).
-    pub fn parse_with(
-        s: &str,
-        s3: Option<&S3Settings>,
-        config_file: Option<&Path>,
-    ) -> Result<Self, StorageError> {
+    pub fn parse_with(s: &str, s3: Option<&S3Settings>, config_file: Option<&Path>) -> Result<Self, StorageError> {
         if let Some(rest) = s.strip_prefix("file://") {
             return Ok(RepoLocation::Local(PathBuf::from(rest)));
         }
         if s.starts_with("s3://") {
-            let mut loc = S3Location::parse(s)
-                .map_err(|e| StorageError::Unsupported { location: s.to_string(), hint: e })?;
+            let mut loc =
+                S3Location::parse(s).map_err(|e| StorageError::Unsupported { location: s.to_string(), hint: e })?;
             loc.settings = s3.cloned().unwrap_or_default();
             loc.config_file = config_file.map(fsutil::absolute);
             return Ok(RepoLocation::S3(Box::new(loc)));
@@ -256,7 +252,8 @@ impl Storage {
         if self.local.is_some() {
             return Ok(());
         }
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         let key = format!("probe/create-{}-{nanos}", std::process::id());
         let first = self.put_new(&key, Bytes::from_static(b"pgkeep conditional-create probe 1"));
         let second = first.as_ref().ok().map(|_| self.put_new(&key, Bytes::from_static(b"pgkeep probe 2")));
@@ -828,7 +825,7 @@ fn hint_for(kind: io::ErrorKind) -> &'static str {
 
 const REMOTE_HINT: &str =
     "check that the object store is reachable (the [s3] endpoint, the network) and that the bucket exists; requests were retried";
-const REMOTE_AUTH_HINT: &str = "check this OS user's AWS credentials and that their policy allows s3:GetObject, s3:PutObject, s3:DeleteObject and s3:ListBucket; `pgkeep check` names the credential source";
+const REMOTE_AUTH_HINT: &str = "give this OS user AWS credentials (an instance role, AWS_PROFILE with ~/.aws/credentials, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY) whose policy allows s3:GetObject, s3:PutObject, s3:DeleteObject and s3:ListBucket; `pgkeep check` names the credential source";
 
 fn io_err(location: &str, op: &'static str, key: &str, e: &io::Error) -> StorageError {
     StorageError::Io {

@@ -128,7 +128,8 @@ fn history_partial_and_backup_files_are_handled() {
     // the backup waits for its WAL segments, not for this file.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let backups = loop {
-        let found: Vec<String> = walk_names(&s.repo.join("wal")).into_iter().filter(|n| n.ends_with(".backup")).collect();
+        let found: Vec<String> =
+            walk_names(&s.repo.join("wal")).into_iter().filter(|n| n.ends_with(".backup")).collect();
         if !found.is_empty() || std::time::Instant::now() > deadline {
             break found;
         }

@@ -27,8 +27,12 @@ struct S3Setup {
 
 impl S3Setup {
     fn new(prefix: &str, settings: &[(&str, &str)]) -> S3Setup {
+        Self::with_s3_settings(prefix, settings, "")
+    }
+
+    fn with_s3_settings(prefix: &str, settings: &[(&str, &str)], s3_settings: &str) -> S3Setup {
         let env = common::env();
-        let s3 = S3Store::start(&env, "pgkeep-test");
+        let s3 = S3Store::start_with(&env, "pgkeep-test", s3_settings);
         let url = s3.url(prefix);
         let mut opts = ClusterOptions::default()
             .with("archive_mode", "on")
@@ -76,7 +80,8 @@ impl S3Setup {
 
     fn json(&self, c: PgkeepCmd) -> serde_json::Value {
         let o = self.ok(c.arg("--json"));
-        serde_json::from_str(&o.stdout).unwrap_or_else(|e| panic!("`{}` did not print JSON ({e}): {}", o.line, o.stdout))
+        serde_json::from_str(&o.stdout)
+            .unwrap_or_else(|e| panic!("`{}` did not print JSON ({e}): {}", o.line, o.stdout))
     }
 
     fn prefix(&self) -> String {
@@ -136,7 +141,11 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 /// time between two marker rows, restore to the end; restored rows equal the source.
 #[test]
 fn s3_repository_backup_archive_pitr_restore_verify_under_load() {
-    let s = S3Setup::new("db1/main", &[("track_commit_timestamp", "on")]);
+    let s = S3Setup::with_s3_settings(
+        "db1/main",
+        &[("track_commit_timestamp", "on")],
+        "storage_class = \"STANDARD_IA\"\nmax_retries = 3",
+    );
     let keys = s.s3.keys("db1/main/");
     assert!(keys.contains(&"db1/main/pgkeep.info".to_string()), "{keys:?}");
     assert!(!keys.iter().any(|k| k.contains("probe")), "init's probe objects must be deleted: {keys:?}");
@@ -150,6 +159,8 @@ fn s3_repository_backup_archive_pitr_restore_verify_under_load() {
 
     s.pg.sql("CREATE TABLE markers (name text PRIMARY KEY)");
     s.pg.pgbench(&["-i", "-s", "2", "-q"]);
+    // Hex noise zstd cannot shrink below one 8 MiB part: that file goes up as a multipart upload.
+    s.pg.sql("CREATE TABLE noise AS SELECT g, md5(random()::text) || md5(random()::text) AS t FROM generate_series(1, 250000) g");
     let load = Load::inserts(&s.pg, &s.env.rt, "events");
     load.wait_for(100);
     let mut bench = s.pg.tool("pgbench").args(["-n", "-c", "2", "-T", "5", "postgres"]).spawn().expect("pgbench");
@@ -165,6 +176,13 @@ fn s3_repository_backup_archive_pitr_restore_verify_under_load() {
     s.switch_and_wait_archived();
     let data_keys = s.s3.keys(&format!("db1/main/backup/{id}/data/"));
     assert!(!data_keys.is_empty(), "the backup's data objects are in the bucket");
+    // The noise table went up as a multipart upload of 8 MiB parts; every object,
+    // single PUT or multipart, has the configured storage class.
+    let heads: Vec<(u64, String)> = data_keys.iter().map(|k| s.s3.head(k)).collect();
+    assert!(heads.iter().any(|(size, _)| *size > 8 << 20), "a data object larger than one part: {heads:?}");
+    assert!(heads.iter().all(|(_, class)| class == "STANDARD_IA"), "{heads:?}");
+    let wal_keys = s.s3.keys("db1/main/wal/");
+    assert_eq!(s.s3.head(&wal_keys[0]).1, "STANDARD_IA");
     assert!(s.s3.keys(&format!("db1/main/backup/{id}/manifest")).len() == 1);
 
     let list = s.json(s.cmd(&["list"]));
@@ -183,9 +201,7 @@ fn s3_repository_backup_archive_pitr_restore_verify_under_load() {
     assert_eq!(before.len() + after as usize, log.len());
 
     let pitr_dir = s.env.path("pitr");
-    let r = s.json(
-        s.cmd(&["restore", "--target-time", &target, "--target-action", "promote", "--to"]).arg(&pitr_dir),
-    );
+    let r = s.json(s.cmd(&["restore", "--target-time", &target, "--target-action", "promote", "--to"]).arg(&pitr_dir));
     assert_eq!(r["backup"], id.as_str());
     let auto = std::fs::read_to_string(pitr_dir.join("postgresql.auto.conf")).expect("auto.conf");
     assert!(
@@ -206,6 +222,7 @@ fn s3_repository_backup_archive_pitr_restore_verify_under_load() {
         "SELECT count(*) || ':' || sum(id) FROM events",
         "SELECT sum(abalance)::text FROM pgbench_accounts",
         "SELECT count(*) FROM pgbench_history",
+        "SELECT md5(string_agg(t, '' ORDER BY g)) FROM noise",
     ] {
         assert_eq!(end.scalar(q), s.pg.scalar(q), "{q}");
     }
