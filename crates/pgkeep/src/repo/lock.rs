@@ -1,5 +1,6 @@
 //! Repository locks with `std::fs::File::try_lock`: the kernel drops them when the process
-//! dies, so a killed backup never leaves a stale lock behind.
+//! dies, so a killed backup never leaves a stale lock behind. Object stores have no `flock`:
+//! there the lock is a lease object (`lease.rs`).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -10,13 +11,25 @@ use super::{RepoError, Repository};
 use crate::fsutil;
 
 pub struct RepoLock {
-    _file: File,
+    _held: Held,
     path: PathBuf,
+}
+
+/// Released on drop: the kernel drops the `flock`, the lease deletes its object.
+enum Held {
+    File(#[allow(dead_code)] File),
+    Lease(#[allow(dead_code)] super::lease::Lease),
 }
 
 impl RepoLock {
     /// Take the named lock (e.g. "backup") or fail at once if another process holds it.
     pub fn acquire(repo: &Repository, name: &str) -> Result<RepoLock, RepoError> {
+        if !repo.storage().features().posix {
+            let key = format!("lock/{name}.lock");
+            let lease = super::lease::Lease::acquire(repo.storage(), &key, name)?;
+            let path = PathBuf::from(format!("{}/{key}", repo.storage().location()));
+            return Ok(RepoLock { _held: Held::Lease(lease), path });
+        }
         let dir = match repo.storage().local_root() {
             Some(root) => root.join("lock"),
             None => {
@@ -58,7 +71,7 @@ impl RepoLock {
         }
         let _ = file.set_len(0);
         let _ = writeln!(file, "pid {} on {}", std::process::id(), crate::hostname());
-        Ok(RepoLock { _file: file, path })
+        Ok(RepoLock { _held: Held::File(file), path })
     }
 
     pub fn path(&self) -> &std::path::Path {

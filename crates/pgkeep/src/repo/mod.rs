@@ -5,6 +5,7 @@ pub mod catalog;
 pub mod frame;
 pub mod info;
 pub mod layout;
+pub mod lease;
 pub mod lock;
 pub mod manifest;
 pub mod s3;

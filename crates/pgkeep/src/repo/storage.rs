@@ -611,6 +611,47 @@ impl Storage {
     }
 }
 
+/// Versioned writes for objects that coordinate processes (lease locks): every call returns
+/// the object's new ETag, and a replace happens only if the stored ETag is still the given one
+/// (If-Match). Object stores only: local repositories use `flock`.
+impl Storage {
+    /// Create `key` if absent; its ETag, or None when an object exists.
+    pub fn create_versioned(&self, key: &str, data: Bytes) -> Result<Option<String>, StorageError> {
+        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+        match self.rt.block_on(self.store.put_opts(&Self::path(key), data.into(), opts)) {
+            Ok(r) => Ok(Some(r.e_tag.unwrap_or_default())),
+            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => Ok(None),
+            Err(e) => Err(os_err(&self.location, "write", key, e)),
+        }
+    }
+
+    /// Replace `key` only if its ETag is still `etag`; the new ETag, or None when it changed
+    /// or is gone.
+    pub fn replace_versioned(&self, key: &str, data: Bytes, etag: &str) -> Result<Option<String>, StorageError> {
+        let version = object_store::UpdateVersion { e_tag: Some(etag.to_string()), version: None };
+        let opts = PutOptions { mode: PutMode::Update(version), ..Default::default() };
+        match self.rt.block_on(self.store.put_opts(&Self::path(key), data.into(), opts)) {
+            Ok(r) => Ok(Some(r.e_tag.unwrap_or_default())),
+            Err(object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(os_err(&self.location, "write", key, e)),
+        }
+    }
+
+    /// The object and its ETag, None when absent.
+    pub fn get_versioned(&self, key: &str) -> Result<Option<(Bytes, String)>, StorageError> {
+        let res = self.rt.block_on(async {
+            let r = self.store.get(&Self::path(key)).await?;
+            let etag = r.meta.e_tag.clone().unwrap_or_default();
+            Ok::<_, object_store::Error>((r.bytes().await?, etag))
+        });
+        match res {
+            Ok(v) => Ok(Some(v)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(os_err(&self.location, "read", key, e)),
+        }
+    }
+}
+
 /// Streaming writer. Local repositories write a staging file beside the object and rename it
 /// into place durably at `finish` (the same contract object_store's local backend keeps, without
 /// a buffer copy and a thread hop per part); other backends upload parts as they fill, and

@@ -288,6 +288,67 @@ fn s3_archive_never_overwrites_and_unreachable_store_fails_cleanly() {
     s.assert_no_secret_anywhere(&[]);
 }
 
+/// The backup lock on an object store is a lease object: a live lease (another host's) makes
+/// backup refuse with one line naming the holder; an expired one is taken over with a log
+/// line; the lock object is removed when the backup ends.
+#[test]
+fn s3_backup_lock_is_a_lease_taken_over_only_when_expired() {
+    let s = S3Setup::new("db4", &[]);
+    let key = "db4/lock/backup.lock";
+    let plant = |expires: &str| {
+        s.s3.moto.python(&format!(
+            "s3().put_object(Bucket='pgkeep-test', Key='{key}', Body=json.dumps({{'host': 'otherhost', 'pid': 4242, 'started_at': '2026-01-01T00:00:00Z', 'lease_expires_at': '{expires}'}}))"
+        ))
+    };
+    plant("2999-01-01T00:00:00Z");
+    let o = s.keep(s.cmd(&["backup"]).fails());
+    let line = o.one_error_line();
+    assert!(line.contains("holds the lock") && line.contains("pid 4242 on otherhost"), "{line}");
+    assert_eq!(s.s3.keys("db4/backup/"), Vec::<String>::new(), "a refused backup writes nothing");
+
+    plant("2020-01-01T00:00:00Z");
+    let o = s.ok(s.cmd(&["backup"]));
+    assert!(o.stderr.contains("taking over the expired lock") && o.stderr.contains("otherhost"), "{}", o.stderr);
+    assert_eq!(s.s3.keys("db4/lock/"), Vec::<String>::new(), "the lease is released after the backup");
+    let list = s.json(s.cmd(&["list"]));
+    assert_eq!(list.as_array().map(|a| a.len()), Some(1), "{list}");
+    s.assert_no_secret_anywhere(&[]);
+}
+
+/// While a backup runs, its lease is renewed (the expiry moves on) and a second backup on the
+/// same prefix is refused naming the holder; the lease is gone when the first one ends.
+#[test]
+fn s3_running_backup_renews_its_lease_and_excludes_a_second_one() {
+    let s = S3Setup::new("db5", &[]);
+    s.pg.pgbench(&["-i", "-s", "2", "-q"]);
+    let key = "db5/lock/backup.lock";
+    let mut first = s.cmd(&["backup", "--max-rate", "1M"]);
+    first.command().stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let child = first.command().spawn().expect("spawn backup");
+    s.s3.wait_for_key(key, Duration::from_secs(60));
+    let expiry = || {
+        let v =
+            s.s3.moto
+                .json(&format!("print(s3().get_object(Bucket='pgkeep-test', Key='{key}')['Body'].read().decode())"));
+        v["lease_expires_at"].as_str().unwrap_or_default().to_string()
+    };
+    let e1 = expiry();
+    let o = s.keep(s.cmd(&["backup"]).fails());
+    let line = o.one_error_line();
+    assert!(line.contains("holds the lock") && line.contains(&format!("on {}", pgkeep::hostname())), "{line}");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while expiry() == e1 {
+        assert!(Instant::now() < deadline, "the lease was not renewed within 40 s");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let out = child.wait_with_output().expect("first backup");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    s.outputs.borrow_mut().push(format!("{}\n{err}", String::from_utf8_lossy(&out.stdout)));
+    assert!(out.status.success(), "the first backup must finish: {err}");
+    assert_eq!(s.s3.keys("db5/lock/"), Vec::<String>::new(), "the lease is released after the backup");
+    s.assert_no_secret_anywhere(&[]);
+}
+
 /// A store that ignores If-None-Match (moto behind a proxy that strips the header) is refused
 /// by init with one line, and nothing is left in the bucket; check refuses it too.
 #[test]
