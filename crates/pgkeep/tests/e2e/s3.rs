@@ -156,6 +156,7 @@ fn s3_repository_backup_archive_pitr_restore_verify_under_load() {
     let creds = item("credentials").expect("a credentials check for an object store");
     assert!(creds["detail"].as_str().unwrap().contains("ProfileFile"), "the source, not the value: {creds}");
     assert_eq!(item("conditional create").expect("a conditional-create check")["ok"], true);
+    assert_eq!(item("clock skew").expect("the store's clock is compared")["ok"], true);
 
     s.pg.sql("CREATE TABLE markers (name text PRIMARY KEY)");
     s.pg.pgbench(&["-i", "-s", "2", "-q"]);
@@ -310,8 +311,21 @@ fn s3_backup_lock_is_a_lease_taken_over_only_when_expired() {
     let o = s.ok(s.cmd(&["backup"]));
     assert!(o.stderr.contains("taking over the expired lock") && o.stderr.contains("otherhost"), "{}", o.stderr);
     assert_eq!(s.s3.keys("db4/lock/"), Vec::<String>::new(), "the lease is released after the backup");
-    let list = s.json(s.cmd(&["list"]));
+    // The repository named by PGKEEP_REPO, and by `repo = "s3://…"` in the config file.
+    let mut by_env = s.env.pgkeep(["--config"]).arg(&s.s3.config).arg("list").env("PGKEEP_REPO", &s.url);
+    for (k, v) in s.s3.env() {
+        by_env = by_env.env(k, v);
+    }
+    let list = s.json(by_env);
     assert_eq!(list.as_array().map(|a| a.len()), Some(1), "{list}");
+    let with_repo = s.env.path("with-repo.toml");
+    let cfg = std::fs::read_to_string(&s.s3.config).unwrap();
+    std::fs::write(&with_repo, format!("repo = \"{}\"\n{cfg}", s.url)).unwrap();
+    let mut by_file = s.env.pgkeep(["--config"]).arg(&with_repo).arg("wal").arg("verify");
+    for (k, v) in s.s3.env() {
+        by_file = by_file.env(k, v);
+    }
+    assert_eq!(s.json(by_file)["ok"], true);
     s.assert_no_secret_anywhere(&[]);
 }
 
