@@ -1,6 +1,7 @@
 //! `moto_server` (PyPI `moto[server]`, installed by scripts/setup.sh into a venv) on
-//! 127.0.0.1 and a free port, for the EBS driver's tests; stopped on drop. boto3 from the
-//! same venv is the tests' independent view of what pgkeep did to the (fake) EC2 API.
+//! 127.0.0.1 and a free port, for the EBS driver's and the s3:// tests; stopped on drop.
+//! boto3 from the same venv is the tests' independent view of what pgkeep did to the (fake)
+//! EC2 and S3 APIs. Its S3 enforces If-None-Match and If-Match on PUT (moto 5.1+).
 
 use std::net::TcpStream;
 use std::path::PathBuf;
