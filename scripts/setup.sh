@@ -8,7 +8,7 @@
 #   - strace (tests trace archive-push's fsync calls and the order of expire's unlink, fsync and
 #     snapshot deletion)
 #   - cargo-nextest (the test runner), if the toolchain lacks it
-#   - a Python venv with moto[server] (a fake EC2 API for the EBS snapshot tests) at
+#   - a Python venv with moto[server] (fake EC2 and S3 APIs for the EBS and s3:// tests) at
 #     $PGKEEP_MOTO_VENV (default /opt/pgkeep-venv)
 set -euo pipefail
 
@@ -46,7 +46,7 @@ VENV="${PGKEEP_MOTO_VENV:-/opt/pgkeep-venv}"
 if ! [ -x "$VENV/bin/moto_server" ] || ! "$VENV/bin/python" -c 'import moto, boto3' >/dev/null 2>&1; then
     echo "setup.sh: creating $VENV with moto[server]" >&2
     $SUDO /usr/bin/python3 -m venv "$VENV"
-    $SUDO "$VENV/bin/pip" install -q --disable-pip-version-check 'moto[server]>=5,<6'
+    $SUDO "$VENV/bin/pip" install -q --disable-pip-version-check 'moto[server]>=5.1,<6'
 fi
 
 if ! cargo nextest --version >/dev/null 2>&1; then

@@ -95,6 +95,13 @@ impl TestCluster {
         self
     }
 
+    /// An environment variable of the server (inherited by archive_command and
+    /// restore_command) from the next start on.
+    pub fn env(&mut self, k: &str, v: &str) -> &mut Self {
+        self.inst.env(k, v);
+        self
+    }
+
     pub fn start(&mut self) -> &mut Self {
         if let Err(e) = self.try_start() {
             panic!("cluster {} did not start: {e}", self.name);

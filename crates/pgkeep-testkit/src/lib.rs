@@ -10,6 +10,7 @@ pub mod cmd;
 pub mod env;
 pub mod load;
 pub mod moto;
+pub mod s3;
 pub mod volumes;
 
 pub use cluster::{ClusterOptions, TestCluster};
@@ -17,4 +18,5 @@ pub use cmd::{CmdOutput, PgkeepCmd};
 pub use env::TestEnv;
 pub use load::{Committed, Load, Op};
 pub use moto::MotoServer;
+pub use s3::S3Store;
 pub use volumes::{cluster_at, require_root, Mounts};

@@ -1,6 +1,7 @@
 //! `moto_server` (PyPI `moto[server]`, installed by scripts/setup.sh into a venv) on
-//! 127.0.0.1 and a free port, for the EBS driver's tests; stopped on drop. boto3 from the
-//! same venv is the tests' independent view of what pgkeep did to the (fake) EC2 API.
+//! 127.0.0.1 and a free port, for the EBS driver's and the s3:// tests; stopped on drop.
+//! boto3 from the same venv is the tests' independent view of what pgkeep did to the (fake)
+//! EC2 and S3 APIs. Its S3 enforces If-None-Match and If-Match on PUT (moto 5.1+).
 
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -66,12 +67,12 @@ impl MotoServer {
         ]
     }
 
-    /// Run a Python snippet with boto3 (`ec2()` returns a client for this server); returns
+    /// Run a Python snippet with boto3 (`ec2()` and `s3()` return clients for this server); returns
     /// stdout. Panics with stderr on failure.
     pub fn python(&self, script: &str) -> String {
         let prelude = format!(
-            "import json, boto3\ndef ec2():\n    return boto3.client('ec2', endpoint_url='{}', region_name='us-east-1')\n",
-            self.endpoint
+            "import json, boto3\ndef ec2():\n    return boto3.client('ec2', endpoint_url='{e}', region_name='us-east-1')\ndef s3():\n    return boto3.client('s3', endpoint_url='{e}', region_name='us-east-1')\n",
+            e = self.endpoint
         );
         let out = Command::new(self.venv.join("bin/python"))
             .arg("-c")

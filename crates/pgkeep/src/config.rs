@@ -48,6 +48,8 @@ pub struct FileConfig {
     pub ebs: Option<EbsConfig>,
     /// Settings shared by the snapshot drivers (`[snapshot]`).
     pub snapshot: Option<SnapshotSettings>,
+    /// How to reach an `s3://` repository (`[s3]`).
+    pub s3: Option<crate::repo::s3::S3Settings>,
 }
 
 #[derive(Debug, Clone)]
@@ -96,7 +98,7 @@ impl Config {
 
     pub fn repo_location(&self) -> Result<RepoLocation, crate::Error> {
         let r = self.repo.as_deref().ok_or(ConfigError::NoRepo)?;
-        Ok(RepoLocation::parse(r)?)
+        Ok(RepoLocation::parse_with(r, self.file.s3.as_ref(), self.config_path.as_deref())?)
     }
 
     pub fn require_pgdata(&self) -> Result<&Path, ConfigError> {

@@ -52,6 +52,7 @@ impl Error {
         match self {
             Error::Config(_) => 2,
             Error::Key(k) if k.is_usage() => 2,
+            Error::Storage(repo::StorageError::Config { .. } | repo::StorageError::Unsupported { .. }) => 2,
             Error::Snapshot(s) if s.is_usage() => 2,
             // PostgreSQL treats a restore_command exit status above 125 as fatal: recovery stops
             // instead of ending early at a damaged or unreadable archive copy.

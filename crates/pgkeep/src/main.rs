@@ -47,7 +47,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_target(false)
         .without_time()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("PGKEEP_LOG").unwrap_or_else(|_| level.into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PGKEEP_LOG").unwrap_or_else(|_| filter(level).into()),
+        )
         .init();
     match run(&cli) {
         Ok(code) => code,
@@ -60,6 +62,16 @@ fn main() -> ExitCode {
             ExitCode::from(e.downcast_ref::<pgkeep::Error>().map(pgkeep::Error::exit_code).unwrap_or(1))
         }
     }
+}
+
+/// The default log filter. The AWS SDK warns once per credential provider that found nothing
+/// (multi-line dumps of the metadata service's response); the one error line that follows says
+/// what matters, so its crates log errors only unless -vv asks for debug.
+fn filter(level: &str) -> String {
+    if level == "debug" {
+        return level.to_string();
+    }
+    format!("{level},aws_config=error,aws_smithy_runtime=error,aws_smithy_http_client=error,aws_runtime=error")
 }
 
 /// Whether the raw arguments name the archive-get subcommand (before clap has parsed them, so

@@ -155,13 +155,40 @@ pub fn check(
             return items.done();
         }
     }
+    if let Some(source) = repo.storage().raw().credential_source() {
+        match source {
+            Ok(name) => items.pass("credentials", format!("AWS credentials from {name}")),
+            Err(e) => items.fail(
+                "credentials",
+                e,
+                "give this OS user (and the server's) AWS credentials: an instance role, AWS_PROFILE with ~/.aws/credentials, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY",
+            ),
+        }
+    }
+    if !repo.storage().features().posix {
+        match repo.storage().raw().probe_conditional_create() {
+            Ok(()) => items.pass("conditional create", "a second create-if-absent of a probe object was refused"),
+            Err(e) => items.fail(
+                "conditional create",
+                e.to_string(),
+                "use a store that honours If-None-Match: * on PUT; pgkeep must never overwrite archived WAL",
+            ),
+        }
+    }
     let probe = format!("check/probe-{}", std::process::id());
-    match repo
-        .storage()
+    let before_put = chrono::Utc::now();
+    let st = repo.storage();
+    match st
         .put(&probe, bytes::Bytes::from_static(b"pgkeep check"))
-        .and_then(|_| repo.storage().delete(&probe))
+        .and_then(|_| st.head(&probe))
+        .and_then(|h| st.delete(&probe).map(|_| h))
     {
-        Ok(()) => items.pass("repository writable", "wrote and removed a probe object"),
+        Ok(h) => {
+            items.pass("repository writable", "wrote, read back and removed a probe object");
+            if let (false, Some(h)) = (st.features().posix, h) {
+                clock_skew(&mut items, before_put, chrono::Utc::now(), h.modified);
+            }
+        }
         Err(e) => items.fail(
             "repository writable",
             e.to_string(),
@@ -217,4 +244,34 @@ pub fn check(
         ),
     }
     items.done()
+}
+
+/// An object store stamps objects with its own clock: how far it is from ours (S3 refuses
+/// requests signed more than 15 minutes off, and recovery targets are our clock's times).
+fn clock_skew(
+    items: &mut Items,
+    before: chrono::DateTime<chrono::Utc>,
+    after: chrono::DateTime<chrono::Utc>,
+    stored: chrono::DateTime<chrono::Utc>,
+) {
+    // Last-Modified has whole seconds: allow one on either side of the request.
+    let early = before - chrono::Duration::seconds(1);
+    let late = after + chrono::Duration::seconds(1);
+    let skew = if stored < early {
+        (stored - early).num_seconds()
+    } else if stored > late {
+        (stored - late).num_seconds()
+    } else {
+        0
+    };
+    let detail = match skew {
+        0 => "the store's clock agrees with this host's (within a second)".to_string(),
+        s if s > 0 => format!("the store's clock is {s}s ahead of this host's"),
+        s => format!("the store's clock is {}s behind this host's", -s),
+    };
+    if skew.abs() > 300 {
+        items.fail("clock skew", detail, "synchronize this host's clock (chrony, systemd-timesyncd)");
+    } else {
+        items.pass("clock skew", detail);
+    }
 }

@@ -131,6 +131,9 @@ pub fn init(
     if let Some(existing) = read_info(&storage)? {
         return same_repo(location, &existing, &info, key_file.as_ref()).map(|_| report(false));
     }
+    // An object store that ignores If-None-Match could let a push overwrite archived WAL:
+    // refuse it before the repository exists.
+    storage.probe_conditional_create()?;
     let json = serde_json::to_vec_pretty(&info).map_err(|e| Error::other(e.to_string()))?;
     let (framed, _) = frame::encode(&json, Compression::None);
     match storage.put_new(layout::INFO_KEY, Bytes::from(framed))? {

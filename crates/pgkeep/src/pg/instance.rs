@@ -219,6 +219,8 @@ pub struct Instance {
     pub bin: PgBin,
     pub log_path: PathBuf,
     settings: Vec<(String, String)>,
+    /// Environment variables of the postmaster (and so of archive_command/restore_command).
+    env: Vec<(String, String)>,
     child: Option<Child>,
     /// Start the postmaster in a process group of its own, so a terminal's Ctrl-C reaches only
     /// pgkeep, which then stops the server itself (restore drills).
@@ -243,6 +245,7 @@ impl Instance {
             bin,
             log_path,
             settings: Vec::new(),
+            env: Vec::new(),
             child: None,
             own_process_group: false,
         }
@@ -284,6 +287,14 @@ impl Instance {
         let value = value.into();
         self.settings.retain(|(k, _)| k != name);
         self.settings.push((name.to_string(), value));
+        self
+    }
+
+    /// An environment variable of the server at every start (its archive_command and
+    /// restore_command inherit it).
+    pub fn env(&mut self, name: &str, value: impl Into<String>) -> &mut Self {
+        self.env.retain(|(k, _)| k != name);
+        self.env.push((name.to_string(), value.into()));
         self
     }
 
@@ -347,6 +358,7 @@ impl Instance {
         cmd.stdout(log.try_clone().map_err(|e| io_err("log file", e))?);
         cmd.stderr(log);
         cmd.current_dir(&self.pgdata);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         if self.own_process_group {
             cmd.process_group(0);
         }

@@ -4,6 +4,8 @@
 //! The lock file lives in the repository (`lock/<name>.lock`) and, like every other file
 //! there, belongs to the repository's owner even when root takes it: the server's OS user
 //! (cron, archive_command) must be able to take it next.
+//!
+//! Object stores have no `flock`: there the lock is a lease object (`lease.rs`).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -15,7 +17,7 @@ use super::{RepoError, Repository};
 use crate::fsutil;
 
 pub struct RepoLock {
-    _file: File,
+    _held: Held,
     path: PathBuf,
 }
 
@@ -49,9 +51,21 @@ fn hand_over(repo: &Repository, path: &Path) {
     }
 }
 
+/// Released on drop: the kernel drops the `flock`, the lease deletes its object.
+enum Held {
+    File(#[allow(dead_code)] File),
+    Lease(#[allow(dead_code)] super::lease::Lease),
+}
+
 impl RepoLock {
     /// Take the named lock (e.g. "backup") or fail at once if another process holds it.
     pub fn acquire(repo: &Repository, name: &str) -> Result<RepoLock, RepoError> {
+        if !repo.storage().features().posix {
+            let key = format!("lock/{name}.lock");
+            let lease = super::lease::Lease::acquire(repo.storage().raw(), &key, name)?;
+            let path = PathBuf::from(format!("{}/{key}", repo.storage().location()));
+            return Ok(RepoLock { _held: Held::Lease(lease), path });
+        }
         let dir = lock_dir(repo);
         let lock_err = |e: std::io::Error| RepoError::Lock { path: dir.display().to_string(), detail: e.to_string() };
         if !dir.exists() {
@@ -102,7 +116,7 @@ impl RepoLock {
         }
         let _ = file.set_len(0);
         let _ = writeln!(file, "{}", holder_line(std::process::id(), &crate::hostname()));
-        Ok(RepoLock { _file: file, path })
+        Ok(RepoLock { _held: Held::File(file), path })
     }
 
     pub fn path(&self) -> &std::path::Path {

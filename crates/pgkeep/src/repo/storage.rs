@@ -24,28 +24,43 @@ use futures::StreamExt;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjPath;
 use object_store::{
-    GetOptions, GetRange, GetResultPayload, MultipartUpload, ObjectStore, ObjectStoreExt, PutMode, PutOptions,
-    PutPayload,
+    GetOptions, GetRange, GetResultPayload, MultipartUpload, ObjectStore, ObjectStoreExt, PutMode, PutMultipartOptions,
+    PutOptions, PutPayload,
 };
 use tokio::runtime::Handle;
 
+use super::s3::{S3Location, S3Settings};
 use crate::fsutil;
 
 /// Where a repository lives, as the operator wrote it (`/path` or `s3://bucket/prefix`).
+/// The one place that picks a backend from the URL (with [`Storage::open`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RepoLocation {
     Local(PathBuf),
+    S3(Box<S3Location>),
 }
 
 impl RepoLocation {
     pub fn parse(s: &str) -> Result<Self, StorageError> {
+        Self::parse_with(s, None, None)
+    }
+
+    /// Parse with the config file's `[s3]` table (`config_file`: where it came from).
+    pub fn parse_with(s: &str, s3: Option<&S3Settings>, config_file: Option<&Path>) -> Result<Self, StorageError> {
         if let Some(rest) = s.strip_prefix("file://") {
             return Ok(RepoLocation::Local(PathBuf::from(rest)));
+        }
+        if s.starts_with("s3://") {
+            let mut loc =
+                S3Location::parse(s).map_err(|e| StorageError::Unsupported { location: s.to_string(), hint: e })?;
+            loc.settings = s3.cloned().unwrap_or_default();
+            loc.config_file = config_file.map(fsutil::absolute);
+            return Ok(RepoLocation::S3(Box::new(loc)));
         }
         if s.contains("://") {
             return Err(StorageError::Unsupported {
                 location: s.to_string(),
-                hint: "only local paths are supported by this build; use an absolute path".into(),
+                hint: "use a local path or s3://BUCKET/PREFIX".into(),
             });
         }
         if s.is_empty() {
@@ -56,12 +71,25 @@ impl RepoLocation {
         }
         Ok(RepoLocation::Local(fsutil::absolute(Path::new(s))))
     }
+
+    /// `--repo "…"` (and, for an object store configured in a file, `--config "…"`): what a
+    /// pgkeep run elsewhere (restore_command) needs to reach this repository.
+    pub fn command_args(&self) -> String {
+        match self {
+            RepoLocation::Local(_) => format!("--repo \"{self}\""),
+            RepoLocation::S3(l) => match &l.config_file {
+                Some(f) => format!("--config \"{}\" --repo \"{self}\"", f.display()),
+                None => format!("--repo \"{self}\""),
+            },
+        }
+    }
 }
 
 impl std::fmt::Display for RepoLocation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             RepoLocation::Local(p) => write!(f, "{}", p.display()),
+            RepoLocation::S3(l) => write!(f, "{l}"),
         }
     }
 }
@@ -98,6 +126,8 @@ pub enum StorageError {
     AlreadyExists { location: String, key: String },
     #[error("repository {location}: cannot {op} '{key}': {detail}; hint: {hint}")]
     Io { location: String, op: &'static str, key: String, detail: String, hint: String },
+    #[error("repository {location}: {detail}; hint: {hint}")]
+    Config { location: String, detail: String, hint: String },
     #[error("repository location '{location}' is not supported; hint: {hint}")]
     Unsupported { location: String, hint: String },
     /// A sealed object (encrypted repository, repo/objects.rs) that does not authenticate;
@@ -106,6 +136,8 @@ pub enum StorageError {
         "repository {location}: {detail}; hint: the stored copy cannot be trusted, use another backup or archive copy"
     )]
     Sealed { location: String, key: String, detail: String },
+    #[error("repository {location} does not enforce conditional create: a second create-if-absent (If-None-Match: *) of '{key}' replaced the object; pgkeep refuses a store that could overwrite archived WAL; hint: use a store or version that honours If-None-Match on PUT (AWS S3, MinIO, Ceph RGW 18+)")]
+    NoConditionalCreate { location: String, key: String },
 }
 
 impl StorageError {
@@ -135,6 +167,8 @@ pub struct Storage {
     rt: Handle,
     location: String,
     local: Option<LocalExtras>,
+    #[cfg(feature = "s3")]
+    remote: Option<Arc<super::s3::Remote>>,
 }
 
 /// Size of the parts a streaming writer sends; S3 needs at least 5 MiB per part.
@@ -179,8 +213,65 @@ impl Storage {
                     rt,
                     location,
                     local: Some(LocalExtras { root: root.clone(), owner }),
+                    #[cfg(feature = "s3")]
+                    remote: None,
                 })
             }
+            #[cfg(feature = "s3")]
+            RepoLocation::S3(l) => {
+                // Nothing to create: the bucket is the operator's, and a prefix is only a name.
+                let _ = create;
+                let (store, remote) = super::s3::open(l, &rt)?;
+                Ok(Storage { store, rt, location: l.to_string(), local: None, remote: Some(Arc::new(remote)) })
+            }
+            #[cfg(not(feature = "s3"))]
+            RepoLocation::S3(l) => Err(StorageError::Unsupported {
+                location: l.to_string(),
+                hint: "this pgkeep was built without S3 support; build it with the cargo feature `s3`".into(),
+            }),
+        }
+    }
+
+    /// Which credential source an object store's requests are signed with (a provider name,
+    /// never a secret); None for local repositories.
+    pub fn credential_source(&self) -> Option<Result<String, String>> {
+        #[cfg(feature = "s3")]
+        if let Some(r) = &self.remote {
+            return Some(self.rt.block_on(r.credential_source()));
+        }
+        None
+    }
+
+    /// Attributes every new object gets (the configured storage class).
+    fn attributes(&self) -> object_store::Attributes {
+        #[cfg(feature = "s3")]
+        if let Some(r) = &self.remote {
+            return r.attributes.clone();
+        }
+        object_store::Attributes::new()
+    }
+
+    /// Prove that `put_new` is a real create-if-absent on this store: create a probe object,
+    /// create it again (which must be refused), delete it. Local repositories link into place,
+    /// which the kernel makes exclusive, so only object stores are probed.
+    pub fn probe_conditional_create(&self) -> Result<(), StorageError> {
+        if self.local.is_some() {
+            return Ok(());
+        }
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let key = format!("probe/create-{}-{nanos}", std::process::id());
+        let first = self.put_new(&key, Bytes::from_static(b"pgkeep conditional-create probe 1"));
+        let second = first.as_ref().ok().map(|_| self.put_new(&key, Bytes::from_static(b"pgkeep probe 2")));
+        let deleted = self.delete(&key);
+        match (first?, second) {
+            (PutOutcome::Created, Some(Ok(PutOutcome::AlreadyExists))) => deleted,
+            (PutOutcome::Created, Some(Ok(PutOutcome::Created))) => {
+                Err(StorageError::NoConditionalCreate { location: self.location.clone(), key })
+            }
+            (PutOutcome::Created, Some(Err(e))) => Err(e),
+            // Nobody else writes this key: an existing object is a store that lies.
+            _ => Err(StorageError::NoConditionalCreate { location: self.location.clone(), key }),
         }
     }
 
@@ -256,7 +347,10 @@ impl Storage {
         }
         let path = Self::path(key);
         let payload: PutPayload = parts.into_iter().collect();
-        self.rt.block_on(self.store.put(&path, payload)).map_err(|e| os_err(&self.location, "write", key, e))?;
+        let opts = PutOptions { attributes: self.attributes(), ..Default::default() };
+        self.rt
+            .block_on(self.store.put_opts(&path, payload, opts))
+            .map_err(|e| os_err(&self.location, "write", key, e))?;
         self.finish_owner(key)
     }
 
@@ -276,7 +370,7 @@ impl Storage {
             return Ok(outcome);
         }
         let path = Self::path(key);
-        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+        let opts = PutOptions { mode: PutMode::Create, attributes: self.attributes(), ..Default::default() };
         let payload: PutPayload = parts.into_iter().collect();
         match self.rt.block_on(self.store.put_opts(&path, payload, opts)) {
             Ok(_) => {
@@ -540,6 +634,47 @@ impl Storage {
     }
 }
 
+/// Versioned writes for objects that coordinate processes (lease locks): every call returns
+/// the object's new ETag, and a replace happens only if the stored ETag is still the given one
+/// (If-Match). Object stores only: local repositories use `flock`.
+impl Storage {
+    /// Create `key` if absent; its ETag, or None when an object exists.
+    pub fn create_versioned(&self, key: &str, data: Bytes) -> Result<Option<String>, StorageError> {
+        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+        match self.rt.block_on(self.store.put_opts(&Self::path(key), data.into(), opts)) {
+            Ok(r) => Ok(Some(r.e_tag.unwrap_or_default())),
+            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => Ok(None),
+            Err(e) => Err(os_err(&self.location, "write", key, e)),
+        }
+    }
+
+    /// Replace `key` only if its ETag is still `etag`; the new ETag, or None when it changed
+    /// or is gone.
+    pub fn replace_versioned(&self, key: &str, data: Bytes, etag: &str) -> Result<Option<String>, StorageError> {
+        let version = object_store::UpdateVersion { e_tag: Some(etag.to_string()), version: None };
+        let opts = PutOptions { mode: PutMode::Update(version), ..Default::default() };
+        match self.rt.block_on(self.store.put_opts(&Self::path(key), data.into(), opts)) {
+            Ok(r) => Ok(Some(r.e_tag.unwrap_or_default())),
+            Err(object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(os_err(&self.location, "write", key, e)),
+        }
+    }
+
+    /// The object and its ETag, None when absent.
+    pub fn get_versioned(&self, key: &str) -> Result<Option<(Bytes, String)>, StorageError> {
+        let res = self.rt.block_on(async {
+            let r = self.store.get(&Self::path(key)).await?;
+            let etag = r.meta.e_tag.clone().unwrap_or_default();
+            Ok::<_, object_store::Error>((r.bytes().await?, etag))
+        });
+        match res {
+            Ok(v) => Ok(Some(v)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(os_err(&self.location, "read", key, e)),
+        }
+    }
+}
+
 /// Streaming writer. Local repositories write a staging file beside the object and rename it
 /// into place durably at `finish` (the same contract object_store's local backend keeps, without
 /// a buffer copy and a thread hop per part); other backends upload parts as they fill, and
@@ -627,7 +762,10 @@ impl ObjectWriter {
             let path = Storage::path(&self.key);
             let up = st
                 .rt
-                .block_on(st.store.put_multipart(&path))
+                .block_on(st.store.put_multipart_opts(
+                    &path,
+                    PutMultipartOptions { attributes: st.attributes(), ..Default::default() },
+                ))
                 .map_err(|e| io::Error::other(os_err(&st.location, "write", &self.key, e)))?;
             *upload = Some(up);
         }
@@ -749,6 +887,10 @@ fn hint_for(kind: io::ErrorKind) -> &'static str {
     }
 }
 
+const REMOTE_HINT: &str =
+    "check that the object store is reachable (the [s3] endpoint, the network) and that the bucket exists; requests were retried";
+const REMOTE_AUTH_HINT: &str = "give this OS user AWS credentials (an instance role, AWS_PROFILE with ~/.aws/credentials, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY) whose policy allows s3:GetObject, s3:PutObject, s3:DeleteObject and s3:ListBucket; `pgkeep check` names the credential source";
+
 fn io_err(location: &str, op: &'static str, key: &str, e: &io::Error) -> StorageError {
     StorageError::Io {
         location: location.to_string(),
@@ -768,13 +910,19 @@ fn os_err(location: &str, op: &'static str, key: &str, e: object_store::Error) -
             StorageError::AlreadyExists { location: location.to_string(), key: key.to_string() }
         }
         other => {
-            let kind = io_kind_of(&other);
+            let hint = match &other {
+                object_store::Error::Unauthenticated { .. } | object_store::Error::PermissionDenied { .. } => {
+                    REMOTE_AUTH_HINT
+                }
+                object_store::Error::Generic { store, .. } if *store != "LocalFileSystem" => REMOTE_HINT,
+                _ => hint_for(io_kind_of(&other)),
+            };
             StorageError::Io {
                 location: location.to_string(),
                 op,
                 key: key.to_string(),
                 detail: one_line(&other),
-                hint: hint_for(kind).to_string(),
+                hint: hint.to_string(),
             }
         }
     }
@@ -792,7 +940,7 @@ fn io_kind_of(e: &(dyn std::error::Error + 'static)) -> io::ErrorKind {
 }
 
 /// object_store errors nest their causes; keep the innermost cause on one line.
-fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
     let mut msg = e.to_string();
     let mut cur = e.source();
     while let Some(s) = cur {
@@ -814,6 +962,19 @@ mod tests {
             fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         v.sort();
         v
+    }
+
+    #[test]
+    fn s3_locations_carry_their_settings_and_config_file() {
+        let s3 = S3Settings { region: Some("eu-west-1".into()), ..Default::default() };
+        let l = RepoLocation::parse_with("s3://b-1/x/y/", Some(&s3), Some(Path::new("/etc/p.toml"))).unwrap();
+        assert_eq!(l.to_string(), "s3://b-1/x/y");
+        assert_eq!(l.command_args(), "--config \"/etc/p.toml\" --repo \"s3://b-1/x/y\"");
+        let RepoLocation::S3(inner) = &l else { panic!("not s3: {l:?}") };
+        assert_eq!(inner.settings.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(RepoLocation::parse("/r").unwrap().command_args(), "--repo \"/r\"");
+        assert!(RepoLocation::parse("gs://bucket/x").is_err());
+        assert!(RepoLocation::parse("s3://B/x").is_err());
     }
 
     #[test]

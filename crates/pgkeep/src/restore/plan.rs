@@ -163,7 +163,7 @@ impl RestorePlan {
             }
         }
         let settings = RecoverySettings {
-            restore_command: recovery::restore_command(&repo.location().to_string(), repo.key_file()),
+            restore_command: recovery::restore_command(repo.location(), repo.key_file()),
             target: opts.target.clone(),
             action: opts.action,
             inclusive: opts.inclusive,

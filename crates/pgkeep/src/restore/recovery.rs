@@ -89,13 +89,14 @@ impl RecoverySettings {
     }
 }
 
-/// `"<pgkeep>" --repo "<repo>" archive-get %f "%p"`, with the absolute path of this binary;
-/// for an encrypted repository also `--encryption-key-file "<file>"` (absolute): the server
-/// runs restore_command without pgkeep's flags or environment.
-pub fn restore_command(repo_location: &str, key_file: Option<&Path>) -> String {
+/// `"<pgkeep>" --repo "<repo>" archive-get %f "%p"`, with the absolute path of this binary,
+/// `--config` when an object store's settings came from a config file, and for an encrypted
+/// repository `--encryption-key-file "<file>"` (absolute): the server runs restore_command
+/// without pgkeep's flags or environment.
+pub fn restore_command(repo: &crate::repo::RepoLocation, key_file: Option<&Path>) -> String {
     let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "pgkeep".into());
     let key = key_file.map(|k| format!(" --encryption-key-file \"{}\"", k.display())).unwrap_or_default();
-    format!("\"{exe}\" --repo \"{repo_location}\"{key} archive-get %f \"%p\"")
+    format!("\"{exe}\" {}{key} archive-get %f \"%p\"", repo.command_args())
 }
 
 /// restore_command runs as the server's OS user (the data directory's owner), and a key file

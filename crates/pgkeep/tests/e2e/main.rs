@@ -21,6 +21,8 @@ mod pitr;
 mod reports_hardening;
 mod restore_hardening;
 mod rpo;
+#[cfg(feature = "s3")]
+mod s3;
 mod snapshot_btrfs;
 #[cfg(feature = "ebs")]
 mod snapshot_ebs;

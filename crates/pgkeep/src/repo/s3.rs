@@ -1,0 +1,289 @@
+//! S3 and S3-compatible repositories (`s3://BUCKET/PREFIX`): the `[s3]` settings, the URL, and
+//! (with the `s3` cargo feature) the object_store client behind [`super::Storage`].
+//!
+//! Credentials come from aws-config's standard chain (environment, shared config and
+//! credentials files with AWS_PROFILE, SSO, web identity, ECS, EC2 instance metadata), handed
+//! to object_store through its `CredentialProvider` interface, so an instance role just works.
+//! Nothing here ever formats a secret: errors carry the chain's own messages, and the source
+//! reported by `check` is the provider's name.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// The `[s3]` table of the config file. Every key is optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Settings {
+    /// An S3-compatible store (MinIO, Ceph RGW, Garage): `https://host:port`. Default: AWS,
+    /// or AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL from the environment.
+    pub endpoint: Option<String>,
+    /// Default: the AWS chain's region (AWS_REGION, the profile, instance metadata), else
+    /// us-east-1.
+    pub region: Option<String>,
+    /// `https://endpoint/BUCKET/key` instead of `https://BUCKET.endpoint/key`. Default: false
+    /// for AWS, true for a custom endpoint (what S3-compatible stores expect).
+    pub force_path_style: Option<bool>,
+    /// PEM file of a private CA (an on-premises store), trusted besides the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// x-amz-storage-class of every stored object (e.g. STANDARD_IA); default: the bucket's.
+    pub storage_class: Option<String>,
+    /// Retries of one request after throttling, 5xx, timeouts and connection errors (default 5).
+    pub max_retries: Option<usize>,
+    /// Seconds after which one request is not retried any more (default 60).
+    pub retry_timeout: Option<u64>,
+}
+
+/// An `s3://BUCKET/PREFIX` location with the settings that say how to reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Location {
+    pub bucket: String,
+    /// Without leading or trailing `/`; may be empty (the bucket's root).
+    pub prefix: String,
+    pub settings: S3Settings,
+    /// The config file the settings came from: restore_command passes it on, so the restored
+    /// server's archive-get reaches the same store.
+    pub config_file: Option<PathBuf>,
+}
+
+impl S3Location {
+    /// Parse `s3://BUCKET[/PREFIX]`; the error says what is wrong with it.
+    pub fn parse(url: &str) -> Result<S3Location, String> {
+        let rest = url.strip_prefix("s3://").ok_or("an S3 repository is written s3://BUCKET/PREFIX")?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let valid_bucket = (3..=63).contains(&bucket.len())
+            && bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
+        if !valid_bucket {
+            return Err(format!(
+                "'{bucket}' is not an S3 bucket name (3 to 63 lowercase letters, digits, '.' and '-')"
+            ));
+        }
+        let prefix = prefix.trim_matches('/');
+        let valid_prefix = prefix.split('/').all(|part| {
+            !part.is_empty()
+                && part != "."
+                && part != ".."
+                && part.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        });
+        if !prefix.is_empty() && !valid_prefix {
+            return Err(format!(
+                "'{prefix}' is not a usable prefix (use letters, digits, '.', '_', '-' and '/' between parts)"
+            ));
+        }
+        Ok(S3Location {
+            bucket: bucket.to_string(),
+            prefix: prefix.to_string(),
+            settings: S3Settings::default(),
+            config_file: None,
+        })
+    }
+}
+
+impl std::fmt::Display for S3Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.prefix.is_empty() {
+            write!(f, "s3://{}", self.bucket)
+        } else {
+            write!(f, "s3://{}/{}", self.bucket, self.prefix)
+        }
+    }
+}
+
+#[cfg(feature = "s3")]
+pub(crate) use client::{open, Remote};
+
+#[cfg(feature = "s3")]
+mod client {
+    use std::sync::Arc;
+    use std::time::{Duration, SystemTime};
+
+    use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
+    use object_store::aws::{AmazonS3Builder, AwsCredential};
+    use object_store::prefix::PrefixStore;
+    use object_store::{
+        Attribute, Attributes, BackoffConfig, Certificate, ClientOptions, CredentialProvider, ObjectStore, RetryConfig,
+    };
+    use tokio::runtime::Handle;
+
+    use super::S3Location;
+    use crate::repo::storage::StorageError;
+
+    /// What the S3 backend keeps beside the store: the credential chain (for `check`) and the
+    /// attributes every stored object gets.
+    #[derive(Debug)]
+    pub(crate) struct Remote {
+        chain: Arc<AwsChain>,
+        pub(crate) attributes: Attributes,
+    }
+
+    impl Remote {
+        /// Resolve credentials now; the name of the provider that supplied them (e.g.
+        /// "EnvironmentVariable", "ProfileFile", "IMDSv2"), never their value.
+        pub(crate) async fn credential_source(&self) -> Result<String, String> {
+            self.chain.get_credential().await.map_err(|e| super::super::storage::one_line(&e))?;
+            Ok(self.chain.source.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default())
+        }
+    }
+
+    fn bad(loc: &S3Location, detail: String, hint: &str) -> StorageError {
+        StorageError::Config { location: loc.to_string(), detail, hint: hint.into() }
+    }
+
+    /// The store for `loc`, its keys relative to the prefix.
+    pub(crate) fn open(loc: &S3Location, rt: &Handle) -> Result<(Arc<dyn ObjectStore>, Remote), StorageError> {
+        // reqwest is built without a bundled TLS provider (see Cargo.toml): ring is the
+        // process default. Err only means one is installed already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let s = &loc.settings;
+        let sdk = rt.block_on(load_aws_config(s.region.as_deref()));
+        let region =
+            s.region.clone().or_else(|| sdk.region().map(|r| r.to_string())).unwrap_or_else(|| "us-east-1".to_string());
+        let endpoint = s
+            .endpoint
+            .clone()
+            .or_else(|| std::env::var("AWS_ENDPOINT_URL_S3").ok().filter(|v| !v.is_empty()))
+            .or_else(|| sdk.endpoint_url().map(str::to_string));
+        let mut options =
+            ClientOptions::new().with_timeout(Duration::from_secs(60)).with_connect_timeout(Duration::from_secs(5));
+        if let Some(ca) = &s.ca_file {
+            let pem = std::fs::read(ca).map_err(|e| {
+                bad(loc, format!("cannot read ca_file {}: {e}", ca.display()), "fix [s3] ca_file in the config file")
+            })?;
+            let certs = Certificate::from_pem_bundle(&pem).map_err(|e| {
+                bad(
+                    loc,
+                    format!("ca_file {} holds no usable PEM certificate: {e}", ca.display()),
+                    "[s3] ca_file must be a PEM file of the CA that signed the store's certificate",
+                )
+            })?;
+            for c in certs {
+                options = options.with_root_certificate(c);
+            }
+        }
+        let mut b = AmazonS3Builder::new().with_bucket_name(&loc.bucket).with_region(&region).with_retry(RetryConfig {
+            backoff: BackoffConfig {
+                init_backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_secs(5),
+                base: 2.0,
+            },
+            max_retries: s.max_retries.unwrap_or(5),
+            retry_timeout: Duration::from_secs(s.retry_timeout.unwrap_or(60)),
+        });
+        match endpoint {
+            Some(ep) => {
+                options = options.with_allow_http(ep.starts_with("http://"));
+                if s.force_path_style == Some(false) {
+                    // object_store takes a virtual-hosted endpoint with the bucket in it.
+                    let (scheme, host) = ep.split_once("://").unwrap_or(("https", ep.as_str()));
+                    b = b
+                        .with_endpoint(format!("{scheme}://{}.{host}", loc.bucket))
+                        .with_virtual_hosted_style_request(true);
+                } else {
+                    b = b.with_endpoint(ep);
+                }
+            }
+            None => b = b.with_virtual_hosted_style_request(!s.force_path_style.unwrap_or(false)),
+        }
+        let chain = Arc::new(AwsChain {
+            provider: sdk.credentials_provider(),
+            cached: tokio::sync::Mutex::new(None),
+            source: std::sync::Mutex::new(None),
+        });
+        let store =
+            b.with_client_options(options).with_credentials(chain.clone()).build().map_err(|e| {
+                bad(loc, super::super::storage::one_line(&e), "check the [s3] settings in the config file")
+            })?;
+        let store: Arc<dyn ObjectStore> = if loc.prefix.is_empty() {
+            Arc::new(store)
+        } else {
+            Arc::new(PrefixStore::new(store, loc.prefix.as_str()))
+        };
+        let mut attributes = Attributes::new();
+        if let Some(class) = &s.storage_class {
+            attributes.insert(Attribute::StorageClass, class.clone().into());
+        }
+        Ok((store, Remote { chain, attributes }))
+    }
+
+    async fn load_aws_config(region: Option<&str>) -> aws_config::SdkConfig {
+        use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+        let https =
+            aws_smithy_http_client::Builder::new().tls_provider(Provider::Rustls(CryptoMode::Ring)).build_https();
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(https);
+        if let Some(r) = region {
+            loader = loader.region(aws_config::Region::new(r.to_string()));
+        }
+        loader.load().await
+    }
+
+    /// aws-config's credential chain as an object_store credential provider, cached until
+    /// five minutes before the credentials expire (object_store asks for every request; IMDS
+    /// and STS must not be asked that often).
+    struct AwsChain {
+        provider: Option<SharedCredentialsProvider>,
+        cached: tokio::sync::Mutex<Option<(Arc<AwsCredential>, Option<SystemTime>)>>,
+        source: std::sync::Mutex<Option<String>>,
+    }
+
+    /// Never shows the credentials (object_store requires Debug of a provider).
+    impl std::fmt::Debug for AwsChain {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("AwsChain")
+        }
+    }
+
+    const REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(300);
+
+    #[async_trait::async_trait]
+    impl CredentialProvider for AwsChain {
+        type Credential = AwsCredential;
+
+        async fn get_credential(&self) -> object_store::Result<Arc<AwsCredential>> {
+            let mut cached = self.cached.lock().await;
+            if let Some((c, expiry)) = &*cached {
+                if expiry.is_none_or(|e| e > SystemTime::now() + REFRESH_BEFORE_EXPIRY) {
+                    return Ok(c.clone());
+                }
+            }
+            // Unauthenticated: the storage layer then hints at credentials, not the network.
+            let no_creds = |detail: String| object_store::Error::Unauthenticated {
+                path: "(any)".into(),
+                source: format!("no AWS credentials ({detail})").into(),
+            };
+            let provider = self.provider.as_ref().ok_or_else(|| no_creds("no credential chain".into()))?;
+            let creds =
+                provider.provide_credentials().await.map_err(|e| no_creds(super::super::storage::one_line(&e)))?;
+            let credential = Arc::new(AwsCredential {
+                key_id: creds.access_key_id().to_string(),
+                secret_key: creds.secret_access_key().to_string(),
+                token: creds.session_token().map(str::to_string),
+            });
+            *self.source.lock().unwrap_or_else(|p| p.into_inner()) = Some(provider_name(&creds));
+            *cached = Some((credential.clone(), creds.expiry()));
+            Ok(credential)
+        }
+    }
+
+    /// aws-credential-types has no accessor for the provider's name; its Debug output (which
+    /// redacts the secret) starts with it: `Credentials { provider_name: "Environment", ..`.
+    fn provider_name(c: &aws_credential_types::Credentials) -> String {
+        let dbg = format!("{c:?}");
+        dbg.split("provider_name: \"").nth(1).and_then(|r| r.split('"').next()).unwrap_or("unknown").to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let l = S3Location::parse("s3://my-bucket/db1/main/").unwrap();
+        assert_eq!((l.bucket.as_str(), l.prefix.as_str()), ("my-bucket", "db1/main"));
+        assert_eq!(l.to_string(), "s3://my-bucket/db1/main");
+        assert_eq!(S3Location::parse("s3://my-bucket").unwrap().to_string(), "s3://my-bucket");
+        assert!(S3Location::parse("s3://My_Bucket/x").is_err());
+        assert!(S3Location::parse("s3://bucket/a/../b").is_err());
+        assert!(S3Location::parse("s3://bucket/a//b").is_err());
+    }
+}
