@@ -68,3 +68,8 @@ pub fn verdict_key(id: &str, stamp: &str) -> String {
 pub fn verdict_prefix(id: &str) -> String {
     format!("{BACKUP_PREFIX}/{id}/verify")
 }
+
+/// A repository lock: a `flock`ed file in a local repository, a lease object in an object store.
+pub fn lock_key(name: &str) -> String {
+    format!("lock/{name}.lock")
+}

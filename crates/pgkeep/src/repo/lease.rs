@@ -48,6 +48,14 @@ impl Holder {
     }
 }
 
+/// The live holder of the lease at `key` as `pid N on HOST` (the line a local lock file holds,
+/// which `list` matches against a backup's start marker); None when absent, unreadable or expired.
+pub fn live_holder(storage: &Storage, key: &str) -> Option<String> {
+    let (bytes, _) = storage.get_versioned(key).ok()??;
+    let h: Holder = serde_json::from_slice(&bytes).ok()?;
+    (h.lease_expires_at > Utc::now()).then(|| super::lock::holder_line(h.pid, &h.host))
+}
+
 /// A held lease; released (the object deleted if still ours) on drop.
 pub struct Lease {
     stop: Option<mpsc::Sender<()>>,

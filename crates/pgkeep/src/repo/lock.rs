@@ -61,7 +61,7 @@ impl RepoLock {
     /// Take the named lock (e.g. "backup") or fail at once if another process holds it.
     pub fn acquire(repo: &Repository, name: &str) -> Result<RepoLock, RepoError> {
         if !repo.storage().features().posix {
-            let key = format!("lock/{name}.lock");
+            let key = super::layout::lock_key(name);
             let lease = super::lease::Lease::acquire(repo.storage().raw(), &key, name)?;
             let path = PathBuf::from(format!("{}/{key}", repo.storage().location()));
             return Ok(RepoLock { _held: Held::Lease(lease), path });
@@ -127,6 +127,9 @@ impl RepoLock {
 /// The holder line of the named lock while a live process holds it; None when nobody does (or
 /// the lock was never taken, or cannot be opened). Creates nothing and never blocks.
 pub fn held_by(repo: &Repository, name: &str) -> Option<String> {
+    if !repo.storage().features().posix {
+        return super::lease::live_holder(repo.storage().raw(), &super::layout::lock_key(name));
+    }
     let path = lock_dir(repo).join(format!("{name}.lock"));
     let file = File::open(&path).ok()?;
     match file.try_lock_shared() {

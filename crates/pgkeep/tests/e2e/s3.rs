@@ -350,6 +350,19 @@ fn s3_running_backup_renews_its_lease_and_excludes_a_second_one() {
     let o = s.keep(s.cmd(&["backup"]).fails());
     let line = o.one_error_line();
     assert!(line.contains("holds the lock") && line.contains(&format!("on {}", pgkeep::hostname())), "{line}");
+    // The live lease tells list that the backup is running, not killed (once its start marker,
+    // written right after the lock, is there).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let states = loop {
+        let list = s.json(s.cmd(&["list"]));
+        let states: Vec<String> =
+            list.as_array().expect("list array").iter().filter_map(|b| b["state"].as_str().map(String::from)).collect();
+        if !states.is_empty() || Instant::now() > deadline {
+            break states;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(states, vec!["running".to_string()]);
     let deadline = Instant::now() + Duration::from_secs(40);
     while expiry() == e1 {
         assert!(Instant::now() < deadline, "the lease was not renewed within 40 s");
