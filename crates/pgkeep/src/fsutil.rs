@@ -42,16 +42,23 @@ pub fn syncfs_all(paths: &[std::path::PathBuf]) -> io::Result<()> {
 }
 
 /// Write `data` to `path` atomically and durably: temp file, fsync, rename, fsync directory.
+/// The temp name is fixed (a retry after a kill reuses it) and removed when a step fails;
+/// `mode` is subject to the umask.
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    // A bare file name (restore_command may get a relative %p) has the empty path as parent.
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{name}.pgkeep-tmp"));
-    {
+    let res = (|| {
         let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
         f.write_all(data)?;
         f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if let Err(e) = res {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
     }
-    fs::rename(&tmp, path)?;
     fsync_dir(dir)
 }
 

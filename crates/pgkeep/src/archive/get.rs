@@ -3,7 +3,7 @@
 //! early, so the binary maps every error to an exit status PostgreSQL treats as fatal.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Serialize;
 
@@ -66,23 +66,6 @@ fn write_dest(dest: &Path, data: &[u8]) -> std::io::Result<()> {
         f.write_all(data)?;
         return f.sync_all();
     }
-    let dir = match dest.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    // A fixed temp name: a retry after a kill reuses it instead of leaving one more file.
-    let mut tmp = dest.as_os_str().to_owned();
-    tmp.push(".pgkeep-tmp");
-    let tmp = PathBuf::from(tmp);
-    let res = (|| {
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, dest)
-    })();
-    if let Err(e) = res {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    fsutil::fsync_dir(&dir)
+    // 0o666 under the server's umask: the mode a plain create gives (PostgreSQL's 0077 → 0600).
+    fsutil::write_atomic(dest, data, 0o666)
 }
