@@ -138,7 +138,7 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 
 /// The whole story on S3: init (conditional create proven), check (credential source named),
 /// a backup under write load, WAL through archive_command, list, verify, wal verify, PITR to a
-/// time between two marker rows, restore to the end; restored rows equal the source.
+/// time between two marker rows, restore to the end (restored rows equal the source), expire.
 #[test]
 fn s3_repository_backup_archive_pitr_restore_verify_under_load() {
     let s = S3Setup::with_s3_settings(
@@ -227,6 +227,18 @@ fn s3_repository_backup_archive_pitr_restore_verify_under_load() {
     ] {
         assert_eq!(end.scalar(q), s.pg.scalar(q), "{q}");
     }
+
+    // expire on the object store: a newer backup, then the first one removed with every object
+    // under its prefix; the newer one is still listed complete and its WAL still verifies.
+    let newer = s.json(s.cmd(&["backup"]))["id"].as_str().expect("backup id").to_string();
+    let x = s.json(s.cmd(&["expire", "--backup", &id]));
+    assert_eq!(x["removed"], true, "{x}");
+    assert!(s.s3.keys(&format!("db1/main/backup/{id}/")).is_empty(), "every object of {id} is deleted");
+    let list = s.json(s.cmd(&["list"]));
+    let ids: Vec<&str> = list.as_array().unwrap().iter().filter_map(|b| b["id"].as_str()).collect();
+    assert_eq!(ids, vec![newer.as_str()], "{list}");
+    assert_eq!(list[0]["state"], "complete");
+    assert_eq!(s.json(s.cmd(&["wal", "verify"]))["ok"], true);
     s.assert_no_secret_anywhere(&[&pitr_dir, &end_dir]);
 }
 
