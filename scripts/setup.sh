@@ -10,6 +10,8 @@
 #   - cargo-nextest (the test runner), if the toolchain lacks it
 #   - a Python venv with moto[server] (fake EC2 and S3 APIs for the EBS and s3:// tests) at
 #     $PGKEEP_MOTO_VENV (default /opt/pgkeep-venv)
+#   - s3s-fs, a second S3 server (crates.io; checks SigV4 and conditional PUTs) at
+#     $PGKEEP_S3S_FS (default /opt/s3s/bin/s3s-fs), built with cargo install (~4 min of CPU)
 set -euo pipefail
 
 SUDO=""
@@ -47,6 +49,14 @@ if ! [ -x "$VENV/bin/moto_server" ] || ! "$VENV/bin/python" -c 'import moto, bot
     echo "setup.sh: creating $VENV with moto[server]" >&2
     $SUDO /usr/bin/python3 -m venv "$VENV"
     $SUDO "$VENV/bin/pip" install -q --disable-pip-version-check 'moto[server]>=5.1,<6'
+fi
+
+S3S_FS="${PGKEEP_S3S_FS:-/opt/s3s/bin/s3s-fs}"
+if ! [ -x "$S3S_FS" ]; then
+    S3S_ROOT="$(dirname "$(dirname "$S3S_FS")")"
+    echo "setup.sh: installing s3s-fs into $S3S_ROOT" >&2
+    $SUDO mkdir -p "$S3S_ROOT" && $SUDO chown "$(id -u)" "$S3S_ROOT"
+    cargo install -q s3s-fs --version 0.14.1 --features binary --root "$S3S_ROOT"
 fi
 
 if ! cargo nextest --version >/dev/null 2>&1; then

@@ -12,6 +12,7 @@ pub mod load;
 pub mod moto;
 pub mod proxy;
 pub mod s3;
+pub mod s3s;
 pub mod volumes;
 
 pub use cluster::{ClusterOptions, TestCluster};
@@ -20,5 +21,5 @@ pub use env::TestEnv;
 pub use load::{Committed, Load, Op};
 pub use moto::MotoServer;
 pub use proxy::FaultProxy;
-pub use s3::S3Store;
+pub use s3::{S3Server, S3Store};
 pub use volumes::{cluster_at, require_root, Mounts};

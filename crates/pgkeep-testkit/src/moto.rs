@@ -55,6 +55,11 @@ impl MotoServer {
         m
     }
 
+    /// The venv holding moto and boto3.
+    pub fn venv(&self) -> &std::path::Path {
+        &self.venv
+    }
+
     /// Environment that points an AWS SDK at this server with dummy credentials.
     pub fn aws_env(&self) -> Vec<(String, String)> {
         vec![
@@ -70,18 +75,7 @@ impl MotoServer {
     /// Run a Python snippet with boto3 (`ec2()` and `s3()` return clients for this server); returns
     /// stdout. Panics with stderr on failure.
     pub fn python(&self, script: &str) -> String {
-        let prelude = format!(
-            "import json, boto3\ndef ec2():\n    return boto3.client('ec2', endpoint_url='{e}', region_name='us-east-1')\ndef s3():\n    return boto3.client('s3', endpoint_url='{e}', region_name='us-east-1')\n",
-            e = self.endpoint
-        );
-        let out = Command::new(self.venv.join("bin/python"))
-            .arg("-c")
-            .arg(format!("{prelude}{script}"))
-            .envs(self.aws_env())
-            .output()
-            .expect("run venv python");
-        assert!(out.status.success(), "python failed: {}\n{}", String::from_utf8_lossy(&out.stderr), script);
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        boto_python(&self.venv, &self.endpoint, ("testing", "testing"), script)
     }
 
     /// Run a snippet that prints one JSON document, and parse it.
@@ -96,4 +90,26 @@ impl Drop for MotoServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Run a Python snippet with the venv's boto3 against any S3/EC2 endpoint signed with
+/// `(access key, secret key)`; `ec2()` and `s3()` return clients for it. Returns stdout; panics
+/// with stderr on failure.
+pub fn boto_python(venv: &std::path::Path, endpoint: &str, (access, secret): (&str, &str), script: &str) -> String {
+    let prelude = format!(
+        "import json, boto3\ndef ec2():\n    return boto3.client('ec2', endpoint_url='{endpoint}', region_name='us-east-1')\ndef s3():\n    return boto3.client('s3', endpoint_url='{endpoint}', region_name='us-east-1')\n"
+    );
+    let out = Command::new(venv.join("bin/python"))
+        .arg("-c")
+        .arg(format!("{prelude}{script}"))
+        .env("AWS_ACCESS_KEY_ID", access)
+        .env("AWS_SECRET_ACCESS_KEY", secret)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("AWS_ENDPOINT_URL")
+        .output()
+        .expect("run venv python");
+    assert!(out.status.success(), "python failed: {}\n{}", String::from_utf8_lossy(&out.stderr), script);
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -1,12 +1,14 @@
-//! An S3 bucket on moto_server (127.0.0.1, a free port) for `s3://` repository tests, with
-//! credentials only pgkeep sees (a shared credentials file) and boto3 as the tests'
-//! independent view of what pgkeep stored.
+//! An S3 bucket on moto_server or s3s-fs (127.0.0.1, a free port) for `s3://` repository
+//! tests, with credentials only pgkeep sees (a shared credentials file) and boto3 as the tests'
+//! independent view of what pgkeep stored. Two independent S3 implementations: what passes on
+//! both is not an accident of one server.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::moto::MotoServer;
+use crate::moto::{boto_python, MotoServer};
 use crate::proxy::FaultProxy;
+use crate::s3s::S3sFsServer;
 use crate::TestEnv;
 
 /// The secret access key pgkeep signs with: distinctive, so a test can grep every output and
@@ -14,8 +16,18 @@ use crate::TestEnv;
 pub const SECRET_KEY: &str = "pgkeepTestSecret+9f3b2c7d1e5a4b6c8d0e";
 pub const ACCESS_KEY: &str = "AKIAPGKEEPTEST000001";
 
+/// Which S3 implementation serves the bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum S3Server {
+    Moto,
+    S3sFs,
+}
+
 pub struct S3Store {
+    /// Always running (its boto3 venv is the tests' client); serves the bucket unless `s3s` does.
     pub moto: MotoServer,
+    /// s3s-fs, when the bucket lives there instead of in moto.
+    pub s3s: Option<S3sFsServer>,
     pub bucket: String,
     /// `[s3]` settings pointing at this server; readable by the server's OS user.
     pub config: PathBuf,
@@ -36,20 +48,39 @@ impl S3Store {
 
     /// Like [`S3Store::start`], with more `[s3]` lines in the config file.
     pub fn start_with(env: &TestEnv, bucket: &str, extra_s3_settings: &str) -> S3Store {
-        Self::start_inner(env, bucket, extra_s3_settings, false)
+        Self::start_inner(env, bucket, extra_s3_settings, false, S3Server::Moto)
+    }
+
+    /// Like [`S3Store::start_with`], on the given S3 implementation.
+    pub fn start_on(env: &TestEnv, server: S3Server, bucket: &str, extra_s3_settings: &str) -> S3Store {
+        Self::start_inner(env, bucket, extra_s3_settings, false, server)
     }
 
     /// Like [`S3Store::start_with`], with pgkeep reaching moto through a [`FaultProxy`]
     /// (`store.proxy`); boto3 (the tests' view) still talks to moto directly.
     pub fn start_behind_proxy(env: &TestEnv, bucket: &str, extra_s3_settings: &str) -> S3Store {
-        Self::start_inner(env, bucket, extra_s3_settings, true)
+        Self::start_inner(env, bucket, extra_s3_settings, true, S3Server::Moto)
     }
 
-    fn start_inner(env: &TestEnv, bucket: &str, extra_s3_settings: &str, behind_proxy: bool) -> S3Store {
+    fn start_inner(
+        env: &TestEnv,
+        bucket: &str,
+        extra_s3_settings: &str,
+        behind_proxy: bool,
+        server: S3Server,
+    ) -> S3Store {
         let moto = MotoServer::start(env.root());
-        let proxy = behind_proxy.then(|| FaultProxy::start(moto.port));
-        let endpoint = proxy.as_ref().map_or_else(|| moto.endpoint.clone(), FaultProxy::endpoint);
-        moto.python(&format!("s3().create_bucket(Bucket='{bucket}')"));
+        let s3s =
+            (server == S3Server::S3sFs).then(|| S3sFsServer::start(env.root(), ACCESS_KEY, SECRET_KEY, &[bucket]));
+        let (port, direct) = match &s3s {
+            Some(s) => (s.port, s.endpoint.clone()),
+            None => (moto.port, moto.endpoint.clone()),
+        };
+        let proxy = behind_proxy.then(|| FaultProxy::start(port));
+        let endpoint = proxy.as_ref().map_or(direct, FaultProxy::endpoint);
+        if s3s.is_none() {
+            moto.python(&format!("s3().create_bucket(Bucket='{bucket}')"));
+        }
         let dir = env.owned_dir("aws");
         let credentials = dir.join("credentials");
         std::fs::write(
@@ -68,7 +99,20 @@ impl S3Store {
         )
         .expect("write config");
         pgkeep::fsutil::set_mode(&config, 0o644).expect("chmod config");
-        S3Store { moto, bucket: bucket.to_string(), config, credentials, aws_config, proxy }
+        S3Store { moto, s3s, bucket: bucket.to_string(), config, credentials, aws_config, proxy }
+    }
+
+    /// Run a boto3 snippet (`s3()` is a client) against the server holding the bucket.
+    pub fn python(&self, script: &str) -> String {
+        match &self.s3s {
+            Some(s) => boto_python(self.moto.venv(), &s.endpoint, (ACCESS_KEY, SECRET_KEY), script),
+            None => self.moto.python(script),
+        }
+    }
+
+    fn json(&self, script: &str) -> serde_json::Value {
+        let out = self.python(script);
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
     }
 
     pub fn url(&self, prefix: &str) -> String {
@@ -98,7 +142,7 @@ impl S3Store {
 
     /// Every key below `prefix`, sorted (boto3's view).
     pub fn keys(&self, prefix: &str) -> Vec<String> {
-        let v = self.moto.json(&format!(
+        let v = self.json(&format!(
             "c = s3(); keys = []\nfor page in c.get_paginator('list_objects_v2').paginate(Bucket='{}', Prefix='{prefix}'):\n    keys += [o['Key'] for o in page.get('Contents', [])]\nprint(json.dumps(sorted(keys)))",
             self.bucket
         ));
@@ -107,7 +151,7 @@ impl S3Store {
 
     /// (size, storage class) of one object, from HeadObject.
     pub fn head(&self, key: &str) -> (u64, String) {
-        let v = self.moto.json(&format!(
+        let v = self.json(&format!(
             "h = s3().head_object(Bucket='{}', Key='{key}')\nprint(json.dumps([h['ContentLength'], h.get('StorageClass', 'STANDARD')]))",
             self.bucket
         ));
@@ -117,7 +161,7 @@ impl S3Store {
     /// Every object below `prefix` with its bytes, sorted by key.
     pub fn objects(&self, prefix: &str) -> Vec<(String, Vec<u8>)> {
         let dir = tempfile::tempdir().expect("tempdir");
-        self.moto.python(&format!(
+        self.python(&format!(
             "import os\nc = s3()\nfor page in c.get_paginator('list_objects_v2').paginate(Bucket='{b}', Prefix='{prefix}'):\n    for o in page.get('Contents', []):\n        p = os.path.join('{d}', o['Key'].replace('/', '%'))\n        c.download_file('{b}', o['Key'], p)",
             b = self.bucket,
             d = dir.path().display()
@@ -133,7 +177,7 @@ impl S3Store {
 
     /// Wait until `key` exists (e.g. an archived segment).
     pub fn wait_for_key(&self, key: &str, timeout: Duration) {
-        self.moto.python(&format!(
+        self.python(&format!(
             "import time\nc = s3(); end = time.time() + {secs}\nwhile True:\n    r = c.list_objects_v2(Bucket='{b}', Prefix='{key}')\n    if any(o['Key'] == '{key}' for o in r.get('Contents', [])): break\n    assert time.time() < end, '{key} did not appear within {secs}s'\n    time.sleep(0.1)",
             secs = timeout.as_secs(),
             b = self.bucket

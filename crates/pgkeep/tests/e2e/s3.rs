@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use pgkeep_testkit::s3::SECRET_KEY;
-use pgkeep_testkit::{ClusterOptions, CmdOutput, FaultProxy, Load, PgkeepCmd, S3Store, TestCluster, TestEnv};
+use pgkeep_testkit::{ClusterOptions, CmdOutput, FaultProxy, Load, PgkeepCmd, S3Server, S3Store, TestCluster, TestEnv};
 
 use crate::common;
 
@@ -29,8 +29,12 @@ impl S3Setup {
     }
 
     fn with_s3_settings(prefix: &str, settings: &[(&str, &str)], s3_settings: &str) -> S3Setup {
+        Self::on(S3Server::Moto, prefix, settings, s3_settings)
+    }
+
+    fn on(server: S3Server, prefix: &str, settings: &[(&str, &str)], s3_settings: &str) -> S3Setup {
         let env = common::env();
-        let s3 = S3Store::start_with(&env, "pgkeep-test", s3_settings);
+        let s3 = S3Store::start_on(&env, server, "pgkeep-test", s3_settings);
         let url = s3.url(prefix);
         let mut opts = ClusterOptions::default()
             .with("archive_mode", "on")
@@ -137,13 +141,24 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 /// The whole story on S3: init (conditional create proven), check (credential source named),
 /// a backup under write load, WAL through archive_command, list, verify, wal verify, PITR to a
 /// time between two marker rows, restore to the end (restored rows equal the source), expire.
+/// On moto_server and on s3s-fs, two independent S3 implementations.
 #[test]
 fn s3_repository_backup_archive_pitr_restore_verify_under_load() {
-    let s = S3Setup::with_s3_settings(
-        "db1/main",
-        &[("track_commit_timestamp", "on")],
-        "storage_class = \"STANDARD_IA\"\nmax_retries = 3",
-    );
+    s3_story(S3Server::Moto);
+}
+
+#[test]
+fn s3_repository_story_on_a_second_implementation_s3s_fs() {
+    s3_story(S3Server::S3sFs);
+}
+
+fn s3_story(server: S3Server) {
+    // s3s-fs refuses any storage class (InvalidStorageClass); moto records the one pgkeep sends.
+    let settings = match server {
+        S3Server::Moto => "storage_class = \"STANDARD_IA\"\nmax_retries = 3",
+        S3Server::S3sFs => "max_retries = 3",
+    };
+    let s = S3Setup::on(server, "db1/main", &[("track_commit_timestamp", "on")], settings);
     let keys = s.s3.keys("db1/main/");
     assert!(keys.contains(&"db1/main/pgkeep.info".to_string()), "{keys:?}");
     assert!(!keys.iter().any(|k| k.contains("probe")), "init's probe objects must be deleted: {keys:?}");
@@ -179,9 +194,11 @@ fn s3_repository_backup_archive_pitr_restore_verify_under_load() {
     // single PUT or multipart, has the configured storage class.
     let heads: Vec<(u64, String)> = data_keys.iter().map(|k| s.s3.head(k)).collect();
     assert!(heads.iter().any(|(size, _)| *size > 8 << 20), "a data object larger than one part: {heads:?}");
-    assert!(heads.iter().all(|(_, class)| class == "STANDARD_IA"), "{heads:?}");
-    let wal_keys = s.s3.keys("db1/main/wal/");
-    assert_eq!(s.s3.head(&wal_keys[0]).1, "STANDARD_IA");
+    if server == S3Server::Moto {
+        assert!(heads.iter().all(|(_, class)| class == "STANDARD_IA"), "{heads:?}");
+        let wal_keys = s.s3.keys("db1/main/wal/");
+        assert_eq!(s.s3.head(&wal_keys[0]).1, "STANDARD_IA");
+    }
     assert!(s.s3.keys(&format!("db1/main/backup/{id}/manifest")).len() == 1);
 
     let list = s.json(s.cmd(&["list"]));
