@@ -57,7 +57,7 @@
 //!
 //! Other files ([`control`], [`history`]):
 //! - `fn parse_pg_control(bytes: &[u8]) -> Result<ControlFileData, ControlError>`
-//!   (CRC-32C checked; control versions 1300 = PostgreSQL 13–16 and 1700 = 17).
+//!   (CRC-32C checked; control versions 1300 = PostgreSQL 13–16, 1700 = 17, 1800 = 18).
 //! - `fn parse_timeline_history(text: &str) -> Result<Vec<TimeLineHistoryEntry>, HistoryError>`,
 //!   [`timeline_of`], and `fn parse_backup_label(text: &str) -> Result<BackupLabel,
 //!   BackupLabelError>` for `backup_label` and `.backup` files.
