@@ -5,7 +5,7 @@
 //! they can be read beside the C headers they mirror. Input is never trusted: every read is
 //! bounds-checked and damaged or hostile bytes produce errors, never panics.
 //!
-//! PostgreSQL 15 is the tested major; the page magics and layouts of 13–17 are known
+//! PostgreSQL 14–18 are tested (15 most deeply); the page magics and layouts of 13–18 are known
 //! ([`version`]), and anything else is reported as unknown rather than misread. Layouts
 //! assume a little-endian host (x86-64, aarch64).
 //!
