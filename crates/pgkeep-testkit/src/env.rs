@@ -31,7 +31,7 @@ impl TestEnv {
         } else {
             None
         };
-        let bin = PgBin::find(None).unwrap_or_else(|e| panic!("{e}"));
+        let bin = PgBin::find_any(None).unwrap_or_else(|e| panic!("{e}"));
         // The server's OS user must be able to run pgkeep from archive_command/restore_command;
         // a checkout under /root is not reachable for it, so copy the binary here.
         let bin_dir = dir.path().join("bin");

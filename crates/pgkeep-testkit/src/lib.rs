@@ -15,7 +15,7 @@ pub mod s3;
 pub mod s3s;
 pub mod volumes;
 
-pub use cluster::{ClusterOptions, TestCluster};
+pub use cluster::{server_bin, ClusterOptions, TestCluster};
 pub use cmd::{CmdOutput, PgkeepCmd};
 pub use env::TestEnv;
 pub use load::{Committed, Load, Op};

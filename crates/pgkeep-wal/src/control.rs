@@ -16,8 +16,9 @@ pub const MOCK_AUTH_NONCE_LEN: usize = 32;
 /// `FLOATFORMAT_VALUE`, stored to detect an incompatible float format. // catalog/pg_control.h
 pub const FLOATFORMAT_VALUE: f64 = 1234567.0;
 
-/// Offsets in `ControlFileData` for PG_CONTROL_VERSION 1300 and 1700 (x86-64/aarch64
-/// alignment: 8-byte integers and doubles aligned to 8). // catalog/pg_control.h
+/// Offsets in `ControlFileData` for PG_CONTROL_VERSION 1300, 1700 and 1800 (x86-64/aarch64
+/// alignment: 8-byte integers and doubles aligned to 8); 1800 differs only from
+/// `DEFAULT_CHAR_SIGNEDNESS` on. // catalog/pg_control.h
 mod off {
     pub const SYSTEM_IDENTIFIER: usize = 0;
     pub const PG_CONTROL_VERSION: usize = 8;
@@ -55,6 +56,11 @@ mod off {
     pub const MOCK_AUTHENTICATION_NONCE: usize = 256;
     /// `offsetof(ControlFileData, crc)`: the CRC covers everything before it.
     pub const CRC: usize = 288;
+    /// 1800: a bool after `data_checksum_version`; the nonce follows unaligned and the CRC is
+    /// aligned to 4 after it. // catalog/pg_control.h (REL_18_STABLE)
+    pub const DEFAULT_CHAR_SIGNEDNESS_1800: usize = 256;
+    pub const MOCK_AUTHENTICATION_NONCE_1800: usize = 257;
+    pub const CRC_1800: usize = 292;
 }
 
 /// Cluster state. // catalog/pg_control.h
@@ -147,6 +153,8 @@ pub struct ControlFileData {
     pub loblksize: u32,
     pub float8ByVal: bool,
     pub data_checksum_version: u32,
+    /// 18+ only (`None` before): `char` was signed where initdb ran.
+    pub default_char_signedness: Option<bool>,
     pub mock_authentication_nonce: [u8; MOCK_AUTH_NONCE_LEN],
     pub crc: u32,
 }
@@ -156,6 +164,7 @@ impl ControlFileData {
     pub fn pg_major(&self) -> Option<u32> {
         match ControlLayout::from_pg_control_version(self.pg_control_version)? {
             ControlLayout::V1700 => Some(17),
+            ControlLayout::V1800 => Some(18),
             ControlLayout::V1300 => version::by_catalog_version(self.catalog_version_no).map(|v| v.major),
         }
     }
@@ -181,7 +190,7 @@ pub fn wal_level_name(v: i32) -> &'static str {
 pub enum ControlError {
     #[error("pg_control is {len} bytes, too short for a control file ({need} needed)")]
     TooShort { len: usize, need: usize },
-    #[error("pg_control has format version {found}, which pgkeep does not know (1300: PostgreSQL 13–16, 1700: 17)")]
+    #[error("pg_control has format version {found}, which pgkeep does not know (1300: PostgreSQL 13–16, 1700: 17, 1800: 18)")]
     UnknownVersion { found: u32 },
     #[error("pg_control was written on a big-endian machine, which pgkeep does not support")]
     BigEndian,
@@ -191,9 +200,8 @@ pub enum ControlError {
 
 /// Parses a pg_control file (its first bytes at least), checking version and CRC-32C.
 pub fn parse_pg_control(bytes: &[u8]) -> Result<ControlFileData, ControlError> {
-    let need = off::CRC + 4;
     let short = |n| ControlError::TooShort { len: bytes.len(), need: n };
-    let version = u32_at(bytes, off::PG_CONTROL_VERSION).ok_or(short(need))?;
+    let version = u32_at(bytes, off::PG_CONTROL_VERSION).ok_or(short(off::CRC + 4))?;
     let layout = match ControlLayout::from_pg_control_version(version) {
         Some(l) => l,
         None if ControlLayout::from_pg_control_version(version.swap_bytes()).is_some() => {
@@ -201,8 +209,14 @@ pub fn parse_pg_control(bytes: &[u8]) -> Result<ControlFileData, ControlError> {
         }
         None => return Err(ControlError::UnknownVersion { found: version }),
     };
-    let covered = bytes.get(..off::CRC).ok_or(short(need))?;
-    let stored = u32_at(bytes, off::CRC).ok_or(short(need))?;
+    let (crc_off, nonce_off) = if layout.has_default_char_signedness() {
+        (off::CRC_1800, off::MOCK_AUTHENTICATION_NONCE_1800)
+    } else {
+        (off::CRC, off::MOCK_AUTHENTICATION_NONCE)
+    };
+    let need = crc_off + 4;
+    let covered = bytes.get(..crc_off).ok_or(short(need))?;
+    let stored = u32_at(bytes, crc_off).ok_or(short(need))?;
     let computed = crc32c::crc32c(covered);
     if stored != computed {
         return Err(ControlError::Crc { stored, computed });
@@ -213,10 +227,11 @@ pub fn parse_pg_control(bytes: &[u8]) -> Result<ControlFileData, ControlError> {
     let u64f = |o| u64_at(b, o).ok_or(short(need));
     let boolf = |o| u8_at(b, o).map(|v| v != 0).ok_or(short(need));
     let mut nonce = [0u8; MOCK_AUTH_NONCE_LEN];
-    nonce.copy_from_slice(
-        b.get(off::MOCK_AUTHENTICATION_NONCE..off::MOCK_AUTHENTICATION_NONCE + MOCK_AUTH_NONCE_LEN)
-            .ok_or(short(need))?,
-    );
+    nonce.copy_from_slice(b.get(nonce_off..nonce_off + MOCK_AUTH_NONCE_LEN).ok_or(short(need))?);
+    let default_char_signedness = match layout.has_default_char_signedness() {
+        true => Some(boolf(off::DEFAULT_CHAR_SIGNEDNESS_1800)?),
+        false => None,
+    };
     let cp_bytes = b.get(off::CHECKPOINT_COPY..off::UNLOGGED_LSN).ok_or(short(need))?;
     Ok(ControlFileData {
         system_identifier: u64f(off::SYSTEM_IDENTIFIER)?,
@@ -252,6 +267,7 @@ pub fn parse_pg_control(bytes: &[u8]) -> Result<ControlFileData, ControlError> {
         loblksize: u32f(off::LOBLKSIZE)?,
         float8ByVal: boolf(off::FLOAT8_BY_VAL)?,
         data_checksum_version: u32f(off::DATA_CHECKSUM_VERSION)?,
+        default_char_signedness,
         mock_authentication_nonce: nonce,
         crc: stored,
     })
@@ -269,8 +285,15 @@ mod tests {
         b[16..20].copy_from_slice(&6u32.to_le_bytes());
         b[40 + 20..40 + 24].copy_from_slice(&2i32.to_le_bytes());
         b[208..216].copy_from_slice(&FLOATFORMAT_VALUE.to_bits().to_le_bytes());
-        let crc = crc32c::crc32c(&b[..288]);
-        b[288..292].copy_from_slice(&crc.to_le_bytes());
+        let crc_at = if version == 1800 {
+            b[256] = 1;
+            b[257] = 0xAB;
+            292
+        } else {
+            288
+        };
+        let crc = crc32c::crc32c(&b[..crc_at]);
+        b[crc_at..crc_at + 4].copy_from_slice(&crc.to_le_bytes());
         b
     }
 
@@ -285,6 +308,15 @@ mod tests {
         let c17 = parse_pg_control(&synthetic(1700)).unwrap();
         assert_eq!(c17.checkPointCopy.wal_level, Some(2));
         assert_eq!(c17.pg_major(), Some(17));
+        assert_eq!(c17.default_char_signedness, None);
+        let c18 = parse_pg_control(&synthetic(1800)).unwrap();
+        assert_eq!(c18.pg_major(), Some(18));
+        assert_eq!(c18.checkPointCopy.wal_level, Some(2));
+        assert_eq!(c18.default_char_signedness, Some(true));
+        assert_eq!(c18.mock_authentication_nonce[0], 0xAB);
+        for n in 0..296 {
+            assert!(parse_pg_control(&synthetic(1800)[..n]).is_err());
+        }
 
         let mut bad = synthetic(1300);
         bad[100] ^= 1;

@@ -5,7 +5,7 @@
 //! they can be read beside the C headers they mirror. Input is never trusted: every read is
 //! bounds-checked and damaged or hostile bytes produce errors, never panics.
 //!
-//! PostgreSQL 15 is the tested major; the page magics and layouts of 13–17 are known
+//! PostgreSQL 14–18 are tested (15 most deeply); the page magics and layouts of 13–18 are known
 //! ([`version`]), and anything else is reported as unknown rather than misread. Layouts
 //! assume a little-endian host (x86-64, aarch64).
 //!
@@ -57,7 +57,7 @@
 //!
 //! Other files ([`control`], [`history`]):
 //! - `fn parse_pg_control(bytes: &[u8]) -> Result<ControlFileData, ControlError>`
-//!   (CRC-32C checked; control versions 1300 = PostgreSQL 13–16 and 1700 = 17).
+//!   (CRC-32C checked; control versions 1300 = PostgreSQL 13–16, 1700 = 17, 1800 = 18).
 //! - `fn parse_timeline_history(text: &str) -> Result<Vec<TimeLineHistoryEntry>, HistoryError>`,
 //!   [`timeline_of`], and `fn parse_backup_label(text: &str) -> Result<BackupLabel,
 //!   BackupLabelError>` for `backup_label` and `.backup` files.

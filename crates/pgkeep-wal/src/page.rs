@@ -17,7 +17,7 @@ pub const SIZE_OF_XLOG_LONG_PHD: usize = 40;
 pub const XLP_FIRST_IS_CONTRECORD: u16 = 0x0001;
 /// The page carries `XLogLongPageHeaderData` (first page of a segment). // access/xlog_internal.h
 pub const XLP_LONG_HEADER: u16 = 0x0002;
-/// Full-page images starting on this page are optional (13–17 only). // access/xlog_internal.h
+/// Full-page images starting on this page are optional (13–18: still defined in REL_18_STABLE). // access/xlog_internal.h
 pub const XLP_BKP_REMOVABLE: u16 = 0x0004;
 
 /// Header at the start of every WAL page. // access/xlog_internal.h

@@ -3,8 +3,9 @@
 //! A WAL page announces its format through `xlp_magic` (`XLOG_PAGE_MAGIC`, bumped whenever
 //! the WAL format changes) and pg_control through `pg_control_version`. Values here were
 //! checked against each release's `access/xlog_internal.h`, `access/xlogrecord.h` and
-//! `catalog/pg_control.h`; PostgreSQL 15 is the one exercised by the fixtures and tests.
-//! An unknown magic or control version is reported as such, never parsed by guesswork.
+//! `catalog/pg_control.h` (REL_13_STABLE … REL_18_STABLE), and against real clusters of 14–18
+//! (the e2e `majors` tests and the per-major fixtures in testdata/). An unknown magic or
+//! control version is reported as such, never parsed by guesswork.
 
 /// Layout of `ControlFileData` / `CheckPoint`, keyed by `PG_CONTROL_VERSION`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -15,6 +16,10 @@ pub enum ControlLayout {
     /// what was padding after `fullPageWrites`, so no other offset moves.
     /// // catalog/pg_control.h
     V1700,
+    /// PG_CONTROL_VERSION 1800 (PostgreSQL 18): `ControlFileData` gains
+    /// `bool default_char_signedness` after `data_checksum_version`, moving the nonce to 257
+    /// and the CRC to 292; `CheckPoint` is 17's. // catalog/pg_control.h (REL_18_STABLE)
+    V1800,
 }
 
 impl ControlLayout {
@@ -22,13 +27,25 @@ impl ControlLayout {
         match self {
             ControlLayout::V1300 => 1300,
             ControlLayout::V1700 => 1700,
+            ControlLayout::V1800 => 1800,
         }
+    }
+
+    /// `CheckPoint` carries `wal_level` (17+). // catalog/pg_control.h (REL_17_STABLE)
+    pub const fn checkpoint_has_wal_level(self) -> bool {
+        !matches!(self, ControlLayout::V1300)
+    }
+
+    /// `ControlFileData` carries `default_char_signedness` (18+). // catalog/pg_control.h
+    pub const fn has_default_char_signedness(self) -> bool {
+        matches!(self, ControlLayout::V1800)
     }
 
     pub fn from_pg_control_version(v: u32) -> Option<ControlLayout> {
         match v {
             1300 => Some(ControlLayout::V1300),
             1700 => Some(ControlLayout::V1700),
+            1800 => Some(ControlLayout::V1800),
             _ => None,
         }
     }
@@ -47,7 +64,7 @@ pub struct PgVersion {
     pub catalog_version_no: Option<u32>,
     /// `XLP_ALL_FLAGS`: every defined `xlp_info` bit. // access/xlog_internal.h
     pub xlp_all_flags: u16,
-    /// `XLP_FIRST_IS_OVERWRITE_CONTRECORD`. 13–17 still carry `XLP_BKP_REMOVABLE` at 0x0004,
+    /// `XLP_FIRST_IS_OVERWRITE_CONTRECORD`. 13–18 still carry `XLP_BKP_REMOVABLE` at 0x0004,
     /// so the overwrite flag is 0x0008 there. // access/xlog_internal.h
     pub xlp_first_is_overwrite_contrecord: u16,
     /// `BKPIMAGE_APPLY` in `bimg_info`. // access/xlogrecord.h
@@ -63,6 +80,9 @@ pub struct PgVersion {
     pub has_custom_rmgrs: bool,
     /// `sizeof(CheckPoint)`, the main data of a checkpoint record. // catalog/pg_control.h
     pub sizeof_checkpoint: usize,
+    /// `sizeof(xl_xact_stats_item)` (dropped statistics in commit/abort records, 15+): 12,
+    /// then 16 in 18, whose `objid` is 64 bits (`objid_lo`, `objid_hi`). // access/xact.h
+    pub sizeof_xact_stats_item: usize,
 }
 
 /// `BKPIMAGE_HAS_HOLE`, the same bit in every supported major. // access/xlogrecord.h
@@ -74,12 +94,12 @@ const V15_BIMG_APPLY: u8 = 0x02; // BKPIMAGE_APPLY, access/xlogrecord.h (15+)
 const V15_BIMG_COMPRESSED: u8 = 0x04 | 0x08 | 0x10; // BKPIMAGE_COMPRESS_PGLZ|LZ4|ZSTD (15+)
 
 /// The majors this crate understands, oldest first.
-pub static KNOWN_VERSIONS: [PgVersion; 5] = [
+pub static KNOWN_VERSIONS: [PgVersion; 6] = [
     PgVersion {
         major: 13,
-        xlog_page_magic: 0xD106,
+        xlog_page_magic: 0xD106, // access/xlog_internal.h (REL_13_STABLE)
         control_layout: ControlLayout::V1300,
-        catalog_version_no: Some(202007201),
+        catalog_version_no: Some(202007201), // catalog/catversion.h (REL_13_STABLE)
         xlp_all_flags: 0x000F,
         xlp_first_is_overwrite_contrecord: 0x0008,
         bkpimage_apply: V13_14_BIMG_APPLY,
@@ -88,12 +108,13 @@ pub static KNOWN_VERSIONS: [PgVersion; 5] = [
         has_toplevel_xid_block: false,
         has_custom_rmgrs: false,
         sizeof_checkpoint: 88,
+        sizeof_xact_stats_item: 12,
     },
     PgVersion {
         major: 14,
-        xlog_page_magic: 0xD10D,
+        xlog_page_magic: 0xD10D, // access/xlog_internal.h (REL_14_STABLE)
         control_layout: ControlLayout::V1300,
-        catalog_version_no: Some(202107181),
+        catalog_version_no: Some(202107181), // catalog/catversion.h (REL_14_STABLE)
         xlp_all_flags: 0x000F,
         xlp_first_is_overwrite_contrecord: 0x0008,
         bkpimage_apply: V13_14_BIMG_APPLY,
@@ -102,12 +123,13 @@ pub static KNOWN_VERSIONS: [PgVersion; 5] = [
         has_toplevel_xid_block: true,
         has_custom_rmgrs: false,
         sizeof_checkpoint: 88,
+        sizeof_xact_stats_item: 12,
     },
     PgVersion {
         major: 15,
-        xlog_page_magic: 0xD110,
+        xlog_page_magic: 0xD110, // access/xlog_internal.h (REL_15_STABLE)
         control_layout: ControlLayout::V1300,
-        catalog_version_no: Some(202209061),
+        catalog_version_no: Some(202209061), // catalog/catversion.h (REL_15_STABLE)
         xlp_all_flags: 0x000F,
         xlp_first_is_overwrite_contrecord: 0x0008,
         bkpimage_apply: V15_BIMG_APPLY,
@@ -116,12 +138,13 @@ pub static KNOWN_VERSIONS: [PgVersion; 5] = [
         has_toplevel_xid_block: true,
         has_custom_rmgrs: true,
         sizeof_checkpoint: 88,
+        sizeof_xact_stats_item: 12,
     },
     PgVersion {
         major: 16,
-        xlog_page_magic: 0xD113,
+        xlog_page_magic: 0xD113, // access/xlog_internal.h (REL_16_STABLE)
         control_layout: ControlLayout::V1300,
-        catalog_version_no: Some(202307071),
+        catalog_version_no: Some(202307071), // catalog/catversion.h (REL_16_STABLE)
         xlp_all_flags: 0x000F,
         xlp_first_is_overwrite_contrecord: 0x0008,
         bkpimage_apply: V15_BIMG_APPLY,
@@ -130,10 +153,11 @@ pub static KNOWN_VERSIONS: [PgVersion; 5] = [
         has_toplevel_xid_block: true,
         has_custom_rmgrs: true,
         sizeof_checkpoint: 88,
+        sizeof_xact_stats_item: 12,
     },
     PgVersion {
         major: 17,
-        xlog_page_magic: 0xD116,
+        xlog_page_magic: 0xD116, // access/xlog_internal.h (REL_17_STABLE)
         control_layout: ControlLayout::V1700,
         catalog_version_no: None,
         xlp_all_flags: 0x000F,
@@ -144,10 +168,30 @@ pub static KNOWN_VERSIONS: [PgVersion; 5] = [
         has_toplevel_xid_block: true,
         has_custom_rmgrs: true,
         sizeof_checkpoint: 88,
+        sizeof_xact_stats_item: 12,
+    },
+    // 18 keeps 15's record, block-image and page-flag layouts (XLP_BKP_REMOVABLE still 0x0004);
+    // what changed is the page magic and pg_control. // access/xlog_internal.h,
+    // access/xlogrecord.h (REL_18_STABLE)
+    PgVersion {
+        major: 18,
+        xlog_page_magic: 0xD118, // access/xlog_internal.h (REL_18_STABLE)
+        control_layout: ControlLayout::V1800,
+        catalog_version_no: None,
+        xlp_all_flags: 0x000F,
+        xlp_first_is_overwrite_contrecord: 0x0008,
+        bkpimage_apply: V15_BIMG_APPLY,
+        bkpimage_compressed_mask: V15_BIMG_COMPRESSED,
+        bkpimage_all_flags: BKPIMAGE_HAS_HOLE | V15_BIMG_APPLY | V15_BIMG_COMPRESSED,
+        has_toplevel_xid_block: true,
+        has_custom_rmgrs: true,
+        sizeof_checkpoint: 88,
+        sizeof_xact_stats_item: 16,
     },
 ];
 
-/// The major PostgreSQL tested with this crate's fixtures.
+/// The major whose layouts a decoder assumes before the first page header names one (the
+/// WAL fixtures with the most edge cases are 15's).
 pub const TESTED_MAJOR: u32 = 15;
 
 pub fn by_major(major: u32) -> Option<&'static PgVersion> {
@@ -163,7 +207,7 @@ pub fn by_catalog_version(catalog_version_no: u32) -> Option<&'static PgVersion>
     KNOWN_VERSIONS.iter().find(|v| v.catalog_version_no == Some(catalog_version_no))
 }
 
-/// "13, 14, 15, 16, 17", for error messages.
+/// "13, 14, 15, 16, 17, 18", for error messages.
 pub fn known_majors() -> String {
     KNOWN_VERSIONS.iter().map(|v| v.major.to_string()).collect::<Vec<_>>().join(", ")
 }
@@ -181,9 +225,11 @@ mod tests {
         assert_eq!(by_major(15).unwrap().xlog_page_magic, 0xD110);
         assert_eq!(by_major(16).unwrap().xlog_page_magic, 0xD113);
         assert_eq!(by_major(17).unwrap().xlog_page_magic, 0xD116);
+        assert_eq!(by_major(18).unwrap().xlog_page_magic, 0xD118);
+        assert_eq!(by_major(18).unwrap().control_layout.pg_control_version(), 1800);
         assert_eq!(by_page_magic(0xD106).unwrap().major, 13);
         assert!(by_page_magic(0).is_none());
         assert!(by_major(12).is_none());
-        assert_eq!(known_majors(), "13, 14, 15, 16, 17");
+        assert_eq!(known_majors(), "13, 14, 15, 16, 17, 18");
     }
 }

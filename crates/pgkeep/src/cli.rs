@@ -38,6 +38,12 @@ pub struct GlobalArgs {
     /// The cluster's data directory.
     #[arg(long, global = true, env = "PGDATA", value_name = "DIR")]
     pub pgdata: Option<PathBuf>,
+    /// PostgreSQL server binaries (initdb, pg_ctl, postgres) for servers pgkeep starts
+    /// (verify, demo); they must be of the backup's or the copy's major. Default: Debian's
+    /// /usr/lib/postgresql/<major>/bin, /opt/pgkeep-pg/<major>/bin, or `pg_config --bindir`
+    /// when it reports that major.
+    #[arg(long = "pg-bin", global = true, env = "PGKEEP_PG_BINDIR", value_name = "DIR")]
+    pub pg_bin: Option<PathBuf>,
     /// Machine-readable JSON on stdout.
     #[arg(long, global = true)]
     pub json: bool,

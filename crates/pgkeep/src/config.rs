@@ -39,6 +39,8 @@ pub struct FileConfig {
     pub max_rate: Option<String>,
     /// Key file of an encrypted repository (32 random bytes, mode 0600 or 0400).
     pub encryption_key_file: Option<PathBuf>,
+    /// Server binaries of the cluster's major for servers pgkeep starts (`--pg-bin`).
+    pub pg_bin_dir: Option<PathBuf>,
     /// Snapshot volumes (`[[volume]]`); when present, `pgkeep backup` takes snapshot backups.
     #[serde(default)]
     pub volume: Vec<VolumeConfig>,
@@ -62,6 +64,7 @@ pub struct Config {
     pub archive_timeout: Duration,
     pub max_rate: Option<u64>,
     pub encryption_key_file: Option<PathBuf>,
+    pub pg_bin_dir: Option<PathBuf>,
     pub file: FileConfig,
     pub config_path: Option<PathBuf>,
 }
@@ -91,6 +94,7 @@ impl Config {
             archive_timeout: Duration::from_secs(file.archive_timeout.unwrap_or(60)),
             max_rate,
             encryption_key_file: g.encryption_key_file.clone().or_else(|| file.encryption_key_file.clone()),
+            pg_bin_dir: g.pg_bin.clone().or_else(|| file.pg_bin_dir.clone()),
             file,
             config_path,
         })

@@ -54,6 +54,7 @@ impl Error {
             Error::Key(k) if k.is_usage() => 2,
             Error::Storage(repo::StorageError::Config { .. } | repo::StorageError::Unsupported { .. }) => 2,
             Error::Snapshot(s) if s.is_usage() => 2,
+            Error::Instance(i) if i.is_usage() => 2,
             // PostgreSQL treats a restore_command exit status above 125 as fatal: recovery stops
             // instead of ending early at a damaged or unreadable archive copy.
             Error::Archive(archive::ArchiveError::Damaged { .. }) => 126,

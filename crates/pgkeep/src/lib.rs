@@ -139,7 +139,12 @@ pub fn run(cli: &Cli, progress: Arc<dyn Progress>, rt: tokio::runtime::Handle) -
                 return Ok(Outcome::new(&r, render::backup(&r), true));
             }
             // `backup --verify`: the restore drill right after the backup.
-            let vopts = verify::VerifyOptions { jobs: opts.jobs, snapshot: snap, ..Default::default() };
+            let vopts = verify::VerifyOptions {
+                jobs: opts.jobs,
+                snapshot: snap,
+                pg_bin: cfg.pg_bin_dir.clone(),
+                ..Default::default()
+            };
             let interrupt = verify::Interrupt::install(&rt);
             let d = verify::verify_backup(&repo, &r.id, &vopts, progress, &interrupt).map_err(|e| match e {
                 Error::Verify(v @ verify::VerifyError::Interrupted { .. }) => Error::Verify(v),
@@ -156,6 +161,11 @@ pub fn run(cli: &Cli, progress: Arc<dyn Progress>, rt: tokio::runtime::Handle) -
             let id =
                 restore::plan::choose_backup_id(&repo, opts.backup.as_deref(), &opts.target, opts.timeline.as_deref())?;
             let manifest = repo.manifest(&id)?;
+            // Restore starts no server, but binaries the operator named must fit the backup:
+            // refused before anything is written.
+            if let Some(dir) = &cfg.pg_bin_dir {
+                pg::PgBin::for_major(manifest.pg_major, Some(dir), &format!("backup {id}"))?;
+            }
             if manifest.snapshot_layout.is_some() {
                 if a.to.is_some() {
                     return Err(backup::snapshot::SnapshotError::Config(format!(
@@ -207,7 +217,7 @@ pub fn run(cli: &Cli, progress: Arc<dyn Progress>, rt: tokio::runtime::Handle) -
             Ok(Outcome::new(&r, render::expire(&r), true))
         }
         Command::Demo(a) => {
-            let r = command::demo::demo(a, progress, rt.clone())?;
+            let r = command::demo::demo(a, cfg.pg_bin_dir.as_deref(), progress, rt.clone())?;
             Ok(Outcome::new(&r, render::demo(&r), r.ok))
         }
         Command::Key(cli::KeyCommand::Rotate(a)) => {
@@ -268,6 +278,7 @@ fn verify_command(
         jobs: a.jobs.unwrap_or(cfg.jobs).max(1),
         scratch: a.scratch.clone(),
         snapshot: backup::snapshot::SnapshotConfig::from_file(&cfg.file),
+        pg_bin: cfg.pg_bin_dir.clone(),
         ..Default::default()
     };
     let pgdata_mode = a.backup.is_none() && (cli.global.pgdata_on_command_line || a.wal_dir.is_some());

@@ -14,7 +14,7 @@ pub use xlog::CheckPoint;
 pub const RM_XLOG_ID: u8 = 0;
 /// // access/rmgrlist.h
 pub const RM_XACT_ID: u8 = 1;
-/// Highest built-in rmgr id (`RM_MAX_BUILTIN_ID`, the same in 13–17). // access/rmgr.h
+/// Highest built-in rmgr id (`RM_MAX_BUILTIN_ID`, the same in 13–18: no rmgr was added since 13's LogicalMessage). // access/rmgr.h, access/rmgrlist.h
 pub const RM_MAX_BUILTIN_ID: u8 = 21;
 /// First id available to extensions' custom rmgrs (15+). // access/rmgr.h
 pub const RM_MIN_CUSTOM_ID: u8 = 128;

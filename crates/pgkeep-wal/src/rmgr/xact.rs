@@ -45,8 +45,6 @@ pub const XACT_XINFO_HAS_DROPPED_STATS: u32 = 1 << 8;
 
 /// sizeof(RelFileNode). // storage/relfilenode.h
 const SIZEOF_RELFILENODE: usize = 12;
-/// sizeof(xl_xact_stats_item) in 15–17. // access/xact.h
-const SIZEOF_STATS_ITEM: usize = 12;
 /// sizeof(SharedInvalidationMessage). // storage/sinval.h
 const SIZEOF_INVAL_MSG: usize = 16;
 
@@ -63,7 +61,7 @@ pub struct xl_xact_parsed {
 }
 
 /// Parses a commit (`is_commit`) or abort record's main data.
-pub fn parse_end_record(info: u8, data: &[u8], is_commit: bool) -> Option<xl_xact_parsed> {
+pub fn parse_end_record(info: u8, data: &[u8], is_commit: bool, version: &PgVersion) -> Option<xl_xact_parsed> {
     let mut c = Cursor::new(data);
     let mut p = xl_xact_parsed { xact_time: TimestampTz(c.i64()?), ..Default::default() };
     if info & XLOG_XACT_HAS_INFO != 0 {
@@ -85,7 +83,7 @@ pub fn parse_end_record(info: u8, data: &[u8], is_commit: bool) -> Option<xl_xac
     }
     if p.xinfo & XACT_XINFO_HAS_DROPPED_STATS != 0 {
         let n = usize::try_from(c.i32()?).ok()?;
-        c.skip(n.checked_mul(SIZEOF_STATS_ITEM)?)?;
+        c.skip(n.checked_mul(version.sizeof_xact_stats_item)?)?;
     }
     if is_commit && p.xinfo & XACT_XINFO_HAS_INVALS != 0 {
         let n = usize::try_from(c.i32()?).ok()?;
@@ -104,13 +102,13 @@ pub(super) fn decode(
     xl_info: u8,
     xl_xid: TransactionId,
     data: &[u8],
-    _version: &PgVersion,
+    version: &PgVersion,
 ) -> Result<RecordKind, RmgrDataError> {
     let op = xl_info & XLOG_XACT_OPMASK;
     let err = || RmgrDataError { rmgr: "Transaction", info: xl_info & 0xF0, len: data.len() };
     Ok(match op {
         XLOG_XACT_COMMIT | XLOG_XACT_COMMIT_PREPARED => {
-            let p = parse_end_record(xl_info, data, true).ok_or_else(err)?;
+            let p = parse_end_record(xl_info, data, true, version).ok_or_else(err)?;
             if op == XLOG_XACT_COMMIT {
                 RecordKind::Commit { xid: xl_xid, commit_time: p.xact_time, subxacts: p.subxacts }
             } else {
@@ -123,7 +121,7 @@ pub(super) fn decode(
             }
         }
         XLOG_XACT_ABORT | XLOG_XACT_ABORT_PREPARED => {
-            let p = parse_end_record(xl_info, data, false).ok_or_else(err)?;
+            let p = parse_end_record(xl_info, data, false, version).ok_or_else(err)?;
             if op == XLOG_XACT_ABORT {
                 RecordKind::Abort { xid: xl_xid, abort_time: p.xact_time, subxacts: p.subxacts }
             } else {
@@ -144,6 +142,10 @@ pub(super) fn decode(
 mod tests {
     use super::*;
 
+    fn v15() -> &'static PgVersion {
+        crate::version::by_major(15).unwrap()
+    }
+
     #[test]
     fn commit_with_subxacts_and_twophase() {
         let mut d = Vec::new();
@@ -162,16 +164,16 @@ mod tests {
         d.extend_from_slice(&[0u8; 16]);
         d.extend_from_slice(&739u32.to_le_bytes());
         d.extend_from_slice(b"fx\0");
-        let p = parse_end_record(XLOG_XACT_HAS_INFO, &d, true).unwrap();
+        let p = parse_end_record(XLOG_XACT_HAS_INFO, &d, true, v15()).unwrap();
         assert_eq!(p.subxacts, vec![740, 741]);
         assert_eq!(p.twophase_xid, Some(739));
         assert_eq!(p.twophase_gid.as_deref(), Some("fx"));
         assert_eq!(p.xact_time, TimestampTz(1234));
         // Every truncation is refused, never a panic.
         for n in 0..d.len() {
-            let _ = parse_end_record(XLOG_XACT_HAS_INFO, &d[..n], true);
+            let _ = parse_end_record(XLOG_XACT_HAS_INFO, &d[..n], true, v15());
         }
-        assert!(parse_end_record(XLOG_XACT_HAS_INFO, &d[..20], true).is_none());
+        assert!(parse_end_record(XLOG_XACT_HAS_INFO, &d[..20], true, v15()).is_none());
     }
 
     #[test]
@@ -179,10 +181,10 @@ mod tests {
         let mut d = vec![0u8; 8];
         d.extend_from_slice(&XACT_XINFO_HAS_SUBXACTS.to_le_bytes());
         d.extend_from_slice(&i32::MAX.to_le_bytes());
-        assert!(parse_end_record(XLOG_XACT_HAS_INFO, &d, true).is_none());
+        assert!(parse_end_record(XLOG_XACT_HAS_INFO, &d, true, v15()).is_none());
         let mut d = vec![0u8; 8];
         d.extend_from_slice(&XACT_XINFO_HAS_RELFILENODES.to_le_bytes());
         d.extend_from_slice(&(-1i32).to_le_bytes());
-        assert!(parse_end_record(XLOG_XACT_HAS_INFO, &d, true).is_none());
+        assert!(parse_end_record(XLOG_XACT_HAS_INFO, &d, true, v15()).is_none());
     }
 }

@@ -69,7 +69,7 @@ pub struct CheckPoint {
     pub oldestActiveXid: TransactionId,
 }
 
-/// `sizeof(CheckPoint)` in every supported layout. // catalog/pg_control.h
+/// `sizeof(CheckPoint)` in every supported layout (13–18). // catalog/pg_control.h
 pub const SIZEOF_CHECKPOINT: usize = 88;
 
 impl CheckPoint {
@@ -84,10 +84,7 @@ impl CheckPoint {
             PrevTimeLineID: u32_at(b, 12)?,
             fullPageWrites: u8_at(b, 16)? != 0,
             // C alignment leaves 3 bytes after the bool; 17 put an int in the 4 after those.
-            wal_level: match layout {
-                ControlLayout::V1300 => None,
-                ControlLayout::V1700 => Some(i32_at(b, 20)?),
-            },
+            wal_level: if layout.checkpoint_has_wal_level() { Some(i32_at(b, 20)?) } else { None },
             nextXid: u64_at(b, 24)?,
             nextOid: u32_at(b, 32)?,
             nextMulti: u32_at(b, 36)?,

@@ -37,9 +37,15 @@ fn err(e: impl std::fmt::Display) -> Error {
     Error::other(format!("demo: {e}"))
 }
 
-pub fn demo(args: &DemoArgs, progress: Arc<dyn Progress>, rt: tokio::runtime::Handle) -> crate::Result<DemoReport> {
+/// `pg_bin`: `--pg-bin` / `pg_bin_dir`, else the newest server binaries installed.
+pub fn demo(
+    args: &DemoArgs,
+    pg_bin: Option<&std::path::Path>,
+    progress: Arc<dyn Progress>,
+    rt: tokio::runtime::Handle,
+) -> crate::Result<DemoReport> {
     let owner = OsUser::for_private_servers()?;
-    let bin = PgBin::find(None)?;
+    let bin = PgBin::find_any(pg_bin)?;
     let base = tempfile::Builder::new().prefix("pgkeep-demo-").tempdir().map_err(err)?;
     let root = base.path().to_path_buf();
     let mut steps = Vec::new();

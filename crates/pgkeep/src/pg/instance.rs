@@ -13,13 +13,22 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::bin::PgBin;
 use super::ConnParams;
 use crate::fsutil;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InstanceError {
-    #[error("PostgreSQL server binaries not found{detail}; hint: install Debian's `postgresql` package or set PGKEEP_PG_BINDIR to the directory holding initdb and postgres")]
+    #[error("PostgreSQL server binaries not found{detail}; hint: install Debian's `postgresql` package or pass --pg-bin DIR (config: pg_bin_dir) with the directory holding initdb and postgres")]
     BinariesNotFound { detail: String },
+    #[error("no PostgreSQL {major} server binaries for {what} (looked in {looked}); hint: install PostgreSQL {major}'s server binaries or pass --pg-bin DIR (config: pg_bin_dir) with their bin directory")]
+    NoBinariesForMajor { major: u32, what: String, looked: String },
+    #[error("--pg-bin {dir} holds PostgreSQL {found} binaries, but {what} is PostgreSQL {major}; hint: pass --pg-bin DIR (config: pg_bin_dir) with PostgreSQL {major}'s bin directory")]
+    WrongMajor { dir: String, found: u32, major: u32, what: String },
+    #[error("--pg-bin {dir} holds no postgres binary; hint: pass --pg-bin DIR (config: pg_bin_dir) with the directory holding initdb, pg_ctl and postgres")]
+    NotBinDir { dir: String },
+    #[error("--dump needs pg_dump of PostgreSQL {major} or newer for a PostgreSQL {major} server, but the newest found is {found}; hint: install PostgreSQL {major}'s client programs or pass --pg-bin DIR (config: pg_bin_dir) with a directory holding pg_dump and pg_dumpall of {major} or newer")]
+    PgDumpTooOld { major: u32, found: String },
     #[error("cannot run {tool}: {detail}")]
     Spawn { tool: String, detail: String },
     #[error("initdb of {pgdata} failed: {detail}")]
@@ -34,6 +43,20 @@ pub enum InstanceError {
     OwnedByRoot { pgdata: String },
     #[error("{0}")]
     Io(String),
+}
+
+impl InstanceError {
+    /// Binaries the operator must install or name (--pg-bin): exit 2, like other usage errors.
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            InstanceError::BinariesNotFound { .. }
+                | InstanceError::NoBinariesForMajor { .. }
+                | InstanceError::WrongMajor { .. }
+                | InstanceError::NotBinDir { .. }
+                | InstanceError::PgDumpTooOld { .. }
+        )
+    }
 }
 
 fn io_err(what: impl std::fmt::Display, e: std::io::Error) -> InstanceError {
@@ -115,80 +138,6 @@ pub fn run_as(cmd: &mut Command, user: Option<&OsUser>) {
             cmd.uid(u.uid).gid(u.gid);
             cmd.env("USER", &u.name).env("LOGNAME", &u.name).env("HOME", &u.home);
         }
-    }
-}
-
-/// A directory of PostgreSQL server binaries.
-#[derive(Debug, Clone)]
-pub struct PgBin {
-    pub dir: PathBuf,
-}
-
-impl PgBin {
-    /// Find server binaries: PGKEEP_PG_BINDIR, Debian's /usr/lib/postgresql/<major>/bin (the
-    /// requested major, else the newest), `pg_config --bindir`, then PATH.
-    pub fn find(major: Option<u32>) -> Result<PgBin, InstanceError> {
-        if let Ok(d) = std::env::var("PGKEEP_PG_BINDIR") {
-            let dir = PathBuf::from(d);
-            if dir.join("postgres").exists() {
-                return Ok(PgBin { dir });
-            }
-            return Err(InstanceError::BinariesNotFound { detail: format!(" in PGKEEP_PG_BINDIR={}", dir.display()) });
-        }
-        let debian = Path::new("/usr/lib/postgresql");
-        if let Some(m) = major {
-            let dir = debian.join(m.to_string()).join("bin");
-            if dir.join("postgres").exists() {
-                return Ok(PgBin { dir });
-            }
-        }
-        if let Ok(rd) = fs::read_dir(debian) {
-            let mut majors: Vec<u32> = rd
-                .filter_map(|e| e.ok())
-                .filter_map(|e| e.file_name().to_string_lossy().parse().ok())
-                .filter(|m: &u32| debian.join(m.to_string()).join("bin/postgres").exists())
-                .collect();
-            majors.sort();
-            if major.is_none() {
-                if let Some(m) = majors.last() {
-                    return Ok(PgBin { dir: debian.join(m.to_string()).join("bin") });
-                }
-            }
-        }
-        if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
-            let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-            if dir.join("postgres").exists() {
-                return Ok(PgBin { dir });
-            }
-        }
-        if let Some(path) = std::env::var_os("PATH") {
-            for p in std::env::split_paths(&path) {
-                if p.join("postgres").exists() && p.join("initdb").exists() {
-                    return Ok(PgBin { dir: p });
-                }
-            }
-        }
-        let detail = match major {
-            Some(m) => format!(" for PostgreSQL {m}"),
-            None => String::new(),
-        };
-        Err(InstanceError::BinariesNotFound { detail })
-    }
-
-    pub fn tool(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
-
-    /// Major version of these binaries (`postgres --version`).
-    pub fn major(&self) -> Result<u32, InstanceError> {
-        let out = Command::new(self.tool("postgres"))
-            .arg("--version")
-            .output()
-            .map_err(|e| InstanceError::Spawn { tool: "postgres --version".into(), detail: e.to_string() })?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        text.split_whitespace().find_map(|w| w.split('.').next().and_then(|m| m.parse::<u32>().ok())).ok_or_else(|| {
-            InstanceError::Spawn { tool: "postgres --version".into(), detail: format!("unexpected output {text:?}") }
-        })
     }
 }
 

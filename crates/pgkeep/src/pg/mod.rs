@@ -1,7 +1,9 @@
 //! Everything that talks to PostgreSQL or its files: connections, server settings, the backup
 //! session (start/stop held in one session), data-directory skip rules, version differences,
-//! and private local instances (initdb / start / stop as the data directory's owner).
+//! the server binaries matching a cluster's major, and private local instances (initdb /
+//! start / stop as the data directory's owner).
 
+pub mod bin;
 pub mod conn;
 pub mod datadir;
 pub mod instance;
@@ -9,8 +11,9 @@ pub mod server;
 pub mod session;
 pub mod version;
 
+pub use bin::PgBin;
 pub use conn::{ConnParams, PgClient};
-pub use instance::{Instance, InstanceError, OsUser, PgBin, StopMode};
+pub use instance::{Instance, InstanceError, OsUser, StopMode};
 pub use server::ServerInfo;
 pub use session::{BackupSession, StartPoint, StopPoint};
 

@@ -26,6 +26,12 @@ pub fn backup_stop_sql(major: u32) -> &'static str {
     }
 }
 
+/// `archive_library` exists (15+); naming it on an older server's command line stops the
+/// server at start (`unrecognized configuration parameter`). // utils/misc/guc_tables.c
+pub fn has_archive_library(major: u32) -> bool {
+    major >= 15
+}
+
 /// View with checkpoint counters (moved to pg_stat_checkpointer in 17).
 pub fn checkpoint_stats_sql(major: u32) -> &'static str {
     if major >= 17 {

@@ -107,6 +107,8 @@ pub struct VerifyOptions {
     /// `[[volume]]`s and the rest of the config file's snapshot settings: drills of snapshot
     /// backups clone and discard volumes with their drivers (command volumes need them).
     pub snapshot: SnapshotConfig,
+    /// `--pg-bin` / `pg_bin_dir`: server binaries of the backup's (or copy's) major.
+    pub pg_bin: Option<PathBuf>,
 }
 
 impl Default for VerifyOptions {
@@ -120,6 +122,7 @@ impl Default for VerifyOptions {
             scratch: None,
             recovery_timeout: Duration::from_secs(6 * 3600),
             snapshot: SnapshotConfig::default(),
+            pg_bin: None,
         }
     }
 }
@@ -385,6 +388,8 @@ pub fn verify_backup(
 ) -> Result<DrillReport> {
     let m = repo.manifest(id)?;
     clones::refuse_unsupported(&m, &opts.snapshot)?;
+    // Before anything is restored: a drill on binaries of another major cannot start.
+    let bins = DrillBins::resolve(m.pg_major, opts, &format!("backup {}", m.id))?;
     let target = match opts.target_time {
         Some(t) => RecoveryTarget::Time(t),
         None => RecoveryTarget::Immediate,
@@ -395,7 +400,7 @@ pub fn verify_backup(
     let scratch = Scratch::create(&parent, Some(&owner))?;
     let rt = repo.runtime().clone();
     let clones = Clones::new(opts.snapshot.clone(), rt.clone());
-    let drill = Drill::new(source, opts, progress.clone(), rt, interrupt, owner);
+    let drill = Drill::new(source, opts, progress.clone(), rt, interrupt, owner, bins);
     let mut report = drill.run(scratch, clones, |scratch, clones| {
         progress.phase(&format!("restore backup {id}"), None);
         let r = materialise_backup(repo, &m, &target, scratch, clones, opts.jobs, progress.clone(), interrupt.flag());
@@ -441,6 +446,8 @@ pub fn verify_pgdata(
         }
     }
     refuse_live_server(&src)?;
+    let major = pgdata_major(&src)?;
+    let bins = DrillBins::resolve(major, opts, &format!("the copy at {}", src.display()))?;
     // The server runs as the copy's owner when we are root (unless root owns it).
     let owner = match OsUser::owner_of(&src) {
         Some(u) if u.uid != 0 || !crate::fsutil::running_as_root() => u,
@@ -462,7 +469,7 @@ pub fn verify_pgdata(
     };
     let method_ref = &mut method;
     let clones = Clones::new(SnapshotConfig::default(), rt.clone());
-    let drill = Drill::new(source, opts, progress.clone(), rt, interrupt, owner);
+    let drill = Drill::new(source, opts, progress.clone(), rt, interrupt, owner, bins);
     let mut report = drill.run(scratch, clones, |scratch, _| {
         progress.phase(&format!("clone {}", src.display()), None);
         let r = scratch::clone_pgdata(&src, wal_dir, scratch, interrupt.flag());
@@ -497,6 +504,35 @@ pub fn verify_pgdata(
     Ok(report)
 }
 
+/// The major in a data directory's PG_VERSION ("17"; "9.6" → 9).
+fn pgdata_major(src: &Path) -> std::result::Result<u32, VerifyError> {
+    let text = std::fs::read_to_string(src.join("PG_VERSION"))
+        .map_err(|e| VerifyError::NotPgdata { path: src.display().to_string(), detail: format!("PG_VERSION: {e}") })?;
+    text.trim().split('.').next().and_then(|m| m.parse().ok()).ok_or_else(|| VerifyError::NotPgdata {
+        path: src.display().to_string(),
+        detail: format!("PG_VERSION holds {:?}, not a PostgreSQL major", text.trim()),
+    })
+}
+
+/// The binaries a drill runs: the server of the copy's major, and with `--dump` a pg_dump
+/// at least as new. Both are found before the drill starts, so a machine without them fails
+/// with one line instead of a restored copy the server then refuses.
+struct DrillBins {
+    server: PgBin,
+    dump: Option<PgBin>,
+}
+
+impl DrillBins {
+    fn resolve(major: u32, opts: &VerifyOptions, what: &str) -> Result<DrillBins> {
+        let server = PgBin::for_major(major, opts.pg_bin.as_deref(), what)?;
+        let dump = match &opts.dump {
+            Some(_) => Some(server.dump_tools_for(major)?),
+            None => None,
+        };
+        Ok(DrillBins { server, dump })
+    }
+}
+
 /// A directory whose postmaster.pid names a live process that serves this very directory.
 fn refuse_live_server(src: &Path) -> std::result::Result<(), VerifyError> {
     let Ok(text) = std::fs::read_to_string(src.join("postmaster.pid")) else { return Ok(()) };
@@ -518,6 +554,7 @@ struct Drill<'a> {
     rt: tokio::runtime::Handle,
     interrupt: &'a Interrupt,
     owner: OsUser,
+    bins: DrillBins,
     began: Instant,
 }
 
@@ -588,6 +625,7 @@ impl<'a> Drill<'a> {
         rt: tokio::runtime::Handle,
         interrupt: &'a Interrupt,
         owner: OsUser,
+        bins: DrillBins,
     ) -> Drill<'a> {
         Drill {
             report: DrillReport {
@@ -612,6 +650,7 @@ impl<'a> Drill<'a> {
             rt,
             interrupt,
             owner,
+            bins,
             began: Instant::now(),
         }
     }
@@ -727,12 +766,12 @@ impl<'a> Drill<'a> {
 
         // 3. Start the private server and let it recover (and promote).
         let t = Instant::now();
-        let bin = PgBin::find(mat.pg_major)?;
         let sc = &running.scratch;
-        let mut inst = Instance::new(bin, &mat.pgdata, &sc.socket_dir, free_port(), Some(self.owner.clone()));
+        let mut inst =
+            Instance::new(self.bins.server.clone(), &mat.pgdata, &sc.socket_dir, free_port(), Some(self.owner.clone()));
         inst.log_path = sc.run.join("postgres.log");
         inst.own_process_group();
-        server::configure(&mut inst, sc, mat.control.as_ref(), opts.memory_mb, opts.jobs);
+        server::configure(&mut inst, sc, mat.control.as_ref(), mat.pg_major, opts.memory_mb, opts.jobs);
         progress.phase("recovery", None);
         let interrupt = self.interrupt;
         let deadline = Instant::now() + opts.recovery_timeout;
@@ -1007,7 +1046,8 @@ impl<'a> Drill<'a> {
                 .filter(|d| d.allow_conn && !d.invalid && d.name != "template0")
                 .map(|d| d.name.clone())
                 .collect();
-            let r = dump_all(inst, dir, &names, interrupt);
+            let tools = self.bins.dump.clone().unwrap_or_else(|| inst.bin.clone());
+            let r = dump_all(inst, &tools, dir, &names, interrupt);
             progress.finish_phase();
             self.phase("dump", t);
             self.interrupted("the dumps")?;
@@ -1226,6 +1266,7 @@ type DumpFailure = (Vec<DumpFile>, Vec<String>);
 /// `pg_dump -Fc` of each database and `pg_dumpall --globals-only`, from the drill's server.
 fn dump_all(
     inst: &Instance,
+    tools: &PgBin,
     dir: &Path,
     dbs: &[String],
     interrupt: &Interrupt,
@@ -1246,7 +1287,7 @@ fn dump_all(
             name = format!("_{name}");
         }
         let path = dir.join(&name);
-        let mut cmd = Command::new(inst.bin.tool("pg_dump"));
+        let mut cmd = Command::new(tools.tool("pg_dump"));
         cmd.arg("--format=custom")
             .arg("--file")
             .arg(&path)
@@ -1255,7 +1296,7 @@ fn dump_all(
         jobs.push((db.clone(), path, cmd));
     }
     let path = dir.join("globals.sql");
-    let mut cmd = Command::new(inst.bin.tool("pg_dumpall"));
+    let mut cmd = Command::new(tools.tool("pg_dumpall"));
     cmd.arg("--globals-only").arg("--file").arg(&path).arg("--dbname").arg(format!("{base} dbname='postgres'"));
     jobs.push(("(globals)".into(), path, cmd));
     for (db, path, mut cmd) in jobs {

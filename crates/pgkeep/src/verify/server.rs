@@ -38,6 +38,7 @@ pub fn configure(
     inst: &mut Instance,
     scratch: &Scratch,
     control: Option<&ControlFileData>,
+    major: Option<u32>,
     memory_mb: u64,
     jobs: usize,
 ) {
@@ -56,7 +57,6 @@ pub fn configure(
         ("ssl", "off".into()),
         ("archive_mode", "off".into()),
         ("archive_command", String::new()),
-        ("archive_library", String::new()),
         ("primary_conninfo", String::new()),
         ("primary_slot_name", String::new()),
         ("shared_preload_libraries", String::new()),
@@ -97,6 +97,9 @@ pub fn configure(
         ("log_min_duration_statement", "-1".into()),
         ("cluster_name", "pgkeep-verify".into()),
     ];
+    if major.is_none_or(crate::pg::version::has_archive_library) {
+        s.push(("archive_library", String::new()));
+    }
     // Prepared transactions and their locks are restored at start-up: allow as many as the
     // source did (pg_control records its settings).
     if let Some(c) = control {

@@ -17,6 +17,7 @@ mod docs;
 mod encryption;
 mod init;
 mod interrupted;
+mod majors;
 mod pitr;
 mod reports_hardening;
 mod restore_hardening;

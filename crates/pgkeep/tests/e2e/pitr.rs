@@ -4,33 +4,48 @@ use pgkeep_testkit::Load;
 
 use crate::common::Setup;
 
+/// A backup taken while pgbench (scale `scale`) and single-row inserts into `events` run, and a
+/// target time between two committed rows.
+pub(crate) struct BackupUnderLoad {
+    pub backup_id: String,
+    pub target: String,
+    /// `events` ids committed at or before `target`, from the source's commit timestamps.
+    pub before: Vec<String>,
+}
+
+/// Needs `track_commit_timestamp = on`: the rows before the target are the source's own
+/// record of what committed when.
+pub(crate) fn backup_under_load(s: &Setup, scale: &str, min_rows: usize) -> BackupUnderLoad {
+    s.pg.pgbench(&["-i", "-s", scale, "-q"]);
+    let load = Load::inserts(&s.pg, &s.env.rt, "events");
+    load.wait_for(min_rows / 3);
+    let mut bench = s.pg.tool("pgbench").args(["-n", "-c", "2", "-T", "4", "postgres"]).spawn().expect("pgbench");
+    let backup_id = s.backup();
+    load.wait_for(load.committed() + min_rows);
+    let target = s.pg.scalar("SELECT clock_timestamp()");
+    load.wait_for(load.committed() + min_rows);
+    assert!(bench.wait().expect("pgbench").success());
+    let log = load.stop();
+    s.pg.switch_and_wait_archived(&s.repo);
+
+    let before =
+        s.pg.column(&format!("SELECT id FROM events WHERE pg_xact_commit_timestamp(xmin) <= '{target}' ORDER BY id"));
+    let after = s.pg.int(&format!("SELECT count(*) FROM events WHERE pg_xact_commit_timestamp(xmin) > '{target}'"));
+    assert!(
+        before.len() >= min_rows && after as usize >= min_rows,
+        "the target must fall between commits: {} before, {after} after",
+        before.len()
+    );
+    assert_eq!(before.len() + after as usize, log.len());
+    BackupUnderLoad { backup_id, target, before }
+}
+
 /// Backup taken while pgbench and single-row inserts run; restore to a time between two
 /// commits: every row committed at or before the target is there, none after.
 #[test]
 fn pitr_to_a_time_between_two_commits_under_write_load() {
     let s = Setup::with(|o| o.with("track_commit_timestamp", "on"));
-    s.pg.pgbench(&["-i", "-s", "2", "-q"]);
-    let load = Load::inserts(&s.pg, &s.env.rt, "events");
-    load.wait_for(100);
-    let mut bench = s.pg.tool("pgbench").args(["-n", "-c", "2", "-T", "5", "postgres"]).spawn().expect("pgbench");
-    let backup_id = s.backup();
-    load.wait_for(load.committed() + 300);
-    let target = s.pg.scalar("SELECT clock_timestamp()");
-    load.wait_for(load.committed() + 300);
-    assert!(bench.wait().expect("pgbench").success());
-    let log = load.stop();
-    s.pg.switch_and_wait_archived(&s.repo);
-
-    // Ground truth from the source itself: commit timestamps of every row.
-    let before =
-        s.pg.column(&format!("SELECT id FROM events WHERE pg_xact_commit_timestamp(xmin) <= '{target}' ORDER BY id"));
-    let after = s.pg.int(&format!("SELECT count(*) FROM events WHERE pg_xact_commit_timestamp(xmin) > '{target}'"));
-    assert!(
-        before.len() > 100 && after > 100,
-        "the target must fall between commits: {} before, {after} after",
-        before.len()
-    );
-    assert_eq!(before.len() + after as usize, log.len());
+    let BackupUnderLoad { backup_id, target, before } = backup_under_load(&s, "2", 300);
 
     let dir = s.env.path("restored");
     let r = s.restore(&dir, &["--target-time", &target, "--target-action", "promote"]);

@@ -13,13 +13,13 @@ use serde_json::Value;
 
 use crate::common::Setup;
 
-const SEG: u32 = 16 * 1024 * 1024;
+pub(crate) const SEG: u32 = 16 * 1024 * 1024;
 const PG_WALDUMP: &str = "/usr/lib/postgresql/15/bin/pg_waldump";
 
 /// xorshift64*: random offsets that can be replayed from the printed seed.
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -27,21 +27,21 @@ impl Rng {
     }
 }
 
-fn segno_of(name: &str) -> u64 {
+pub(crate) fn segno_of(name: &str) -> u64 {
     match parse_wal_file_name(name, SEG) {
         Some(WalFileName::Segment { segno, .. }) => segno,
         other => panic!("{name} is not a segment name: {other:?}"),
     }
 }
 
-fn mkdir(p: &Path) -> PathBuf {
+pub(crate) fn mkdir(p: &Path) -> PathBuf {
     std::fs::create_dir_all(p).unwrap();
     p.to_path_buf()
 }
 
 /// File offsets of every byte of every record that starts and ends inside the segment, page
 /// headers excluded (the bytes each record's CRC covers).
-fn record_byte_offsets(segment: &[u8], segno: u64) -> Vec<usize> {
+pub(crate) fn record_byte_offsets(segment: &[u8], segno: u64) -> Vec<usize> {
     let start = Lsn::segment_start(segno, SEG).0;
     let end = start + SEG as u64;
     let mut dec = WalDecoder::new(Lsn(start), SEG).unwrap();
@@ -67,11 +67,11 @@ fn record_byte_offsets(segment: &[u8], segno: u64) -> Vec<usize> {
 }
 
 /// pgkeep with an explicit repository (not the setup's).
-fn pgkeep_at(s: &Setup, repo: &Path) -> pgkeep_testkit::PgkeepCmd {
+pub(crate) fn pgkeep_at(s: &Setup, repo: &Path) -> pgkeep_testkit::PgkeepCmd {
     s.env.pgkeep(["--repo"]).arg(repo).arg("--pg").arg(s.pg.conninfo()).arg("--pgdata").arg(s.pg.pgdata())
 }
 
-fn objects_under(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn objects_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     if let Ok(rd) = std::fs::read_dir(dir) {
         for e in rd.flatten() {
@@ -156,7 +156,7 @@ fn archive_push_refuses_every_flipped_record_byte_and_truncated_or_foreign_segme
 }
 
 /// One line of pg_waldump output: (lsn, rmgr, xid, tot_len, desc).
-fn parse_waldump_line(l: &str) -> Option<(Lsn, String, u32, u32, String)> {
+pub(crate) fn parse_waldump_line(l: &str) -> Option<(Lsn, String, u32, u32, String)> {
     let rest = l.strip_prefix("rmgr: ")?;
     let (rmgr, rest) = rest.split_once(' ')?;
     let rest = rest.trim_start().strip_prefix("len (rec/tot):")?;
