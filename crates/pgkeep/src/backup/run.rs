@@ -162,6 +162,10 @@ pub(crate) fn remove_stale(repo: &Repository) -> crate::Result<Vec<String>> {
     if let Err(e) = repo.storage().remove_stale_staging_under(layout::WAL_PREFIX) {
         tracing::warn!("{e}");
     }
+    // Before their backups go: a killed run's unfinished uploads hold storage nobody sees.
+    if let Err(e) = repo.storage().raw().abort_stale_uploads() {
+        tracing::warn!("{e}");
+    }
     let mut removed = Vec::new();
     for (id, state) in catalog::states(repo)? {
         if state == BackupState::Incomplete {

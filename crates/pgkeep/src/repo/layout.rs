@@ -73,3 +73,12 @@ pub fn verdict_prefix(id: &str) -> String {
 pub fn lock_key(name: &str) -> String {
     format!("lock/{name}.lock")
 }
+
+/// Records of multipart uploads in progress (repo/multipart.rs), so a killed writer's upload
+/// can be aborted by the next backup.
+pub const UPLOADS_PREFIX: &str = "uploads";
+
+/// `uploads/<run>/<n>`: one record per upload, `run` naming the writing process.
+pub fn upload_record_key(run: &str, n: u64) -> String {
+    format!("{UPLOADS_PREFIX}/{run}/{n:06}")
+}

@@ -8,6 +8,7 @@ pub mod layout;
 pub mod lease;
 pub mod lock;
 pub mod manifest;
+mod multipart;
 pub mod objects;
 pub mod s3;
 pub mod seal;

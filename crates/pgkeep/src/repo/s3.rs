@@ -99,6 +99,7 @@ mod client {
 
     use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
     use object_store::aws::{AmazonS3Builder, AwsCredential};
+    use object_store::client::{HttpError, HttpErrorKind};
     use object_store::prefix::PrefixStore;
     use object_store::{
         Attribute, Attributes, BackoffConfig, Certificate, ClientOptions, CredentialProvider, ObjectStore, RetryConfig,
@@ -106,14 +107,17 @@ mod client {
     use tokio::runtime::Handle;
 
     use super::S3Location;
+    use crate::repo::multipart::MultipartTarget;
     use crate::repo::storage::StorageError;
 
-    /// What the S3 backend keeps beside the store: the credential chain (for `check`) and the
-    /// attributes every stored object gets.
+    /// What the S3 backend keeps beside the store: the credential chain (for `check`), the
+    /// attributes every stored object gets, the multipart side and the retry limits.
     #[derive(Debug)]
     pub(crate) struct Remote {
         chain: Arc<AwsChain>,
         pub(crate) attributes: Attributes,
+        pub(crate) multipart: MultipartTarget,
+        retry: RetryConfig,
     }
 
     impl Remote {
@@ -123,6 +127,35 @@ mod client {
             self.chain.get_credential().await.map_err(|e| super::super::storage::one_line(&e))?;
             Ok(self.chain.source.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default())
         }
+
+        /// How long to wait before repeating a request that `e` ended, None when it must not
+        /// be repeated: only a connection broken or timed out after the request was sent
+        /// (object_store repeats those for idempotent requests only), within the `[s3]`
+        /// `max_retries` and `retry_timeout`, with object_store's backoff settings.
+        pub(crate) fn retry_after(
+            &self,
+            e: &object_store::Error,
+            attempt: usize,
+            elapsed: Duration,
+        ) -> Option<Duration> {
+            if attempt >= self.retry.max_retries || elapsed >= self.retry.retry_timeout || !interrupted(e) {
+                return None;
+            }
+            let b = &self.retry.backoff;
+            let pause = b.init_backoff.mul_f64(b.base.powi(attempt as i32));
+            Some(pause.min(b.max_backoff))
+        }
+    }
+
+    fn interrupted(e: &object_store::Error) -> bool {
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(err) = cur {
+            if let Some(h) = err.downcast_ref::<HttpError>() {
+                return matches!(h.kind(), HttpErrorKind::Interrupted | HttpErrorKind::Timeout);
+            }
+            cur = err.source();
+        }
+        false
     }
 
     fn bad(loc: &S3Location, detail: String, hint: &str) -> StorageError {
@@ -160,7 +193,7 @@ mod client {
                 options = options.with_root_certificate(c);
             }
         }
-        let mut b = AmazonS3Builder::new().with_bucket_name(&loc.bucket).with_region(&region).with_retry(RetryConfig {
+        let retry = RetryConfig {
             backoff: BackoffConfig {
                 init_backoff: Duration::from_millis(100),
                 max_backoff: Duration::from_secs(5),
@@ -168,7 +201,8 @@ mod client {
             },
             max_retries: s.max_retries.unwrap_or(5),
             retry_timeout: Duration::from_secs(s.retry_timeout.unwrap_or(60)),
-        });
+        };
+        let mut b = AmazonS3Builder::new().with_bucket_name(&loc.bucket).with_region(&region).with_retry(retry.clone());
         match endpoint {
             Some(ep) => {
                 options = options.with_allow_http(ep.starts_with("http://"));
@@ -193,16 +227,15 @@ mod client {
             b.with_client_options(options).with_credentials(chain.clone()).build().map_err(|e| {
                 bad(loc, super::super::storage::one_line(&e), "check the [s3] settings in the config file")
             })?;
-        let store: Arc<dyn ObjectStore> = if loc.prefix.is_empty() {
-            Arc::new(store)
-        } else {
-            Arc::new(PrefixStore::new(store, loc.prefix.as_str()))
-        };
+        let store = Arc::new(store);
+        let multipart = MultipartTarget::new(store.clone(), &loc.prefix);
+        let store: Arc<dyn ObjectStore> =
+            if loc.prefix.is_empty() { store } else { Arc::new(PrefixStore::new(store, loc.prefix.as_str())) };
         let mut attributes = Attributes::new();
         if let Some(class) = &s.storage_class {
             attributes.insert(Attribute::StorageClass, class.clone().into());
         }
-        Ok((store, Remote { chain, attributes }))
+        Ok((store, Remote { chain, attributes, multipart, retry }))
     }
 
     async fn load_aws_config(region: Option<&str>) -> aws_config::SdkConfig {

@@ -24,11 +24,11 @@ use futures::StreamExt;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjPath;
 use object_store::{
-    GetOptions, GetRange, GetResultPayload, MultipartUpload, ObjectStore, ObjectStoreExt, PutMode, PutMultipartOptions,
-    PutOptions, PutPayload,
+    GetOptions, GetRange, GetResultPayload, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
 };
 use tokio::runtime::Handle;
 
+use super::multipart::{MultipartTarget, Upload, PART_SIZE};
 use super::s3::{S3Location, S3Settings};
 use crate::fsutil;
 
@@ -171,9 +171,6 @@ pub struct Storage {
     remote: Option<Arc<super::s3::Remote>>,
 }
 
-/// Size of the parts a streaming writer sends; S3 needs at least 5 MiB per part.
-const PART_SIZE: usize = 8 * 1024 * 1024;
-
 impl Storage {
     /// Open a backend. A local repository directory is created when `create` is set.
     pub fn open(loc: &RepoLocation, rt: Handle, create: bool) -> Result<Self, StorageError> {
@@ -249,6 +246,54 @@ impl Storage {
             return r.attributes.clone();
         }
         object_store::Attributes::new()
+    }
+
+    /// The multipart side of an object store; None for local repositories.
+    pub(crate) fn multipart(&self) -> Option<&MultipartTarget> {
+        #[cfg(feature = "s3")]
+        if let Some(r) = &self.remote {
+            return Some(&r.multipart);
+        }
+        None
+    }
+
+    /// Run a request again after a dropped connection or a timeout, within the `[s3]` retry
+    /// limits. object_store retries 5xx and throttling for every request but a broken
+    /// connection only for idempotent ones; the requests wrapped here are not (conditional PUT,
+    /// POST, DELETE) yet safe to repeat, each caller handling "it had landed after all".
+    /// Returns the result and whether it was retried.
+    pub(crate) fn retry_interrupted<T, F, Fut>(&self, mut op: F) -> (object_store::Result<T>, bool)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = object_store::Result<T>>,
+    {
+        let started = std::time::Instant::now();
+        let mut attempt = 0;
+        loop {
+            let res = self.rt.block_on(op());
+            #[cfg(feature = "s3")]
+            if let (Err(e), Some(r)) = (&res, &self.remote) {
+                if let Some(pause) = r.retry_after(e, attempt, started.elapsed()) {
+                    tracing::info!("retrying after an interrupted request ({attempt}): {}", one_line(e));
+                    std::thread::sleep(pause);
+                    attempt += 1;
+                    continue;
+                }
+            }
+            let _ = started;
+            return (res, attempt > 0);
+        }
+    }
+
+    pub(crate) fn remote_err(&self, op: &'static str, key: &str, e: object_store::Error) -> StorageError {
+        os_err(&self.location, op, key, e)
+    }
+
+    /// Abort the multipart uploads that killed writers of other runs left unfinished (their
+    /// records, see repo/multipart.rs) and delete the records; how many. Call only while
+    /// holding the backup lock. Local repositories have none.
+    pub fn abort_stale_uploads(&self) -> Result<usize, StorageError> {
+        super::multipart::abort_stale(self)
     }
 
     /// Prove that `put_new` is a real create-if-absent on this store: create a probe object,
@@ -371,15 +416,30 @@ impl Storage {
         }
         let path = Self::path(key);
         let opts = PutOptions { mode: PutMode::Create, attributes: self.attributes(), ..Default::default() };
-        let payload: PutPayload = parts.into_iter().collect();
-        match self.rt.block_on(self.store.put_opts(&path, payload, opts)) {
-            Ok(_) => {
+        let payload: PutPayload = parts.iter().cloned().collect();
+        match self.retry_interrupted(|| self.store.put_opts(&path, payload.clone(), opts.clone())) {
+            (Ok(_), _) => {
                 self.finish_owner(key)?;
                 Ok(PutOutcome::Created)
             }
-            Err(object_store::Error::AlreadyExists { .. }) => Ok(PutOutcome::AlreadyExists),
-            Err(e) => Err(os_err(&self.location, "write", key, e)),
+            // The interrupted attempt may have landed: then the object holds exactly our bytes.
+            (Err(object_store::Error::AlreadyExists { .. }), true) if self.holds(key, &parts)? => {
+                Ok(PutOutcome::Created)
+            }
+            (Err(object_store::Error::AlreadyExists { .. }), _) => Ok(PutOutcome::AlreadyExists),
+            (Err(e), _) => Err(os_err(&self.location, "write", key, e)),
         }
+    }
+
+    /// Whether the stored object `key` is exactly `parts` concatenated.
+    fn holds(&self, key: &str, parts: &[Bytes]) -> Result<bool, StorageError> {
+        let stored = self.get(key)?;
+        let mut rest = &stored[..];
+        for p in parts {
+            let Some(tail) = rest.strip_prefix(&p[..]) else { return Ok(false) };
+            rest = tail;
+        }
+        Ok(rest.is_empty())
     }
 
     /// A local put through a locked staging file (see [`create_staging`]): write, fsync, then
@@ -591,7 +651,7 @@ impl Storage {
 
     pub fn delete(&self, key: &str) -> Result<(), StorageError> {
         let path = Self::path(key);
-        match self.rt.block_on(self.store.delete(&path)) {
+        match self.retry_interrupted(|| self.store.delete(&path)).0 {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(os_err(&self.location, "delete", key, e)),
         }
@@ -640,24 +700,43 @@ impl Storage {
 impl Storage {
     /// Create `key` if absent; its ETag, or None when an object exists.
     pub fn create_versioned(&self, key: &str, data: Bytes) -> Result<Option<String>, StorageError> {
-        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
-        match self.rt.block_on(self.store.put_opts(&Self::path(key), data.into(), opts)) {
-            Ok(r) => Ok(Some(r.e_tag.unwrap_or_default())),
-            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => Ok(None),
-            Err(e) => Err(os_err(&self.location, "write", key, e)),
-        }
+        self.put_versioned(key, data, PutMode::Create)
     }
 
     /// Replace `key` only if its ETag is still `etag`; the new ETag, or None when it changed
     /// or is gone.
     pub fn replace_versioned(&self, key: &str, data: Bytes, etag: &str) -> Result<Option<String>, StorageError> {
         let version = object_store::UpdateVersion { e_tag: Some(etag.to_string()), version: None };
-        let opts = PutOptions { mode: PutMode::Update(version), ..Default::default() };
-        match self.rt.block_on(self.store.put_opts(&Self::path(key), data.into(), opts)) {
-            Ok(r) => Ok(Some(r.e_tag.unwrap_or_default())),
-            Err(object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(os_err(&self.location, "write", key, e)),
+        self.put_versioned(key, data, PutMode::Update(version))
+    }
+
+    /// A conditional PUT; its ETag, or None when the condition did not hold.
+    fn put_versioned(&self, key: &str, data: Bytes, mode: PutMode) -> Result<Option<String>, StorageError> {
+        let opts = PutOptions { mode, ..Default::default() };
+        let path = Self::path(key);
+        let payload = PutPayload::from(data.clone());
+        match self.retry_interrupted(|| self.store.put_opts(&path, payload.clone(), opts.clone())) {
+            (Ok(r), _) => Ok(Some(r.e_tag.unwrap_or_default())),
+            (
+                Err(
+                    object_store::Error::AlreadyExists { .. }
+                    | object_store::Error::Precondition { .. }
+                    | object_store::Error::NotFound { .. },
+                ),
+                retried,
+            ) => self.ours_after_retry(key, &data, retried),
+            (Err(e), _) => Err(os_err(&self.location, "write", key, e)),
         }
+    }
+
+    /// A conditional write refused after a retry: when the interrupted attempt had landed, the
+    /// object holds our bytes and its ETag is ours. (Lease objects carry the holder's pid and
+    /// a timestamp, so equal bytes are never another process's.)
+    fn ours_after_retry(&self, key: &str, data: &Bytes, retried: bool) -> Result<Option<String>, StorageError> {
+        if !retried {
+            return Ok(None);
+        }
+        Ok(self.get_versioned(key)?.and_then(|(stored, etag)| (stored == *data).then_some(etag)))
     }
 
     /// The object and its ETag, None when absent.
@@ -689,7 +768,7 @@ pub struct ObjectWriter {
 
 enum Sink {
     File { file: io::BufWriter<std::fs::File>, staging: PathBuf, dest: PathBuf },
-    Parts { buf: Vec<u8>, upload: Option<Box<dyn MultipartUpload>> },
+    Parts { buf: Vec<u8>, upload: Option<Box<Upload>> },
 }
 
 /// A new staging file `<dest>#<digits>` (object_store's naming, so listings never show it),
@@ -759,19 +838,10 @@ impl ObjectWriter {
         }
         let st = &self.storage;
         if upload.is_none() {
-            let path = Storage::path(&self.key);
-            let up = st
-                .rt
-                .block_on(st.store.put_multipart_opts(
-                    &path,
-                    PutMultipartOptions { attributes: st.attributes(), ..Default::default() },
-                ))
-                .map_err(|e| io::Error::other(os_err(&st.location, "write", &self.key, e)))?;
-            *upload = Some(up);
+            *upload = Some(Box::new(Upload::begin(st, &self.key, st.attributes()).map_err(io::Error::other)?));
         }
         let data = std::mem::replace(buf, Vec::with_capacity(PART_SIZE));
-        let fut = upload.as_mut().expect("upload was just created").put_part(PutPayload::from(data));
-        st.rt.block_on(fut).map_err(|e| io::Error::other(os_err(&st.location, "write", &self.key, e)))
+        upload.as_mut().expect("upload was just created").put_part(data).map_err(io::Error::other)
     }
 
     /// Bytes written so far.
@@ -807,10 +877,9 @@ impl ObjectWriter {
             Sink::Parts { upload: Some(_), .. } => {
                 self.flush_part().map_err(ioe)?;
                 let Sink::Parts { upload, .. } = &mut self.sink else { unreachable!("matched above") };
-                let mut up = upload.take().expect("upload present");
+                let up = upload.take().expect("upload present");
                 self.done = true;
-                st.rt.block_on(up.complete()).map_err(|e| os_err(&st.location, "write", &key, e))?;
-                st.finish_owner(&key)?;
+                up.complete(self.written)?;
             }
         }
         Ok(self.written)
@@ -821,10 +890,19 @@ impl io::Write for ObjectWriter {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         match &mut self.sink {
             Sink::File { file, .. } => file.write_all(data)?,
-            Sink::Parts { buf, .. } => {
-                buf.extend_from_slice(data);
-                if buf.len() >= PART_SIZE {
-                    self.flush_part()?;
+            Sink::Parts { .. } => {
+                // Parts are cut at exactly PART_SIZE, so a buffer never grows past one part.
+                let mut rest = data;
+                while let Sink::Parts { buf, .. } = &mut self.sink {
+                    let n = (PART_SIZE - buf.len()).min(rest.len());
+                    buf.extend_from_slice(&rest[..n]);
+                    rest = &rest[n..];
+                    if buf.len() >= PART_SIZE {
+                        self.flush_part()?;
+                    }
+                    if rest.is_empty() {
+                        break;
+                    }
                 }
             }
         }
@@ -846,11 +924,8 @@ impl Drop for ObjectWriter {
             Sink::File { staging, .. } => {
                 let _ = std::fs::remove_file(&*staging);
             }
-            Sink::Parts { upload, .. } => {
-                if let Some(mut up) = upload.take() {
-                    let _ = self.storage.rt.block_on(up.abort());
-                }
-            }
+            // Dropping an unfinished upload aborts it (repo/multipart.rs).
+            Sink::Parts { upload, .. } => drop(upload.take()),
         }
     }
 }

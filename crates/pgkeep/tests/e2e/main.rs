@@ -24,6 +24,8 @@ mod restore_hardening;
 mod rpo;
 #[cfg(feature = "s3")]
 mod s3;
+#[cfg(feature = "s3")]
+mod s3_faults;
 mod snapshot_btrfs;
 #[cfg(feature = "ebs")]
 mod snapshot_ebs;
