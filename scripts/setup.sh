@@ -10,6 +10,9 @@
 #   - cargo-nextest (the test runner), if the toolchain lacks it
 #   - a Python venv with moto[server] (fake EC2 and S3 APIs for the EBS and s3:// tests) at
 #     $PGKEEP_MOTO_VENV (default /opt/pgkeep-venv)
+#   - gcp-storage-emulator in that venv (a GCS server for the gs:// tests)
+#   - Azurite 3 from the npm registry at $PGKEEP_AZURITE_DIR (default /opt/pgkeep-azurite; an
+#     Azure Blob Storage server for the az:// tests), with Node.js from Debian when missing
 set -euo pipefail
 
 SUDO=""
@@ -47,6 +50,22 @@ if ! [ -x "$VENV/bin/moto_server" ] || ! "$VENV/bin/python" -c 'import moto, bot
     echo "setup.sh: creating $VENV with moto[server]" >&2
     $SUDO /usr/bin/python3 -m venv "$VENV"
     $SUDO "$VENV/bin/pip" install -q --disable-pip-version-check 'moto[server]>=5.1,<6'
+fi
+
+if ! "$VENV/bin/python" -c 'import gcp_storage_emulator' >/dev/null 2>&1; then
+    echo "setup.sh: installing gcp-storage-emulator into $VENV" >&2
+    $SUDO "$VENV/bin/pip" install -q --disable-pip-version-check 'gcp-storage-emulator>=2024'
+fi
+
+AZURITE="${PGKEEP_AZURITE_DIR:-/opt/pgkeep-azurite}"
+if ! [ -x "$AZURITE/node_modules/.bin/azurite-blob" ]; then
+    if ! command -v npm >/dev/null 2>&1; then
+        export DEBIAN_FRONTEND=noninteractive
+        $SUDO apt-get update -qq
+        $SUDO apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+    fi
+    echo "setup.sh: installing azurite@3 into $AZURITE" >&2
+    $SUDO npm install --silent --no-audit --no-fund --prefix "$AZURITE" azurite@3 >/dev/null
 fi
 
 if ! cargo nextest --version >/dev/null 2>&1; then
