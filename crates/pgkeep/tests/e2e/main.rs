@@ -7,6 +7,8 @@ mod common;
 
 mod archive;
 mod archive_hardening;
+#[cfg(feature = "azure")]
+mod azure;
 mod backup_restore;
 mod bad_input;
 mod catalog_hardening;
@@ -15,8 +17,12 @@ mod corruption;
 mod demo;
 mod docs;
 mod encryption;
+#[cfg(feature = "gcs")]
+mod gcs;
 mod init;
 mod interrupted;
+#[cfg(any(feature = "s3", feature = "azure"))]
+mod object_stores;
 mod pitr;
 mod reports_hardening;
 mod restore_hardening;
