@@ -105,6 +105,8 @@ impl Azurite {
 const ENDPOINT = 'http://127.0.0.1:{port}', ACCOUNT = '{ACCOUNT}', KEY = Buffer.from('{ACCOUNT_KEY}', 'base64');
 async function az(method, path, query = {{}}, headers = {{}}, body = undefined) {{
   const h = {{ 'x-ms-date': new Date().toUTCString(), 'x-ms-version': '2021-08-06', ...headers }};
+  // fetch would add a Content-Type of its own to a string body; it is part of the signature.
+  if (body !== undefined && !h['Content-Type']) h['Content-Type'] = 'application/octet-stream';
   const len = body === undefined ? '' : String(Buffer.byteLength(body));
   const xms = Object.keys(h).filter(k => k.startsWith('x-ms-')).sort().map(k => k + ':' + h[k] + '\n').join('');
   const q = Object.keys(query).sort().map(k => '\n' + k + ':' + query[k]).join('');

@@ -61,3 +61,48 @@ fn azure_repository_backup_archive_pitr_restore_verify_under_load() {
 fn azure_archive_never_overwrites_and_unreachable_store_fails_cleanly() {
     never_overwrites_and_unreachable_fails(setup("db2", &[]));
 }
+
+/// The backup lock on Azure is a lease blob: a live lease (another host's) makes backup refuse
+/// with one line naming the holder; an expired one is taken over (a replace only if its ETag
+/// is unchanged) with a log line, and the lock blob is gone when the backup ends.
+#[test]
+fn azure_backup_lock_is_a_lease_taken_over_only_when_expired() {
+    let s = setup("db4", &[]);
+    let plant = |expires: &str| {
+        s.store.node(&format!(
+            "await az('PUT', '{}/db4/lock/backup.lock', {{}}, {{'x-ms-blob-type': 'BlockBlob'}}, JSON.stringify({{host: 'otherhost', pid: 4242, started_at: '2026-01-01T00:00:00Z', lease_expires_at: '{expires}'}}));",
+            s.store.container
+        ))
+    };
+    plant("2999-01-01T00:00:00Z");
+    let o = s.keep(s.cmd(&["backup"]).fails());
+    let line = o.one_error_line();
+    assert!(line.contains("holds the lock") && line.contains("pid 4242 on otherhost"), "{line}");
+    assert_eq!(s.store.keys("db4/backup/"), Vec::<String>::new(), "a refused backup writes nothing");
+
+    plant("2020-01-01T00:00:00Z");
+    let o = s.ok(s.cmd(&["backup"]));
+    assert!(o.stderr.contains("taking over the expired lock") && o.stderr.contains("otherhost"), "{}", o.stderr);
+    assert_eq!(s.store.keys("db4/lock/"), Vec::<String>::new(), "the lease is released after the backup");
+    s.assert_no_secret_anywhere(&[]);
+}
+
+/// No storage account anywhere (no `[azure] account`, no AZURE_STORAGE_ACCOUNT_NAME): one
+/// configuration error line, exit 2, before any request.
+#[test]
+fn azure_without_a_storage_account_is_one_config_error() {
+    let env = common::env();
+    let config = env.path("azure.toml");
+    std::fs::write(&config, "[azure]\nmax_retries = 1\n").unwrap();
+    let mut c = env.pgkeep(["--config"]).arg(&config).arg("--repo").arg("az://backups/db1").arg("list");
+    for v in ["AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_USE_EMULATOR", "AZURE_STORAGE_ENDPOINT"] {
+        c.command().env_remove(v);
+    }
+    let o = c.run();
+    assert_eq!(o.code, Some(2), "{}", o.stderr);
+    let line = o.one_error_line();
+    assert!(
+        line.contains("az://backups/db1") && line.contains("no storage account") && line.contains("hint:"),
+        "{line}"
+    );
+}

@@ -148,8 +148,8 @@ pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
 /// The whole story: init (conditional create proven by init's probe, which leaves nothing),
 /// check (credential source named, conditional create), a backup under write load (its lease
 /// lock released afterwards), WAL through archive_command, list, verify, wal verify, PITR to a
-/// time between two marker rows, restore to the end; restored rows equal the source.
-/// `credential_source` is what check must name; `stored(backup id)` checks what only the
+/// time between two marker rows, restore to the end (restored rows equal the source), rpo,
+/// expire. `credential_source` is what check must name; `stored(backup id)` checks what only the
 /// backend can (e.g. S3 storage classes), once the backup and its WAL are stored.
 pub fn whole_story<S: Store>(s: &StoreSetup<S>, credential_source: &str, stored: impl FnOnce(&str)) {
     let p = s.prefix();
@@ -228,6 +228,12 @@ pub fn whole_story<S: Store>(s: &StoreSetup<S>, credential_source: &str, stored:
     ] {
         assert_eq!(end.scalar(q), s.pg.scalar(q), "{q}");
     }
+    let rpo = s.json(s.cmd(&["rpo"]));
+    assert_eq!(rpo["repo"], s.url.as_str(), "{rpo}");
+    assert!(rpo["newest_verified_backup_age_seconds"].is_number(), "verify's verdict read back from the store: {rpo}");
+    s.json(s.cmd(&["expire", "--backup", &id]));
+    assert_eq!(s.json(s.cmd(&["list"])), serde_json::json!([]));
+    assert_eq!(s.store.keys(&format!("{p}backup/{id}/")), Vec::<String>::new(), "expire deleted its objects");
     s.assert_no_secret_anywhere(&[&pitr_dir, &end_dir]);
 }
 
