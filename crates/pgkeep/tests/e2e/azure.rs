@@ -9,7 +9,9 @@ use std::time::Duration;
 use pgkeep_testkit::{Azurite, TestEnv};
 
 use crate::common;
-use crate::object_stores::{never_overwrites_and_unreachable_fails, whole_story, Store, StoreSetup};
+use crate::object_stores::{
+    lease_taken_over_only_when_expired, never_overwrites_and_unreachable_fails, whole_story, Store, StoreSetup,
+};
 
 impl Store for Azurite {
     fn url(&self, prefix: &str) -> String {
@@ -38,6 +40,12 @@ impl Store for Azurite {
     }
     fn config_with_endpoint(&self, endpoint: &str) -> String {
         format!("[azure]\nuse_emulator = true\nendpoint = \"{endpoint}\"\nmax_retries = 2\n")
+    }
+    fn put(&self, key: &str, body: &str) {
+        self.node(&format!(
+            "await az('PUT', '{}/{key}', {{}}, {{'x-ms-blob-type': 'BlockBlob'}}, {body:?});",
+            self.container
+        ));
     }
 }
 
@@ -68,22 +76,7 @@ fn azure_archive_never_overwrites_and_unreachable_store_fails_cleanly() {
 #[test]
 fn azure_backup_lock_is_a_lease_taken_over_only_when_expired() {
     let s = setup("db4", &[]);
-    let plant = |expires: &str| {
-        s.store.node(&format!(
-            "await az('PUT', '{}/db4/lock/backup.lock', {{}}, {{'x-ms-blob-type': 'BlockBlob'}}, JSON.stringify({{host: 'otherhost', pid: 4242, started_at: '2026-01-01T00:00:00Z', lease_expires_at: '{expires}'}}));",
-            s.store.container
-        ))
-    };
-    plant("2999-01-01T00:00:00Z");
-    let o = s.keep(s.cmd(&["backup"]).fails());
-    let line = o.one_error_line();
-    assert!(line.contains("holds the lock") && line.contains("pid 4242 on otherhost"), "{line}");
-    assert_eq!(s.store.keys("db4/backup/"), Vec::<String>::new(), "a refused backup writes nothing");
-
-    plant("2020-01-01T00:00:00Z");
-    let o = s.ok(s.cmd(&["backup"]));
-    assert!(o.stderr.contains("taking over the expired lock") && o.stderr.contains("otherhost"), "{}", o.stderr);
-    assert_eq!(s.store.keys("db4/lock/"), Vec::<String>::new(), "the lease is released after the backup");
+    lease_taken_over_only_when_expired(&s);
     s.assert_no_secret_anywhere(&[]);
 }
 

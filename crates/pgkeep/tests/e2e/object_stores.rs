@@ -25,6 +25,8 @@ pub trait Store {
     fn secret(&self) -> &'static str;
     /// Config file text reaching the same store through `endpoint`.
     fn config_with_endpoint(&self, endpoint: &str) -> String;
+    /// Store `body` under `key` (full key, prefix included), as another host would.
+    fn put(&self, key: &str, body: &str);
 }
 
 /// A cluster archiving into `store` under a prefix, `pgkeep init` done.
@@ -299,4 +301,25 @@ pub fn dead_config(env: &TestEnv, store: &impl Store) -> PathBuf {
     std::fs::write(&dead, store.config_with_endpoint(&format!("http://127.0.0.1:{port}"))).unwrap();
     pgkeep::fsutil::set_mode(&dead, 0o644).unwrap();
     dead
+}
+
+/// The backup lock is a lease object: a live lease (another host's) makes backup refuse with one
+/// line naming the holder and write nothing; an expired one is taken over (replaced only if
+/// unchanged) with a log line; the lock object is gone when the backup ends.
+pub fn lease_taken_over_only_when_expired<S: Store>(s: &StoreSetup<S>) {
+    let p = s.prefix();
+    let plant = |expires: &str| {
+        let holder = serde_json::json!({"host": "otherhost", "pid": 4242, "started_at": "2026-01-01T00:00:00Z", "lease_expires_at": expires});
+        s.store.put(&format!("{p}lock/backup.lock"), &holder.to_string());
+    };
+    plant("2999-01-01T00:00:00Z");
+    let o = s.keep(s.cmd(&["backup"]).fails());
+    let line = o.one_error_line();
+    assert!(line.contains("holds the lock") && line.contains("pid 4242 on otherhost"), "{line}");
+    assert_eq!(s.store.keys(&format!("{p}backup/")), Vec::<String>::new(), "a refused backup writes nothing");
+
+    plant("2020-01-01T00:00:00Z");
+    let o = s.ok(s.cmd(&["backup"]));
+    assert!(o.stderr.contains("taking over the expired lock") && o.stderr.contains("otherhost"), "{}", o.stderr);
+    assert_eq!(s.store.keys(&format!("{p}lock/")), Vec::<String>::new(), "the lease is released after the backup");
 }

@@ -13,7 +13,9 @@ use pgkeep_testkit::s3::SECRET_KEY;
 use pgkeep_testkit::{ClusterOptions, S3Store, TestEnv};
 
 use crate::common;
-use crate::object_stores::{never_overwrites_and_unreachable_fails, whole_story, Store, StoreSetup};
+use crate::object_stores::{
+    lease_taken_over_only_when_expired, never_overwrites_and_unreachable_fails, whole_story, Store, StoreSetup,
+};
 
 impl Store for S3Store {
     fn url(&self, prefix: &str) -> String {
@@ -42,6 +44,9 @@ impl Store for S3Store {
     }
     fn config_with_endpoint(&self, endpoint: &str) -> String {
         format!("[s3]\nendpoint = \"{endpoint}\"\nregion = \"us-east-1\"\n")
+    }
+    fn put(&self, key: &str, body: &str) {
+        self.moto.python(&format!("s3().put_object(Bucket='{}', Key='{key}', Body={body:?})", self.bucket));
     }
 }
 
@@ -83,22 +88,7 @@ fn s3_archive_never_overwrites_and_unreachable_store_fails_cleanly() {
 #[test]
 fn s3_backup_lock_is_a_lease_taken_over_only_when_expired() {
     let s = setup("db4", &[], "");
-    let key = "db4/lock/backup.lock";
-    let plant = |expires: &str| {
-        s.store.moto.python(&format!(
-            "s3().put_object(Bucket='pgkeep-test', Key='{key}', Body=json.dumps({{'host': 'otherhost', 'pid': 4242, 'started_at': '2026-01-01T00:00:00Z', 'lease_expires_at': '{expires}'}}))"
-        ))
-    };
-    plant("2999-01-01T00:00:00Z");
-    let o = s.keep(s.cmd(&["backup"]).fails());
-    let line = o.one_error_line();
-    assert!(line.contains("holds the lock") && line.contains("pid 4242 on otherhost"), "{line}");
-    assert_eq!(s.store.keys("db4/backup/"), Vec::<String>::new(), "a refused backup writes nothing");
-
-    plant("2020-01-01T00:00:00Z");
-    let o = s.ok(s.cmd(&["backup"]));
-    assert!(o.stderr.contains("taking over the expired lock") && o.stderr.contains("otherhost"), "{}", o.stderr);
-    assert_eq!(s.store.keys("db4/lock/"), Vec::<String>::new(), "the lease is released after the backup");
+    lease_taken_over_only_when_expired(&s);
     // The repository named by PGKEEP_REPO, and by `repo = "s3://…"` in the config file.
     let mut by_env = s.env.pgkeep(["--config"]).arg(&s.store.config).arg("list").env("PGKEEP_REPO", &s.url);
     for (k, v) in s.store.env() {
