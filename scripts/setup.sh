@@ -12,6 +12,9 @@
 #     $PGKEEP_MOTO_VENV (default /opt/pgkeep-venv)
 #   - s3s-fs, a second S3 server (crates.io; checks SigV4 and conditional PUTs) at
 #     $PGKEEP_S3S_FS (default /opt/s3s/bin/s3s-fs), built with cargo install (~4 min of CPU)
+#   - gcp-storage-emulator in that venv (a GCS server for the gs:// tests)
+#   - Azurite 3 from the npm registry at $PGKEEP_AZURITE_DIR (default /opt/pgkeep-azurite; an
+#     Azure Blob Storage server for the az:// tests), with Node.js from Debian when missing
 set -euo pipefail
 
 SUDO=""
@@ -101,6 +104,22 @@ PY
     echo "$version" | $SUDO tee "$PG_DIR/$major/.pgkeep-version" >/dev/null
     rm -rf "$tmp"
 done
+
+if ! "$VENV/bin/python" -c 'import gcp_storage_emulator' >/dev/null 2>&1; then
+    echo "setup.sh: installing gcp-storage-emulator into $VENV" >&2
+    $SUDO "$VENV/bin/pip" install -q --disable-pip-version-check 'gcp-storage-emulator>=2024'
+fi
+
+AZURITE="${PGKEEP_AZURITE_DIR:-/opt/pgkeep-azurite}"
+if ! [ -x "$AZURITE/node_modules/.bin/azurite-blob" ]; then
+    if ! command -v npm >/dev/null 2>&1; then
+        export DEBIAN_FRONTEND=noninteractive
+        $SUDO apt-get update -qq
+        $SUDO apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+    fi
+    echo "setup.sh: installing azurite@3 into $AZURITE" >&2
+    $SUDO npm install --silent --no-audit --no-fund --prefix "$AZURITE" azurite@3 >/dev/null
+fi
 
 if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install cargo-nextest --locked

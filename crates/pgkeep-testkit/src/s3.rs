@@ -166,13 +166,7 @@ impl S3Store {
             b = self.bucket,
             d = dir.path().display()
         ));
-        let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir.path())
-            .expect("read objects")
-            .flatten()
-            .map(|e| (e.file_name().to_string_lossy().replace('%', "/"), std::fs::read(e.path()).expect("read")))
-            .collect();
-        out.sort();
-        out
+        crate::read_dumped_objects(dir.path())
     }
 
     /// Wait until `key` exists (e.g. an archived segment).

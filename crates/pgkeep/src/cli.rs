@@ -24,7 +24,7 @@ pub struct GlobalArgs {
     /// TOML configuration file.
     #[arg(long, global = true, env = "PGKEEP_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Repository: a local path (s3://bucket/prefix in builds with S3 support).
+    /// Repository: a local path, s3://BUCKET/PREFIX, az://CONTAINER/PREFIX or gs://BUCKET/PREFIX.
     #[arg(long, global = true, env = "PGKEEP_REPO", value_name = "REPO")]
     pub repo: Option<String>,
     /// Key file of an encrypted repository: 32 random bytes, readable by its owner only

@@ -52,6 +52,10 @@ pub struct FileConfig {
     pub snapshot: Option<SnapshotSettings>,
     /// How to reach an `s3://` repository (`[s3]`).
     pub s3: Option<crate::repo::s3::S3Settings>,
+    /// How to reach an `az://` repository (`[azure]`).
+    pub azure: Option<crate::repo::azure::AzureSettings>,
+    /// How to reach a `gs://` repository (`[gcs]`).
+    pub gcs: Option<crate::repo::gcs::GcsSettings>,
 }
 
 #[derive(Debug, Clone)]
@@ -102,7 +106,12 @@ impl Config {
 
     pub fn repo_location(&self) -> Result<RepoLocation, crate::Error> {
         let r = self.repo.as_deref().ok_or(ConfigError::NoRepo)?;
-        Ok(RepoLocation::parse_with(r, self.file.s3.as_ref(), self.config_path.as_deref())?)
+        let settings = crate::repo::StoreSettings {
+            s3: self.file.s3.as_ref(),
+            azure: self.file.azure.as_ref(),
+            gcs: self.file.gcs.as_ref(),
+        };
+        Ok(RepoLocation::parse_with(r, settings, self.config_path.as_deref())?)
     }
 
     pub fn require_pgdata(&self) -> Result<&Path, ConfigError> {

@@ -157,12 +157,8 @@ pub fn check(
     }
     if let Some(source) = repo.storage().raw().credential_source() {
         match source {
-            Ok(name) => items.pass("credentials", format!("AWS credentials from {name}")),
-            Err(e) => items.fail(
-                "credentials",
-                e,
-                "give this OS user (and the server's) AWS credentials: an instance role, AWS_PROFILE with ~/.aws/credentials, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY",
-            ),
+            Ok(source) => items.pass("credentials", source),
+            Err((e, hint)) => items.fail("credentials", e, hint),
         }
     }
     if !repo.storage().features().posix {

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::storage::Storage;
+use super::storage::{ObjectVersion, Storage};
 use super::RepoError;
 
 /// How long a lease lasts without renewal, and how often the holder renews it.
@@ -59,7 +59,7 @@ pub fn live_holder(storage: &Storage, key: &str) -> Option<String> {
 /// A held lease; released (the object deleted if still ours) on drop.
 pub struct Lease {
     stop: Option<mpsc::Sender<()>>,
-    renewer: Option<JoinHandle<Option<String>>>,
+    renewer: Option<JoinHandle<Option<ObjectVersion>>>,
     storage: Storage,
     key: String,
 }
@@ -73,10 +73,10 @@ impl Lease {
         let started_at = Utc::now();
         // A few rounds: the lock may be released or taken between our look and our write.
         for _ in 0..3 {
-            if let Some(etag) = storage.create_versioned(key, Holder::mine(started_at).bytes()).map_err(lock_err)? {
-                return Ok(Self::hold(storage, key, etag, started_at));
+            if let Some(version) = storage.create_versioned(key, Holder::mine(started_at).bytes()).map_err(lock_err)? {
+                return Ok(Self::hold(storage, key, version, started_at));
             }
-            let Some((bytes, etag)) = storage.get_versioned(key).map_err(lock_err)? else { continue };
+            let Some((bytes, version)) = storage.get_versioned(key).map_err(lock_err)? else { continue };
             let holder: Option<Holder> = serde_json::from_slice(&bytes).ok();
             if let Some(h) = holder.as_ref().filter(|h| h.lease_expires_at > Utc::now()) {
                 return Err(RepoError::Locked {
@@ -86,7 +86,7 @@ impl Lease {
                 });
             }
             if let Some(new) =
-                storage.replace_versioned(key, Holder::mine(started_at).bytes(), &etag).map_err(lock_err)?
+                storage.replace_versioned(key, Holder::mine(started_at).bytes(), &version).map_err(lock_err)?
             {
                 let was = holder.map(|h| h.describe()).unwrap_or_else(|| "an unreadable lock object".into());
                 tracing::warn!("taking over the expired lock {}/{key} ({was})", storage.location());
@@ -99,15 +99,15 @@ impl Lease {
         })
     }
 
-    fn hold(storage: &Storage, key: &str, etag: String, started_at: DateTime<Utc>) -> Lease {
+    fn hold(storage: &Storage, key: &str, version: ObjectVersion, started_at: DateTime<Utc>) -> Lease {
         let (tx, rx) = mpsc::channel::<()>();
         let (st, k) = (storage.clone(), key.to_string());
         let renewer = std::thread::spawn(move || {
-            let mut etag = etag;
-            // Until told to stop (or the sender is dropped): renew, keeping the last ETag.
+            let mut version = version;
+            // Until told to stop (or the sender is dropped): renew, keeping the last version.
             while let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(RENEW_EVERY) {
-                match st.replace_versioned(&k, Holder::mine(started_at).bytes(), &etag) {
-                    Ok(Some(new)) => etag = new,
+                match st.replace_versioned(&k, Holder::mine(started_at).bytes(), &version) {
+                    Ok(Some(new)) => version = new,
                     Ok(None) => {
                         tracing::error!(
                             "lost the lock {}/{k}: another pgkeep took it over (this one did not renew its lease in time)",
@@ -119,7 +119,7 @@ impl Lease {
                     Err(e) => tracing::warn!("could not renew the lock {}/{k}: {e}", st.location()),
                 }
             }
-            Some(etag)
+            Some(version)
         });
         Lease { stop: Some(tx), renewer: Some(renewer), storage: storage.clone(), key: key.to_string() }
     }
@@ -128,11 +128,11 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         drop(self.stop.take());
-        let etag = self.renewer.take().and_then(|h| h.join().ok()).flatten();
-        // Delete only our own lock object (a taker's would have another ETag).
-        if let Some(etag) = etag {
+        let mine = self.renewer.take().and_then(|h| h.join().ok()).flatten();
+        // Delete only our own lock object (a taker's would be another version).
+        if let Some(mine) = mine {
             if let Ok(Some((_, now))) = self.storage.get_versioned(&self.key) {
-                if now == etag {
+                if now == mine {
                     let _ = self.storage.delete(&self.key);
                 }
             }

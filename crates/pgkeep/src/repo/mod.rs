@@ -1,8 +1,10 @@
 //! The repository: identity (`pgkeep.info`), framed objects over a [`Storage`] backend,
 //! backup manifests, the backup catalog and locks.
 
+pub mod azure;
 pub mod catalog;
 pub mod frame;
+pub mod gcs;
 pub mod info;
 pub mod layout;
 pub mod lease;
@@ -10,6 +12,7 @@ pub mod lock;
 pub mod manifest;
 mod multipart;
 pub mod objects;
+pub(crate) mod remote;
 pub mod s3;
 pub mod seal;
 pub mod snapshot_layout;
@@ -26,7 +29,7 @@ pub use info::RepoInfo;
 pub use manifest::Manifest;
 pub use objects::{ObjectWriter, Objects};
 pub use seal::{KeyError, KeyFile};
-pub use storage::{ObjectInfo, PutOutcome, RepoLocation, Storage, StorageError};
+pub use storage::{ObjectInfo, PutOutcome, RepoLocation, Storage, StorageError, StoreSettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {

@@ -49,48 +49,29 @@ pub struct S3Location {
 impl S3Location {
     /// Parse `s3://BUCKET[/PREFIX]`; the error says what is wrong with it.
     pub fn parse(url: &str) -> Result<S3Location, String> {
-        let rest = url.strip_prefix("s3://").ok_or("an S3 repository is written s3://BUCKET/PREFIX")?;
-        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        let valid_bucket = (3..=63).contains(&bucket.len())
-            && bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
-        if !valid_bucket {
-            return Err(format!(
-                "'{bucket}' is not an S3 bucket name (3 to 63 lowercase letters, digits, '.' and '-')"
-            ));
-        }
-        let prefix = prefix.trim_matches('/');
-        let valid_prefix = prefix.split('/').all(|part| {
-            !part.is_empty()
-                && part != "."
-                && part != ".."
-                && part.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-        });
-        if !prefix.is_empty() && !valid_prefix {
-            return Err(format!(
-                "'{prefix}' is not a usable prefix (use letters, digits, '.', '_', '-' and '/' between parts)"
-            ));
-        }
-        Ok(S3Location {
-            bucket: bucket.to_string(),
-            prefix: prefix.to_string(),
-            settings: S3Settings::default(),
-            config_file: None,
-        })
+        let valid_bucket = |b: &str| {
+            (3..=63).contains(&b.len())
+                && b.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-')
+        };
+        let (bucket, prefix) = super::remote::split_url(
+            url,
+            "s3",
+            "an S3 bucket",
+            valid_bucket,
+            "3 to 63 lowercase letters, digits, '.' and '-'",
+        )?;
+        Ok(S3Location { bucket, prefix, settings: S3Settings::default(), config_file: None })
     }
 }
 
 impl std::fmt::Display for S3Location {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.prefix.is_empty() {
-            write!(f, "s3://{}", self.bucket)
-        } else {
-            write!(f, "s3://{}/{}", self.bucket, self.prefix)
-        }
+        super::remote::fmt_url(f, "s3", &self.bucket, &self.prefix)
     }
 }
 
 #[cfg(feature = "s3")]
-pub(crate) use client::{open, Remote};
+pub(crate) use client::open;
 
 #[cfg(feature = "s3")]
 mod client {
@@ -99,15 +80,12 @@ mod client {
 
     use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
     use object_store::aws::{AmazonS3Builder, AwsCredential};
-    use object_store::client::{HttpError, HttpErrorKind};
-    use object_store::prefix::PrefixStore;
-    use object_store::{
-        Attribute, Attributes, BackoffConfig, Certificate, ClientOptions, CredentialProvider, ObjectStore, RetryConfig,
-    };
+    use object_store::{Attribute, Attributes, Certificate, CredentialProvider, ObjectStore, RetryConfig};
     use tokio::runtime::Handle;
 
     use super::S3Location;
     use crate::repo::multipart::MultipartTarget;
+    use crate::repo::remote;
     use crate::repo::storage::StorageError;
 
     /// What the S3 backend keeps beside the store: the credential chain (for `check`), the
@@ -120,42 +98,30 @@ mod client {
         retry: RetryConfig,
     }
 
-    impl Remote {
-        /// Resolve credentials now; the name of the provider that supplied them (e.g.
-        /// "EnvironmentVariable", "ProfileFile", "IMDSv2"), never their value.
-        pub(crate) async fn credential_source(&self) -> Result<String, String> {
-            self.chain.get_credential().await.map_err(|e| super::super::storage::one_line(&e))?;
-            Ok(self.chain.source.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default())
+    impl crate::repo::remote::Remote for Remote {
+        /// Names the provider that supplied them (e.g. "EnvironmentVariable", "ProfileFile",
+        /// "IMDSv2").
+        fn credential_source(&self, rt: &Handle) -> Result<String, String> {
+            rt.block_on(self.chain.get_credential()).map_err(|e| super::super::storage::one_line(&e))?;
+            let name = self.chain.source.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default();
+            Ok(format!("AWS credentials from {name}"))
         }
 
-        /// How long to wait before repeating a request that `e` ended, None when it must not
-        /// be repeated: only a connection broken or timed out after the request was sent
-        /// (object_store repeats those for idempotent requests only), within the `[s3]`
-        /// `max_retries` and `retry_timeout`, with object_store's backoff settings.
-        pub(crate) fn retry_after(
-            &self,
-            e: &object_store::Error,
-            attempt: usize,
-            elapsed: Duration,
-        ) -> Option<Duration> {
-            if attempt >= self.retry.max_retries || elapsed >= self.retry.retry_timeout || !interrupted(e) {
-                return None;
-            }
-            let b = &self.retry.backoff;
-            let pause = b.init_backoff.mul_f64(b.base.powi(attempt as i32));
-            Some(pause.min(b.max_backoff))
+        fn credential_hint(&self) -> &'static str {
+            "give this OS user (and the server's) AWS credentials: an instance role, AWS_PROFILE with ~/.aws/credentials, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
         }
-    }
 
-    fn interrupted(e: &object_store::Error) -> bool {
-        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-        while let Some(err) = cur {
-            if let Some(h) = err.downcast_ref::<HttpError>() {
-                return matches!(h.kind(), HttpErrorKind::Interrupted | HttpErrorKind::Timeout);
-            }
-            cur = err.source();
+        fn attributes(&self) -> Attributes {
+            self.attributes.clone()
         }
-        false
+
+        fn multipart(&self) -> &MultipartTarget {
+            &self.multipart
+        }
+
+        fn retry_after(&self, e: &object_store::Error, attempt: usize, elapsed: Duration) -> Option<Duration> {
+            remote::retry_after(&self.retry, e, attempt, elapsed)
+        }
     }
 
     fn bad(loc: &S3Location, detail: String, hint: &str) -> StorageError {
@@ -164,9 +130,6 @@ mod client {
 
     /// The store for `loc`, its keys relative to the prefix.
     pub(crate) fn open(loc: &S3Location, rt: &Handle) -> Result<(Arc<dyn ObjectStore>, Remote), StorageError> {
-        // reqwest is built without a bundled TLS provider (see Cargo.toml): ring is the
-        // process default. Err only means one is installed already.
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let s = &loc.settings;
         let sdk = rt.block_on(load_aws_config(s.region.as_deref()));
         let region =
@@ -176,8 +139,7 @@ mod client {
             .clone()
             .or_else(|| std::env::var("AWS_ENDPOINT_URL_S3").ok().filter(|v| !v.is_empty()))
             .or_else(|| sdk.endpoint_url().map(str::to_string));
-        let mut options =
-            ClientOptions::new().with_timeout(Duration::from_secs(60)).with_connect_timeout(Duration::from_secs(5));
+        let mut options = remote::client_options(endpoint.as_deref());
         if let Some(ca) = &s.ca_file {
             let pem = std::fs::read(ca).map_err(|e| {
                 bad(loc, format!("cannot read ca_file {}: {e}", ca.display()), "fix [s3] ca_file in the config file")
@@ -193,19 +155,10 @@ mod client {
                 options = options.with_root_certificate(c);
             }
         }
-        let retry = RetryConfig {
-            backoff: BackoffConfig {
-                init_backoff: Duration::from_millis(100),
-                max_backoff: Duration::from_secs(5),
-                base: 2.0,
-            },
-            max_retries: s.max_retries.unwrap_or(5),
-            retry_timeout: Duration::from_secs(s.retry_timeout.unwrap_or(60)),
-        };
+        let retry = remote::retry_config(s.max_retries, s.retry_timeout);
         let mut b = AmazonS3Builder::new().with_bucket_name(&loc.bucket).with_region(&region).with_retry(retry.clone());
         match endpoint {
             Some(ep) => {
-                options = options.with_allow_http(ep.starts_with("http://"));
                 if s.force_path_style == Some(false) {
                     // object_store takes a virtual-hosted endpoint with the bucket in it.
                     let (scheme, host) = ep.split_once("://").unwrap_or(("https", ep.as_str()));
@@ -229,8 +182,7 @@ mod client {
             })?;
         let store = Arc::new(store);
         let multipart = MultipartTarget::new(store.clone(), &loc.prefix);
-        let store: Arc<dyn ObjectStore> =
-            if loc.prefix.is_empty() { store } else { Arc::new(PrefixStore::new(store, loc.prefix.as_str())) };
+        let store = remote::under_prefix(store, &loc.prefix);
         let mut attributes = Attributes::new();
         if let Some(class) = &s.storage_class {
             attributes.insert(Attribute::StorageClass, class.clone().into());

@@ -28,40 +28,66 @@ use object_store::{
 };
 use tokio::runtime::Handle;
 
+use super::azure::{AzureLocation, AzureSettings};
+use super::gcs::{GcsLocation, GcsSettings};
 use super::multipart::{MultipartTarget, Upload, PART_SIZE};
+use super::remote::Remote;
 use super::s3::{S3Location, S3Settings};
 use crate::fsutil;
 
-/// Where a repository lives, as the operator wrote it (`/path` or `s3://bucket/prefix`).
-/// The one place that picks a backend from the URL (with [`Storage::open`]).
+/// Where a repository lives, as the operator wrote it (`/path`, `s3://bucket/prefix`,
+/// `az://container/prefix`, `gs://bucket/prefix`). The one place that picks a backend from
+/// the URL (with [`Storage::open`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RepoLocation {
     Local(PathBuf),
     S3(Box<S3Location>),
+    Azure(Box<AzureLocation>),
+    Gcs(Box<GcsLocation>),
+}
+
+/// The config file's object-store tables (`[s3]`, `[azure]`, `[gcs]`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StoreSettings<'a> {
+    pub s3: Option<&'a S3Settings>,
+    pub azure: Option<&'a AzureSettings>,
+    pub gcs: Option<&'a GcsSettings>,
 }
 
 impl RepoLocation {
     pub fn parse(s: &str) -> Result<Self, StorageError> {
-        Self::parse_with(s, None, None)
+        Self::parse_with(s, StoreSettings::default(), None)
     }
 
-    /// Parse with the config file's `[s3]` table (`config_file`: where it came from).
-    pub fn parse_with(s: &str, s3: Option<&S3Settings>, config_file: Option<&Path>) -> Result<Self, StorageError> {
+    /// Parse with the config file's object-store tables (`config_file`: where they came from).
+    pub fn parse_with(s: &str, settings: StoreSettings, config_file: Option<&Path>) -> Result<Self, StorageError> {
         if let Some(rest) = s.strip_prefix("file://") {
             return Ok(RepoLocation::Local(PathBuf::from(rest)));
         }
+        let unsupported = |hint: String| StorageError::Unsupported { location: s.to_string(), hint };
+        let config_file = config_file.map(fsutil::absolute);
         if s.starts_with("s3://") {
-            let mut loc =
-                S3Location::parse(s).map_err(|e| StorageError::Unsupported { location: s.to_string(), hint: e })?;
-            loc.settings = s3.cloned().unwrap_or_default();
-            loc.config_file = config_file.map(fsutil::absolute);
+            let mut loc = S3Location::parse(s).map_err(unsupported)?;
+            loc.settings = settings.s3.cloned().unwrap_or_default();
+            loc.config_file = config_file;
             return Ok(RepoLocation::S3(Box::new(loc)));
         }
+        if s.starts_with("az://") {
+            let mut loc = AzureLocation::parse(s).map_err(unsupported)?;
+            loc.settings = settings.azure.cloned().unwrap_or_default();
+            loc.config_file = config_file;
+            return Ok(RepoLocation::Azure(Box::new(loc)));
+        }
+        if s.starts_with("gs://") {
+            let mut loc = GcsLocation::parse(s).map_err(unsupported)?;
+            loc.settings = settings.gcs.cloned().unwrap_or_default();
+            loc.config_file = config_file;
+            return Ok(RepoLocation::Gcs(Box::new(loc)));
+        }
         if s.contains("://") {
-            return Err(StorageError::Unsupported {
-                location: s.to_string(),
-                hint: "use a local path or s3://BUCKET/PREFIX".into(),
-            });
+            return Err(unsupported(
+                "use a local path, s3://BUCKET/PREFIX, az://CONTAINER/PREFIX or gs://BUCKET/PREFIX".into(),
+            ));
         }
         if s.is_empty() {
             return Err(StorageError::Unsupported {
@@ -75,12 +101,15 @@ impl RepoLocation {
     /// `--repo "…"` (and, for an object store configured in a file, `--config "…"`): what a
     /// pgkeep run elsewhere (restore_command) needs to reach this repository.
     pub fn command_args(&self) -> String {
-        match self {
-            RepoLocation::Local(_) => format!("--repo \"{self}\""),
-            RepoLocation::S3(l) => match &l.config_file {
-                Some(f) => format!("--config \"{}\" --repo \"{self}\"", f.display()),
-                None => format!("--repo \"{self}\""),
-            },
+        let config_file = match self {
+            RepoLocation::Local(_) => None,
+            RepoLocation::S3(l) => l.config_file.as_ref(),
+            RepoLocation::Azure(l) => l.config_file.as_ref(),
+            RepoLocation::Gcs(l) => l.config_file.as_ref(),
+        };
+        match config_file {
+            Some(f) => format!("--config \"{}\" --repo \"{self}\"", f.display()),
+            None => format!("--repo \"{self}\""),
         }
     }
 }
@@ -90,6 +119,8 @@ impl std::fmt::Display for RepoLocation {
         match self {
             RepoLocation::Local(p) => write!(f, "{}", p.display()),
             RepoLocation::S3(l) => write!(f, "{l}"),
+            RepoLocation::Azure(l) => write!(f, "{l}"),
+            RepoLocation::Gcs(l) => write!(f, "{l}"),
         }
     }
 }
@@ -167,8 +198,7 @@ pub struct Storage {
     rt: Handle,
     location: String,
     local: Option<LocalExtras>,
-    #[cfg(feature = "s3")]
-    remote: Option<Arc<super::s3::Remote>>,
+    remote: Option<Arc<dyn Remote>>,
 }
 
 impl Storage {
@@ -210,7 +240,6 @@ impl Storage {
                     rt,
                     location,
                     local: Some(LocalExtras { root: root.clone(), owner }),
-                    #[cfg(feature = "s3")]
                     remote: None,
                 })
             }
@@ -221,44 +250,52 @@ impl Storage {
                 let (store, remote) = super::s3::open(l, &rt)?;
                 Ok(Storage { store, rt, location: l.to_string(), local: None, remote: Some(Arc::new(remote)) })
             }
-            #[cfg(not(feature = "s3"))]
-            RepoLocation::S3(l) => Err(StorageError::Unsupported {
-                location: l.to_string(),
-                hint: "this pgkeep was built without S3 support; build it with the cargo feature `s3`".into(),
-            }),
+            #[cfg(feature = "azure")]
+            RepoLocation::Azure(l) => {
+                let (store, remote) = super::azure::open(l)?;
+                Ok(Storage { store, rt, location: l.to_string(), local: None, remote: Some(remote) })
+            }
+            #[cfg(feature = "gcs")]
+            RepoLocation::Gcs(l) => {
+                let (store, remote) = super::gcs::open(l)?;
+                Ok(Storage { store, rt, location: l.to_string(), local: None, remote: Some(remote) })
+            }
+            #[allow(unreachable_patterns)]
+            other => {
+                let (what, feature) = match other {
+                    RepoLocation::Azure(_) => ("Azure Blob", "azure"),
+                    RepoLocation::Gcs(_) => ("Google Cloud Storage", "gcs"),
+                    _ => ("S3", "s3"),
+                };
+                Err(StorageError::Unsupported {
+                    location: other.to_string(),
+                    hint: format!(
+                        "this pgkeep was built without {what} support; build it with the cargo feature `{feature}`"
+                    ),
+                })
+            }
         }
     }
 
-    /// Which credential source an object store's requests are signed with (a provider name,
-    /// never a secret); None for local repositories.
-    pub fn credential_source(&self) -> Option<Result<String, String>> {
-        #[cfg(feature = "s3")]
-        if let Some(r) = &self.remote {
-            return Some(self.rt.block_on(r.credential_source()));
-        }
-        None
+    /// Which credential source an object store's requests are signed with (never a secret),
+    /// or why none resolved with what to do about it; None for local repositories.
+    pub fn credential_source(&self) -> Option<Result<String, (String, &'static str)>> {
+        let r = self.remote.as_ref()?;
+        Some(r.credential_source(&self.rt).map_err(|e| (e, r.credential_hint())))
     }
 
     /// Attributes every new object gets (the configured storage class).
     fn attributes(&self) -> object_store::Attributes {
-        #[cfg(feature = "s3")]
-        if let Some(r) = &self.remote {
-            return r.attributes.clone();
-        }
-        object_store::Attributes::new()
+        self.remote.as_ref().map(|r| r.attributes()).unwrap_or_default()
     }
 
     /// The multipart side of an object store; None for local repositories.
     pub(crate) fn multipart(&self) -> Option<&MultipartTarget> {
-        #[cfg(feature = "s3")]
-        if let Some(r) = &self.remote {
-            return Some(&r.multipart);
-        }
-        None
+        self.remote.as_ref().map(|r| r.multipart())
     }
 
-    /// Run a request again after a dropped connection or a timeout, within the `[s3]` retry
-    /// limits. object_store retries 5xx and throttling for every request but a broken
+    /// Run a request again after a dropped connection or a timeout, within the store's retry
+    /// limits (`max_retries`, `retry_timeout` of `[s3]`, `[azure]`, `[gcs]`). object_store retries 5xx and throttling for every request but a broken
     /// connection only for idempotent ones; the requests wrapped here are not (conditional PUT,
     /// POST, DELETE) yet safe to repeat, each caller handling "it had landed after all".
     /// Returns the result and whether it was retried.
@@ -271,7 +308,6 @@ impl Storage {
         let mut attempt = 0;
         loop {
             let res = self.rt.block_on(op());
-            #[cfg(feature = "s3")]
             if let (Err(e), Some(r)) = (&res, &self.remote) {
                 if let Some(pause) = r.retry_after(e, attempt, started.elapsed()) {
                     tracing::info!("retrying after an interrupted request ({attempt}): {}", one_line(e));
@@ -694,29 +730,55 @@ impl Storage {
     }
 }
 
+/// One stored state of an object: its ETag and, where the store has one, its version. GCS
+/// replaces conditionally on the generation (object_store's `version`), S3 and Azure on the
+/// ETag, so both travel together.
+#[derive(Debug, Clone)]
+pub struct ObjectVersion(object_store::UpdateVersion);
+
+impl ObjectVersion {
+    fn new(e_tag: Option<String>, version: Option<String>) -> ObjectVersion {
+        ObjectVersion(object_store::UpdateVersion { e_tag, version })
+    }
+}
+
+/// The same state: same ETag where both have one, else the same version.
+impl PartialEq for ObjectVersion {
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.0.e_tag, &other.0.e_tag) {
+            (Some(a), Some(b)) => a == b,
+            _ => self.0.version == other.0.version,
+        }
+    }
+}
+
 /// Versioned writes for objects that coordinate processes (lease locks): every call returns
-/// the object's new ETag, and a replace happens only if the stored ETag is still the given one
-/// (If-Match). Object stores only: local repositories use `flock`.
+/// the object's new version, and a replace happens only if the stored object is still the
+/// given version (If-Match). Object stores only: local repositories use `flock`.
 impl Storage {
-    /// Create `key` if absent; its ETag, or None when an object exists.
-    pub fn create_versioned(&self, key: &str, data: Bytes) -> Result<Option<String>, StorageError> {
+    /// Create `key` if absent; its version, or None when an object exists.
+    pub fn create_versioned(&self, key: &str, data: Bytes) -> Result<Option<ObjectVersion>, StorageError> {
         self.put_versioned(key, data, PutMode::Create)
     }
 
-    /// Replace `key` only if its ETag is still `etag`; the new ETag, or None when it changed
+    /// Replace `key` only if it is still `version`; the new version, or None when it changed
     /// or is gone.
-    pub fn replace_versioned(&self, key: &str, data: Bytes, etag: &str) -> Result<Option<String>, StorageError> {
-        let version = object_store::UpdateVersion { e_tag: Some(etag.to_string()), version: None };
-        self.put_versioned(key, data, PutMode::Update(version))
+    pub fn replace_versioned(
+        &self,
+        key: &str,
+        data: Bytes,
+        version: &ObjectVersion,
+    ) -> Result<Option<ObjectVersion>, StorageError> {
+        self.put_versioned(key, data, PutMode::Update(version.0.clone()))
     }
 
-    /// A conditional PUT; its ETag, or None when the condition did not hold.
-    fn put_versioned(&self, key: &str, data: Bytes, mode: PutMode) -> Result<Option<String>, StorageError> {
+    /// A conditional PUT; the new version, or None when the condition did not hold.
+    fn put_versioned(&self, key: &str, data: Bytes, mode: PutMode) -> Result<Option<ObjectVersion>, StorageError> {
         let opts = PutOptions { mode, ..Default::default() };
         let path = Self::path(key);
         let payload = PutPayload::from(data.clone());
         match self.retry_interrupted(|| self.store.put_opts(&path, payload.clone(), opts.clone())) {
-            (Ok(r), _) => Ok(Some(r.e_tag.unwrap_or_default())),
+            (Ok(r), _) => Ok(Some(ObjectVersion::new(r.e_tag, r.version))),
             (
                 Err(
                     object_store::Error::AlreadyExists { .. }
@@ -730,21 +792,21 @@ impl Storage {
     }
 
     /// A conditional write refused after a retry: when the interrupted attempt had landed, the
-    /// object holds our bytes and its ETag is ours. (Lease objects carry the holder's pid and
-    /// a timestamp, so equal bytes are never another process's.)
-    fn ours_after_retry(&self, key: &str, data: &Bytes, retried: bool) -> Result<Option<String>, StorageError> {
+    /// object holds our bytes and its version is ours. (Lease objects carry the holder's pid
+    /// and a timestamp, so equal bytes are never another process's.)
+    fn ours_after_retry(&self, key: &str, data: &Bytes, retried: bool) -> Result<Option<ObjectVersion>, StorageError> {
         if !retried {
             return Ok(None);
         }
-        Ok(self.get_versioned(key)?.and_then(|(stored, etag)| (stored == *data).then_some(etag)))
+        Ok(self.get_versioned(key)?.and_then(|(stored, v)| (stored == *data).then_some(v)))
     }
 
-    /// The object and its ETag, None when absent.
-    pub fn get_versioned(&self, key: &str) -> Result<Option<(Bytes, String)>, StorageError> {
+    /// The object and its version, None when absent.
+    pub fn get_versioned(&self, key: &str) -> Result<Option<(Bytes, ObjectVersion)>, StorageError> {
         let res = self.rt.block_on(async {
             let r = self.store.get(&Self::path(key)).await?;
-            let etag = r.meta.e_tag.clone().unwrap_or_default();
-            Ok::<_, object_store::Error>((r.bytes().await?, etag))
+            let version = ObjectVersion::new(r.meta.e_tag.clone(), r.meta.version.clone());
+            Ok::<_, object_store::Error>((r.bytes().await?, version))
         });
         match res {
             Ok(v) => Ok(Some(v)),
@@ -966,6 +1028,17 @@ const REMOTE_HINT: &str =
     "check that the object store is reachable (the [s3] endpoint, the network) and that the bucket exists; requests were retried";
 const REMOTE_AUTH_HINT: &str = "give this OS user AWS credentials (an instance role, AWS_PROFILE with ~/.aws/credentials, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY) whose policy allows s3:GetObject, s3:PutObject, s3:DeleteObject and s3:ListBucket; `pgkeep check` names the credential source";
 
+/// (unreachable, refused) hints of the object store at `location`.
+fn remote_hints(location: &str) -> (&'static str, &'static str) {
+    if location.starts_with("az://") {
+        (super::azure::REACH_HINT, super::azure::AUTH_HINT)
+    } else if location.starts_with("gs://") {
+        (super::gcs::REACH_HINT, super::gcs::AUTH_HINT)
+    } else {
+        (REMOTE_HINT, REMOTE_AUTH_HINT)
+    }
+}
+
 fn io_err(location: &str, op: &'static str, key: &str, e: &io::Error) -> StorageError {
     StorageError::Io {
         location: location.to_string(),
@@ -987,9 +1060,9 @@ fn os_err(location: &str, op: &'static str, key: &str, e: object_store::Error) -
         other => {
             let hint = match &other {
                 object_store::Error::Unauthenticated { .. } | object_store::Error::PermissionDenied { .. } => {
-                    REMOTE_AUTH_HINT
+                    remote_hints(location).1
                 }
-                object_store::Error::Generic { store, .. } if *store != "LocalFileSystem" => REMOTE_HINT,
+                object_store::Error::Generic { store, .. } if *store != "LocalFileSystem" => remote_hints(location).0,
                 _ => hint_for(io_kind_of(&other)),
             };
             StorageError::Io {
@@ -1042,13 +1115,22 @@ mod tests {
     #[test]
     fn s3_locations_carry_their_settings_and_config_file() {
         let s3 = S3Settings { region: Some("eu-west-1".into()), ..Default::default() };
-        let l = RepoLocation::parse_with("s3://b-1/x/y/", Some(&s3), Some(Path::new("/etc/p.toml"))).unwrap();
+        let settings = StoreSettings { s3: Some(&s3), ..Default::default() };
+        let l = RepoLocation::parse_with("s3://b-1/x/y/", settings, Some(Path::new("/etc/p.toml"))).unwrap();
         assert_eq!(l.to_string(), "s3://b-1/x/y");
         assert_eq!(l.command_args(), "--config \"/etc/p.toml\" --repo \"s3://b-1/x/y\"");
         let RepoLocation::S3(inner) = &l else { panic!("not s3: {l:?}") };
         assert_eq!(inner.settings.region.as_deref(), Some("eu-west-1"));
         assert_eq!(RepoLocation::parse("/r").unwrap().command_args(), "--repo \"/r\"");
-        assert!(RepoLocation::parse("gs://bucket/x").is_err());
+        assert!(RepoLocation::parse("gcs://bucket/x").is_err());
+        let az = AzureSettings { account: Some("acct".into()), ..Default::default() };
+        let settings = StoreSettings { azure: Some(&az), ..Default::default() };
+        let l = RepoLocation::parse_with("az://box/p", settings, Some(Path::new("/etc/p.toml"))).unwrap();
+        assert_eq!(l.command_args(), "--config \"/etc/p.toml\" --repo \"az://box/p\"");
+        let RepoLocation::Azure(inner) = &l else { panic!("not azure: {l:?}") };
+        assert_eq!(inner.settings.account.as_deref(), Some("acct"));
+        let l = RepoLocation::parse("gs://bucket/x").unwrap();
+        assert!(matches!(&l, RepoLocation::Gcs(g) if g.bucket == "bucket" && g.prefix == "x"), "{l:?}");
         assert!(RepoLocation::parse("s3://B/x").is_err());
     }
 

@@ -7,6 +7,8 @@ mod common;
 
 mod archive;
 mod archive_hardening;
+#[cfg(feature = "azure")]
+mod azure;
 mod backup_restore;
 mod bad_input;
 mod catalog_hardening;
@@ -15,9 +17,13 @@ mod corruption;
 mod demo;
 mod docs;
 mod encryption;
+#[cfg(feature = "gcs")]
+mod gcs;
 mod init;
 mod interrupted;
 mod majors;
+#[cfg(any(feature = "s3", feature = "azure"))]
+mod object_stores;
 mod pitr;
 mod reports_hardening;
 mod restore_hardening;
