@@ -23,11 +23,13 @@ fn main() {
     let s3 = S3Store::start(&env, "pgkeep-bench");
     let url = s3.url("memory");
     let local = env.path("local-repo");
+    // Both repositories get every segment, so both backups can complete.
+    let archive = format!("{} && {}", env.archive_command(&local), s3.archive_command(&env, &url));
     let mut pg = env.cluster(
         "bench",
         ClusterOptions::default()
             .with("archive_mode", "on")
-            .with("archive_command", &s3.archive_command(&env, &url))
+            .with("archive_command", &archive)
             .with("max_wal_size", "8GB")
             .with("checkpoint_timeout", "30min"),
     );
@@ -55,6 +57,13 @@ fn main() {
     ));
     pg.sql("CHECKPOINT");
     let db_bytes = pg.int("SELECT sum(pg_database_size(oid))::bigint FROM pg_database") as u64;
+    // The load's WAL must be archived first: a backup waits only so long for its last segment.
+    let seg = pg.switch_wal();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1800);
+    while pg.scalar("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") < seg {
+        assert!(std::time::Instant::now() < deadline, "the load's WAL was not archived within 30 min");
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
 
     let jobs_arg = jobs.to_string();
     eprintln!("backup into {local} …");
