@@ -52,6 +52,10 @@ pub struct FileConfig {
     pub snapshot: Option<SnapshotSettings>,
     /// How to reach an `s3://` repository (`[s3]`).
     pub s3: Option<crate::repo::s3::S3Settings>,
+    /// Retention policy (`[retention]`); without it nothing is expired automatically.
+    pub retention: Option<crate::retention::RetentionConfig>,
+    /// `pgkeep backup` settings (`[backup]`).
+    pub backup: Option<crate::retention::BackupSettings>,
 }
 
 #[derive(Debug, Clone)]

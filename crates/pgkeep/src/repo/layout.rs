@@ -69,6 +69,14 @@ pub fn verdict_prefix(id: &str) -> String {
     format!("{BACKUP_PREFIX}/{id}/verify")
 }
 
+/// Pins (`pgkeep pin ID`): one object per pinned backup, apart from the backup's own
+/// objects so that a pin never makes a backup directory look like a backup.
+pub const PIN_PREFIX: &str = "pin";
+
+pub fn pin_key(id: &str) -> String {
+    format!("{PIN_PREFIX}/{id}")
+}
+
 /// A repository lock: a `flock`ed file in a local repository, a lease object in an object store.
 pub fn lock_key(name: &str) -> String {
     format!("lock/{name}.lock")
