@@ -21,6 +21,7 @@ mod majors;
 mod pitr;
 mod reports_hardening;
 mod restore_hardening;
+mod retention;
 mod rpo;
 #[cfg(feature = "s3")]
 mod s3;

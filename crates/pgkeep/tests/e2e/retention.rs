@@ -1,0 +1,363 @@
+//! Retention (`[retention]`, `pgkeep expire`, pins): a history of 10 backups over 3 timelines
+//! (production, then two restored copies promoted on purpose while archiving into the same
+//! repository), and each rule applied to a copy of that repository.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use pgkeep_testkit::{TestCluster, TestEnv};
+use pgkeep_wal::{parse_wal_file_name, WalFileName};
+use serde_json::Value;
+
+use crate::common::{cluster_cmd, Setup};
+
+const SEG: u32 = 16 * 1024 * 1024;
+
+/// One backup of the history: its id, timeline, and the time just after the marker row
+/// named after it was committed (a point inside its range, for PITR).
+struct Taken {
+    id: String,
+    marker: String,
+    marker_time: String,
+}
+
+fn take(env: &TestEnv, repo: &Path, pg: &TestCluster, n: usize) -> Taken {
+    let b = cluster_cmd(env, repo, pg).arg("backup").json();
+    let marker = format!("m{n:02}");
+    pg.sql(&format!("INSERT INTO marks VALUES ('{marker}')"));
+    let marker_time = pg.scalar("SELECT clock_timestamp()::text");
+    pg.sql("INSERT INTO marks VALUES ('after')");
+    pg.sql("DELETE FROM marks WHERE name = 'after'");
+    pg.switch_and_wait_archived(repo);
+    Taken { id: b["id"].as_str().unwrap().to_string(), marker, marker_time }
+}
+
+/// A copy restored from the newest backup, promoted with archiving preserved: a new timeline
+/// archiving into the same repository.
+fn promoted_copy(s: &Setup, name: &str, from: &TestCluster) -> TestCluster {
+    let dir = s.env.path(name);
+    let mut r = cluster_cmd(&s.env, &s.repo, from).arg("restore").arg("--to").arg(&dir);
+    for a in ["--target", "immediate", "--target-action", "promote", "--archive-mode", "preserve"] {
+        r = r.arg(a);
+    }
+    r.json();
+    let mut c = s.env.cluster_on(name, &dir);
+    c.start();
+    c.wait_promoted();
+    c
+}
+
+struct History {
+    s: Setup,
+    taken: Vec<Taken>,
+    /// Stop time (RFC 3339) of each backup, from `list`.
+    stops: Vec<String>,
+}
+
+fn build_history() -> History {
+    let s = Setup::new();
+    s.pg.sql("CREATE TABLE marks (name text PRIMARY KEY)");
+    let mut taken = Vec::new();
+    for n in 1..=3 {
+        taken.push(take(&s.env, &s.repo, &s.pg, n));
+    }
+    // Timeline 2: a copy of production's newest backup, promoted; production stops.
+    let mut a = promoted_copy(&s, "copy_a", &s.pg);
+    let mut prod = s;
+    prod.pg.stop();
+    for n in 4..=5 {
+        taken.push(take(&prod.env, &prod.repo, &a, n));
+    }
+    // Timeline 3: a copy of the newest backup (on timeline 2), promoted.
+    let b = promoted_copy(&prod, "copy_b", &a);
+    a.stop();
+    for n in 6..=10 {
+        taken.push(take(&prod.env, &prod.repo, &b, n));
+    }
+    let list = prod.pgkeep(["list"]).json();
+    let tlis: BTreeSet<u64> = list.as_array().unwrap().iter().map(|b| b["timeline"].as_u64().unwrap()).collect();
+    assert_eq!(tlis, BTreeSet::from([1, 2, 3]), "{list}");
+    let stops = list.as_array().unwrap().iter().map(|b| b["stop_time"].as_str().unwrap().to_string()).collect();
+    // The drills the `verified` rule counts: two pass; the newer backups are never verified.
+    for i in [1, 4, 6] {
+        prod.pgkeep(["verify", &taken[i].id]).ok();
+    }
+    History { s: prod, taken, stops }
+}
+
+/// A copy of the history's repository, with a config file holding `policy`.
+fn repo_copy(h: &History, name: &str, policy: &str) -> (PathBuf, PathBuf) {
+    let repo = h.s.env.path(name);
+    let st = std::process::Command::new("cp").arg("-a").arg(&h.s.repo).arg(&repo).status().unwrap();
+    assert!(st.success());
+    let config = h.s.env.path(&format!("{name}.toml"));
+    std::fs::write(&config, format!("[retention]\n{policy}\n")).unwrap();
+    (repo, config)
+}
+
+fn pgkeep(h: &History, repo: &Path, config: &Path) -> pgkeep_testkit::PgkeepCmd {
+    h.s.env.pgkeep(["--repo"]).arg(repo).arg("--config").arg(config)
+}
+
+fn ids(v: &Value, key: &str) -> Vec<String> {
+    v[key].as_array().unwrap().iter().map(|b| b["id"].as_str().unwrap().to_string()).collect()
+}
+
+/// Expire with `policy`, then check: exactly `keep` (indexes into the history) remain, no
+/// WAL segment before the oldest kept backup's start remains, `wal verify` is clean, every
+/// kept backup restores, and PITR from the oldest kept one reaches its marker.
+fn apply(h: &History, name: &str, policy: &str, now: Option<&str>, pin: Option<usize>, keep: &[usize]) -> Value {
+    let (repo, config) = repo_copy(h, name, policy);
+    let cmd = |args: &[&str]| {
+        let mut c = pgkeep(h, &repo, &config);
+        if let Some(t) = now {
+            c = c.env("PGKEEP_NOW", t);
+        }
+        for a in args {
+            c = c.arg(a);
+        }
+        c
+    };
+    if let Some(i) = pin {
+        cmd(&["pin", &h.taken[i].id]).ok();
+    }
+    let dry = cmd(&["expire", "--dry-run"]).json();
+    let real = cmd(&["expire"]).json();
+    assert_eq!(real["failed"], serde_json::json!([]), "{real}");
+    for k in ["backups", "wal", "kept", "bytes_freed", "wal_cutoff_segno", "recoverable_from"] {
+        assert_eq!(dry[k], real[k], "{name}: dry run and run differ in {k}");
+    }
+    assert!(!real["wal"].as_array().unwrap().is_empty() && real["bytes_freed"].as_u64().unwrap() > 0, "{real}");
+    // Timeline 3 holds kept backups: its history and its ancestors' stay.
+    for tli in [2, 3] {
+        assert!(repo.join(format!("wal/history/0000000{tli}.history")).exists(), "{name}: history {tli}");
+    }
+    let want: Vec<String> = keep.iter().map(|&i| h.taken[i].id.clone()).collect();
+    assert_eq!(ids(&real, "kept"), want, "{name}: {real}");
+    let list = cmd(&["list"]).json();
+    let listed: Vec<String> = list.as_array().unwrap().iter().map(|b| b["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(listed, want, "{name}: {list}");
+    assert!(list.as_array().unwrap().iter().all(|b| b["expires_next"] == false), "{list}");
+    assert_eq!(list[0]["recoverable_from"], list[0]["stop_time"], "{list}");
+
+    // No segment (or .partial, .backup) older than the oldest kept backup's start remains.
+    let cutoff = match parse_wal_file_name(list[0]["start_wal"].as_str().unwrap(), SEG) {
+        Some(WalFileName::Segment { segno, .. }) => segno,
+        x => panic!("{x:?}"),
+    };
+    assert_eq!(real["wal_cutoff_segno"], cutoff, "{real}");
+    let mut left = 0;
+    for d in std::fs::read_dir(repo.join("wal")).unwrap().flatten() {
+        for f in std::fs::read_dir(d.path()).unwrap().flatten() {
+            let n = f.file_name().to_string_lossy().to_string();
+            if let Some(
+                WalFileName::Segment { segno, .. }
+                | WalFileName::Partial { segno, .. }
+                | WalFileName::BackupHistory { segno, .. },
+            ) = parse_wal_file_name(&n, SEG)
+            {
+                assert!(segno >= cutoff, "{name}: {n} is older than the cut-off");
+                left += 1;
+            }
+        }
+    }
+    assert!(left > 0);
+    let v = cmd(&["wal", "verify"]).json();
+    assert_eq!(v["ok"], true, "{name}: {v}");
+
+    for (k, &i) in keep.iter().enumerate() {
+        let t = &h.taken[i];
+        let dir = h.s.env.path(&format!("{name}_r{i}"));
+        let mut r = cmd(&["restore", "--backup", &t.id, "--target-timeline", "current", "--target-action", "promote"]);
+        // The oldest kept backup: PITR to its marker; the others: to their consistency point.
+        r = if k == 0 { r.arg("--target-time").arg(&t.marker_time) } else { r.arg("--target").arg("immediate") };
+        r.arg("--to").arg(&dir).json();
+        let mut c = h.s.env.cluster_on(&format!("{name}_r{i}"), &dir);
+        c.set("archive_mode", "off");
+        c.start();
+        c.wait_promoted();
+        let marks = c.column("SELECT name FROM marks ORDER BY 1");
+        assert_eq!(marks.contains(&t.marker), k == 0, "{name}: restore of {} has {marks:?}", t.id);
+        assert!(!marks.contains(&"after".to_string()), "{marks:?}");
+        c.stop();
+    }
+    real
+}
+
+/// Acceptance 1 and 2: `full = 3`, `recovery_window`, `verified = 2` and a pin each keep
+/// exactly the backups the rule says, over 10 backups on 3 timelines; the dry run's plan is
+/// exactly what the run did.
+#[test]
+fn each_rule_keeps_exactly_what_it_says_over_three_timelines() {
+    let h = build_history();
+    apply(&h, "full3", "full = 3", None, None, &[7, 8, 9]);
+    // The window starts just before backup 7 ended: 7..10 inside, 6 the newest before.
+    let stop7 = chrono::DateTime::parse_from_rfc3339(&h.stops[6]).unwrap();
+    let now = (stop7 - chrono::Duration::milliseconds(1) + chrono::Duration::hours(1)).to_rfc3339();
+    apply(&h, "window", "recovery_window = \"1h\"", Some(&now), None, &[5, 6, 7, 8, 9]);
+    apply(&h, "verified2", "verified = 2", None, None, &[4, 6]);
+    let r = apply(&h, "pin", "full = 1", None, Some(1), &[1, 9]);
+    assert_eq!(r["kept"][0]["kept_by"], serde_json::json!(["pinned"]), "{r}");
+}
+
+/// Pins, the refusals of `expire --backup`, `backup.expire_after`, and `recoverable_from` in
+/// `rpo`; without a `[retention]` table `expire` deletes nothing.
+#[test]
+fn pins_refusals_and_expire_after() {
+    let s = Setup::new();
+    let config = s.env.path("pgkeep.toml");
+    std::fs::write(&config, "[retention]\nfull = 1\n\n[backup]\nexpire_after = true\n").unwrap();
+    let with_config = |args: &[&str]| {
+        let mut c = s.pgkeep(["--config"]).arg(&config);
+        for a in args {
+            c = c.arg(a);
+        }
+        c
+    };
+    let b1 = s.backup();
+    let out = s.pgkeep(["expire"]).fails();
+    assert_eq!(out.code, Some(2));
+    let line = out.one_error_line();
+    assert!(line.contains("[retention]") && line.contains("hint:"), "{line}");
+
+    let p = s.pgkeep(["pin", &b1]).json();
+    assert_eq!(p["pinned"], true, "{p}");
+    let b2 = s.backup();
+    s.pg.switch_and_wait_archived(&s.repo);
+    let b3 = with_config(&["backup"]).json();
+    let b3 = b3["id"].as_str().map(str::to_string).unwrap_or_else(|| panic!("{b3}"));
+    let list = with_config(&["list"]).json();
+    let listed: Vec<(String, bool)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["id"].as_str().unwrap().to_string(), b["pinned"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(listed, vec![(b1.clone(), true), (b3.clone(), false)], "backup.expire_after expired {b2}: {list}");
+
+    let out = with_config(&["expire", "--backup", &b1]).fails();
+    assert!(out.one_error_line().contains("is pinned"), "{}", out.stderr);
+    s.pgkeep(["unpin", &b1]).ok();
+    let list = with_config(&["list"]).json();
+    assert_eq!(list[0]["expires_next"], true, "{list}");
+    assert_eq!(list[1]["expires_next"], false, "{list}");
+    let text = with_config(&["list"]).ok().stdout;
+    assert!(text.contains("expires it next") && text.contains("recoverable from"), "{text}");
+
+    let out = with_config(&["expire", "--backup", &b3]).fails();
+    assert!(out.one_error_line().contains("last backup the [retention] policy keeps"), "{}", out.stderr);
+    assert_eq!(with_config(&["list"]).json().as_array().unwrap().len(), 2);
+
+    let rpo = s.pgkeep(["rpo"]).json();
+    assert_eq!(rpo["recoverable_from"], list[0]["stop_time"], "{rpo}");
+    let x = with_config(&["expire", "--dry-run"]).json();
+    assert_eq!(ids(&x, "backups"), vec![b1.clone()], "{x}");
+    assert_eq!(x["dry_run"], true);
+    assert_eq!(with_config(&["list"]).json().as_array().unwrap().len(), 2, "a dry run deletes nothing");
+    s.pgkeep(["expire", "--backup", &b1]).ok();
+    let rpo = s.pgkeep(["rpo"]).json();
+    assert_eq!(rpo["recoverable_from"], with_config(&["list"]).json()[0]["stop_time"], "{rpo}");
+}
+
+/// SIGKILL of `expire` at random moments (between and during its deletions): every backup
+/// `list` shows as complete still restores and has its WAL, and the next `expire` completes.
+/// Segments archived while expire runs are never lost.
+#[test]
+fn sigkill_of_expire_leaves_every_listed_backup_restorable() {
+    let s = Setup::new();
+    s.pg.sql("CREATE TABLE t (n int)");
+    for _ in 0..4 {
+        s.backup();
+        s.pg.sql("INSERT INTO t SELECT generate_series(1, 1000)");
+        s.pg.switch_and_wait_archived(&s.repo);
+    }
+    let config = s.env.path("pgkeep.toml");
+    std::fs::write(&config, "[retention]\nfull = 1\n").unwrap();
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    eprintln!("kill-point seed {seed}");
+    let mut rng = seed | 1;
+    let mut next = |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    let cmd = |args: &[&str]| {
+        let mut c = s.pgkeep(["--config"]).arg(&config);
+        for a in args {
+            c = c.arg(a);
+        }
+        c
+    };
+    let steps = {
+        let plan = cmd(&["expire", "--dry-run"]).json();
+        plan["backups"].as_array().unwrap().len() + plan["wal"].as_array().unwrap().len()
+    };
+    assert!(steps > 4, "{steps}");
+    let mut round = 0;
+    loop {
+        round += 1;
+        // Pause 300 ms before each step; kill after a random number of steps, at a random
+        // moment of the pause or of the step after it.
+        let mut c = cmd(&["expire"]).env("PGKEEP_TEST_EXPIRE_PAUSE", "300");
+        let mut child =
+            c.command().stderr(std::process::Stdio::piped()).stdout(std::process::Stdio::null()).spawn().unwrap();
+        // Ten kill rounds at most, then one run to the end.
+        let kill_after = if round <= 10 { next(4) as usize } else { usize::MAX };
+        let mut reader = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut seen = 0;
+        let mut line = String::new();
+        let mut killed = false;
+        while std::io::BufRead::read_line(&mut reader, &mut line).unwrap() > 0 {
+            if line.contains("test pause before") {
+                if seen == kill_after {
+                    std::thread::sleep(std::time::Duration::from_millis(next(400)));
+                    child.kill().unwrap();
+                    killed = true;
+                    break;
+                }
+                seen += 1;
+            }
+            line.clear();
+        }
+        let status = child.wait().unwrap();
+        check_listed_backups_restore(&s, round);
+        if !killed {
+            assert!(status.success(), "round {round}: expire failed");
+            break;
+        }
+        assert!(round <= 11, "expire did not complete after the kills");
+    }
+    assert!(round > 1, "no kill happened");
+    assert_eq!(cmd(&["list"]).json().as_array().unwrap().len(), 1);
+
+    // archive-push during an expire: what it archives (newer than the cut-off) stays.
+    s.backup();
+    s.pg.switch_and_wait_archived(&s.repo);
+    let mut c = cmd(&["expire"]).env("PGKEEP_TEST_EXPIRE_PAUSE", "200");
+    let child = c.command().stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let mut pushed = Vec::new();
+    for _ in 0..3 {
+        s.pg.sql("INSERT INTO t SELECT generate_series(1, 100)");
+        pushed.push(s.pg.switch_and_wait_archived(&s.repo));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    for seg in pushed {
+        assert!(s.repo.join(format!("wal/{}/{seg}", &seg[..16])).exists(), "{seg} was lost");
+    }
+    let v = s.pgkeep(["wal", "verify"]).json();
+    assert_eq!(v["ok"], true, "{v}");
+}
+
+fn check_listed_backups_restore(s: &Setup, round: usize) {
+    let list = s.pgkeep(["list"]).json();
+    let v = s.pgkeep(["wal", "verify"]).run();
+    assert_eq!(v.code, Some(0), "round {round}: wal verify after a killed expire: {}", v.stdout);
+    for b in list.as_array().unwrap().iter().filter(|b| b["state"] == "complete") {
+        let id = b["id"].as_str().unwrap();
+        let dir = s.env.path(&format!("kill{round}_{id}"));
+        s.pgkeep(["restore", "--backup", id, "--target", "immediate", "--to"]).arg(&dir).ok();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
