@@ -361,3 +361,56 @@ fn check_listed_backups_restore(s: &Setup, round: usize) {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+/// Acceptance 3 (root, loop-mounted btrfs): a snapshot backup the policy drops goes with its
+/// snapshots; a snapshot whose deletion fails keeps the backup on record (unusable, its
+/// snapshots listed for deletion) and the next `expire` retries and finishes.
+#[test]
+fn snapshot_btrfs_root_expire_deletes_snapshots_and_retries_a_failed_deletion() {
+    let w = crate::snapshot_btrfs::btrfs_world(false);
+    let s = &w.s;
+    let b1 = s.pgkeep(["backup"]).json();
+    let b2 = s.pgkeep(["backup"]).json();
+    s.pg.switch_and_wait_archived(&s.repo);
+    let snaps = |b: &Value| -> Vec<PathBuf> {
+        b["snapshot"]["snapshots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| PathBuf::from(v["snapshot_id"].as_str().unwrap()))
+            .collect()
+    };
+    let (old, new) = (snaps(&b1), snaps(&b2));
+    assert_eq!(old.len(), 3, "{b1}");
+    let config = std::fs::read_to_string(&s.config).unwrap();
+    s.configure(&format!("{config}\n[retention]\nfull = 1\n"));
+    // An immutable parent directory makes `btrfs subvolume delete` fail for one snapshot.
+    let stuck = old[0].parent().unwrap().to_path_buf();
+    let chattr = |flag: &str| {
+        let st = std::process::Command::new("chattr").arg(flag).arg(&stuck).status().unwrap();
+        assert!(st.success(), "chattr {flag} {}", stuck.display());
+    };
+    chattr("+i");
+    let out = s.pgkeep(["expire", "--json"]).run();
+    chattr("-i");
+    assert_eq!(out.code, Some(1), "{}\n{}", out.stdout, out.stderr);
+    let r: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert!(r["failed"][0].as_str().unwrap().contains("could not be deleted"), "{r}");
+    let id1 = b1["id"].as_str().unwrap();
+    let listed = crate::snapshot_util::listed(s);
+    assert_eq!(listed[0], (id1.to_string(), "incomplete".to_string()), "{listed:?}");
+    assert_eq!(listed[1].1, "complete", "{listed:?}");
+    assert!(old[0].exists(), "the stuck snapshot is still there");
+
+    let r = s.pgkeep(["expire"]).json();
+    assert_eq!(ids(&r, "backups"), vec![id1.to_string()], "{r}");
+    assert_eq!(r["failed"], serde_json::json!([]), "{r}");
+    let listed = crate::snapshot_util::listed(s);
+    assert_eq!(listed, vec![(b2["id"].as_str().unwrap().to_string(), "complete".to_string())]);
+    for p in &old {
+        assert!(!p.exists(), "{} survived expire", p.display());
+    }
+    for p in &new {
+        assert!(p.exists(), "{} of the kept backup is gone", p.display());
+    }
+}
