@@ -414,3 +414,75 @@ fn snapshot_btrfs_root_expire_deletes_snapshots_and_retries_a_failed_deletion() 
         assert!(p.exists(), "{} of the kept backup is gone", p.display());
     }
 }
+
+/// Acceptance 5: the same policy on an `s3://` repository (moto on 127.0.0.1): the dry run
+/// equals the run, exactly the newest backup stays with every object of the others gone, no
+/// WAL older than its start remains, `wal verify` is clean and the kept backup restores.
+#[cfg(feature = "s3")]
+#[test]
+fn s3_repository_expires_like_a_local_one() {
+    use pgkeep_testkit::{ClusterOptions, S3Server, S3Store};
+    let env = crate::common::env();
+    let s3 = S3Store::start_on(&env, S3Server::Moto, "pgkeep-test", "");
+    let url = s3.url("ret");
+    let opts =
+        ClusterOptions::default().with("archive_mode", "on").with("archive_command", &s3.archive_command(&env, &url));
+    let mut pg = env.cluster("src", opts);
+    pg.start();
+    let config = env.path("pgkeep.toml");
+    std::fs::write(&config, std::fs::read_to_string(&s3.config).unwrap() + "\n[retention]\nfull = 1\n").unwrap();
+    let cmd = |args: &[&str]| {
+        let mut c = env.pgkeep(["--config"]).arg(&config).arg("--repo").arg(&url);
+        c = c.arg("--pg").arg(pg.conninfo()).arg("--pgdata").arg(pg.pgdata());
+        for (k, v) in s3.env() {
+            c = c.env(k, v);
+        }
+        for a in args {
+            c = c.arg(a);
+        }
+        c
+    };
+    cmd(&["init"]).ok();
+    pg.sql("CREATE TABLE t (n int)");
+    let mut taken = Vec::new();
+    for _ in 0..3 {
+        taken.push(cmd(&["backup"]).json()["id"].as_str().unwrap().to_string());
+        pg.sql("INSERT INTO t SELECT generate_series(1, 100)");
+        pg.sql("SELECT pg_create_restore_point('switch')");
+        let seg = pg.switch_wal();
+        s3.wait_for_key(&format!("ret/{}", pgkeep::repo::layout::wal_key(&seg)), std::time::Duration::from_secs(60));
+    }
+    let dry = cmd(&["expire", "--dry-run"]).json();
+    let real = cmd(&["expire"]).json();
+    for k in ["backups", "wal", "kept", "bytes_freed", "wal_cutoff_segno"] {
+        assert_eq!(dry[k], real[k], "dry run and run differ in {k}");
+    }
+    assert_eq!(ids(&real, "backups"), taken[..2].to_vec(), "{real}");
+    assert!(!real["wal"].as_array().unwrap().is_empty(), "{real}");
+    for id in &taken[..2] {
+        assert!(s3.keys(&format!("ret/backup/{id}/")).is_empty(), "every object of {id} is deleted");
+    }
+    let list = cmd(&["list"]).json();
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list[0]["id"], taken[2].as_str());
+    let cutoff = real["wal_cutoff_segno"].as_u64().unwrap();
+    for k in s3.keys("ret/wal/") {
+        let name = k.rsplit('/').next().unwrap();
+        if let Some(WalFileName::Segment { segno, .. } | WalFileName::Partial { segno, .. }) =
+            parse_wal_file_name(name, SEG)
+        {
+            assert!(segno >= cutoff, "{k} is older than the cut-off");
+        }
+    }
+    assert_eq!(cmd(&["wal", "verify"]).json()["ok"], true);
+    let dir = env.path("restored");
+    cmd(&["restore", "--target", "immediate", "--target-action", "promote", "--to"]).arg(&dir).json();
+    let mut c = env.cluster_on("restored", &dir);
+    c.set("archive_mode", "off");
+    for (k, v) in s3.env() {
+        c.env(k, &v);
+    }
+    c.start();
+    c.wait_promoted();
+    assert_eq!(c.int("SELECT count(*) FROM t"), 200);
+}
