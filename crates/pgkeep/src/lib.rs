@@ -136,7 +136,9 @@ pub fn run(cli: &Cli, progress: Arc<dyn Progress>, rt: tokio::runtime::Handle) -
                 };
                 backup::snapshot::run::backup(inputs, &snap, &sopts)?
             };
-            let expire_after = cfg.file.backup.as_ref().is_some_and(|b| b.expire_after);
+            // A pending snapshot backup is not complete yet: expiring now could leave none.
+            let pending = r.snapshot.as_ref().is_some_and(|s| s.state == "pending");
+            let expire_after = cfg.file.backup.as_ref().is_some_and(|b| b.expire_after) && !pending;
             if !a.verify {
                 let out = Outcome::new(&r, render::backup(&r), true);
                 return if expire_after { run_expire_after(&repo, &cfg, &snap, &r.id, out) } else { Ok(out) };

@@ -222,6 +222,9 @@ pub fn expire_policy(r: &crate::retention::run::ExpireReport) -> String {
     if let Some(t) = p.recoverable_from {
         let _ = writeln!(s, "recoverable from: {}", t.format("%Y-%m-%d %H:%M:%S UTC"));
     }
+    if r.staging_files_removed > 0 {
+        let _ = writeln!(s, "removed {} staging file(s) of killed writers", r.staging_files_removed);
+    }
     for f in &r.failed {
         let _ = writeln!(s, "FAILED: {f}");
     }

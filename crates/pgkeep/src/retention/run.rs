@@ -22,6 +22,8 @@ pub struct ExpireReport {
     pub deleted_snapshots: Vec<String>,
     /// What could not be done (one line each); the next `expire` retries it.
     pub failed: Vec<String>,
+    /// Staging files of killed writers removed (local repositories; not part of the plan).
+    pub staging_files_removed: usize,
 }
 
 /// The time rules measure from. `PGKEEP_NOW` (RFC 3339) overrides the clock for tests that
@@ -108,7 +110,8 @@ pub fn expire(
     // A dry run takes no lock: it changes nothing, and may run beside a backup.
     let _lock = if dry_run { None } else { Some(RepoLock::acquire(repo, "backup")?) };
     let plan = plan_now(repo, policy)?;
-    let mut report = ExpireReport { dry_run, plan, deleted_snapshots: Vec::new(), failed: Vec::new() };
+    let mut report =
+        ExpireReport { dry_run, plan, deleted_snapshots: Vec::new(), failed: Vec::new(), staging_files_removed: 0 };
     if dry_run {
         return Ok(report);
     }
@@ -140,6 +143,13 @@ pub fn expire(
         test_pause(&format!("wal {}", w.name));
         if let Err(e) = repo.storage().delete(&layout::wal_key(&w.name)) {
             report.failed.push(e.to_string());
+        }
+    }
+    // A live writer holds a lock on its staging file, so only killed writers' files go.
+    for prefix in [layout::WAL_PREFIX, layout::BACKUP_PREFIX] {
+        match repo.storage().remove_stale_staging_under(prefix) {
+            Ok(n) => report.staging_files_removed += n,
+            Err(e) => report.failed.push(e.to_string()),
         }
     }
     Ok(report)

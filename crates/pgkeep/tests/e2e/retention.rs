@@ -259,20 +259,28 @@ fn pins_refusals_and_expire_after() {
     assert_eq!(rpo["recoverable_from"], with_config(&["list"]).json()[0]["stop_time"], "{rpo}");
 }
 
-/// SIGKILL of `expire` at random moments (between and during its deletions): every backup
-/// `list` shows as complete still restores and has its WAL, and the next `expire` completes.
+/// Acceptance 4: SIGKILL of `expire` at 30 random moments (between and during its
+/// deletions; the repository is put back when a run gets to the end): every backup `list`
+/// shows as complete still restores and has its WAL, and the next `expire` completes.
 /// Segments archived while expire runs are never lost.
 #[test]
 fn sigkill_of_expire_leaves_every_listed_backup_restorable() {
     let s = Setup::new();
     s.pg.sql("CREATE TABLE t (n int)");
-    for _ in 0..4 {
+    for _ in 0..3 {
         s.backup();
         s.pg.sql("INSERT INTO t SELECT generate_series(1, 1000)");
         s.pg.switch_and_wait_archived(&s.repo);
     }
     let config = s.env.path("pgkeep.toml");
     std::fs::write(&config, "[retention]\nfull = 1\n").unwrap();
+    let pristine = s.env.path("repo.orig");
+    let cp = |from: &Path, to: &Path| {
+        let _ = std::fs::remove_dir_all(to);
+        assert!(std::process::Command::new("cp").arg("-a").arg(from).arg(to).status().unwrap().success());
+    };
+    cp(&s.repo, &pristine);
+    check_listed_backups_restore(&s, &pristine, 0);
     let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
     eprintln!("kill-point seed {seed}");
     let mut rng = seed | 1;
@@ -293,25 +301,22 @@ fn sigkill_of_expire_leaves_every_listed_backup_restorable() {
         let plan = cmd(&["expire", "--dry-run"]).json();
         plan["backups"].as_array().unwrap().len() + plan["wal"].as_array().unwrap().len()
     };
-    assert!(steps > 4, "{steps}");
-    let mut round = 0;
-    loop {
+    assert!(steps > 3, "{steps}");
+    let (mut kills, mut round, mut finished) = (0, 0, 0);
+    while kills < 30 {
         round += 1;
-        // Pause 300 ms before each step; kill after a random number of steps, at a random
+        // Pause 60 ms before each step; kill after a random number of steps, at a random
         // moment of the pause or of the step after it.
-        let mut c = cmd(&["expire"]).env("PGKEEP_TEST_EXPIRE_PAUSE", "300");
+        let mut c = cmd(&["expire"]).env("PGKEEP_TEST_EXPIRE_PAUSE", "60");
         let mut child =
             c.command().stderr(std::process::Stdio::piped()).stdout(std::process::Stdio::null()).spawn().unwrap();
-        // Ten kill rounds at most, then one run to the end.
-        let kill_after = if round <= 10 { next(4) as usize } else { usize::MAX };
+        let kill_after = next(steps as u64 / 2 + 1) as usize;
         let mut reader = std::io::BufReader::new(child.stderr.take().unwrap());
-        let mut seen = 0;
-        let mut line = String::new();
-        let mut killed = false;
+        let (mut seen, mut line, mut killed) = (0, String::new(), false);
         while std::io::BufRead::read_line(&mut reader, &mut line).unwrap() > 0 {
             if line.contains("test pause before") {
                 if seen == kill_after {
-                    std::thread::sleep(std::time::Duration::from_millis(next(400)));
+                    std::thread::sleep(std::time::Duration::from_millis(next(100)));
                     child.kill().unwrap();
                     killed = true;
                     break;
@@ -321,19 +326,27 @@ fn sigkill_of_expire_leaves_every_listed_backup_restorable() {
             line.clear();
         }
         let status = child.wait().unwrap();
-        check_listed_backups_restore(&s, round);
-        if !killed {
+        check_listed_backups_restore(&s, &pristine, round);
+        if killed {
+            kills += 1;
+        } else {
             assert!(status.success(), "round {round}: expire failed");
-            break;
+            assert_eq!(cmd(&["list"]).json().as_array().unwrap().len(), 1);
+            let v = s.pgkeep(["wal", "verify"]).json();
+            assert_eq!(v["ok"], true, "round {round}: {v}");
+            finished += 1;
+            cp(&pristine, &s.repo);
         }
-        assert!(round <= 11, "expire did not complete after the kills");
+        assert!(round < 200, "expire does not progress");
     }
-    assert!(round > 1, "no kill happened");
+    // The last killed run is completed by the next one.
+    let r = cmd(&["expire"]).json();
+    assert_eq!(r["failed"], serde_json::json!([]), "{r}");
     assert_eq!(cmd(&["list"]).json().as_array().unwrap().len(), 1);
+    eprintln!("{kills} kills over {round} rounds, {finished} runs to the end");
 
     // archive-push during an expire: what it archives (newer than the cut-off) stays.
-    s.backup();
-    s.pg.switch_and_wait_archived(&s.repo);
+    cp(&pristine, &s.repo);
     let mut c = cmd(&["expire"]).env("PGKEEP_TEST_EXPIRE_PAUSE", "200");
     let child = c.command().stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
     let mut pushed = Vec::new();
@@ -350,16 +363,50 @@ fn sigkill_of_expire_leaves_every_listed_backup_restorable() {
     assert_eq!(v["ok"], true, "{v}");
 }
 
-fn check_listed_backups_restore(s: &Setup, round: usize) {
+/// Every backup `list` shows as complete restores (every object read back and checked) and
+/// has every WAL segment from its start to its stop in the archive. A backup whose objects are
+/// exactly those it had before any expire ran (`pristine`, where it was restored once) is not
+/// restored again; any change to them, and it is.
+fn check_listed_backups_restore(s: &Setup, pristine: &Path, round: usize) {
     let list = s.pgkeep(["list"]).json();
-    let v = s.pgkeep(["wal", "verify"]).run();
-    assert_eq!(v.code, Some(0), "round {round}: wal verify after a killed expire: {}", v.stdout);
     for b in list.as_array().unwrap().iter().filter(|b| b["state"] == "complete") {
         let id = b["id"].as_str().unwrap();
-        let dir = s.env.path(&format!("kill{round}_{id}"));
-        s.pgkeep(["restore", "--backup", id, "--target", "immediate", "--to"]).arg(&dir).ok();
-        std::fs::remove_dir_all(&dir).unwrap();
+        let key = format!("backup/{id}");
+        if round == 0 || files(&s.repo.join(&key)) != files(&pristine.join(&key)) {
+            let dir = s.env.path(&format!("kill{round}_{id}"));
+            s.pgkeep(["restore", "--backup", id, "--target", "immediate", "--to"]).arg(&dir).ok();
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+        let seg = |k: &str| match parse_wal_file_name(b[k].as_str().unwrap(), SEG) {
+            Some(WalFileName::Segment { tli, segno }) => (tli, segno),
+            x => panic!("{x:?}"),
+        };
+        let ((tli, first), (_, last)) = (seg("start_wal"), seg("stop_wal"));
+        for segno in first..=last {
+            let name = pgkeep_wal::xlog_file_name(tli, segno, SEG);
+            let key = pgkeep::repo::layout::wal_key(&name);
+            assert!(s.repo.join(&key).exists(), "round {round}: backup {id} is listed but {name} is gone");
+        }
     }
+}
+
+/// Every file below `dir` with its size and content hash.
+fn files(dir: &Path) -> Vec<(PathBuf, u64, u32)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                let data = std::fs::read(&p).unwrap_or_default();
+                out.push((p.strip_prefix(dir).unwrap().to_path_buf(), data.len() as u64, crc32c::crc32c(&data)));
+            }
+        }
+    }
+    out.sort();
+    out
 }
 
 /// Acceptance 3 (root, loop-mounted btrfs): a snapshot backup the policy drops goes with its
