@@ -533,3 +533,42 @@ fn s3_repository_expires_like_a_local_one() {
     c.wait_promoted();
     assert_eq!(c.int("SELECT count(*) FROM t"), 200);
 }
+
+/// Acceptance 3 for EBS (moto): the policy deletes the dropped backup's snapshots; while the
+/// EC2 API is unreachable the backup stays on record, unusable, and the next `expire` deletes
+/// its snapshots and finishes.
+#[cfg(feature = "ebs")]
+#[test]
+fn snapshot_ebs_expire_deletes_snapshots_and_retries_when_ec2_fails() {
+    use crate::snapshot_ebs::{ebs_config, tagged_snapshots, with_aws};
+    let env = crate::common::env();
+    let moto = pgkeep_testkit::MotoServer::start(env.root());
+    let vols = moto.json(
+        "c = ec2()\nprint(json.dumps([c.create_volume(AvailabilityZone='us-east-1a', Size=10)['VolumeId'] for _ in range(2)]))",
+    );
+    let vol = |i: usize| vols[i].as_str().unwrap().to_string();
+    let (m_data, m_wal) = (env.owned_dir("mnt-data"), env.owned_dir("mnt-wal"));
+    let s = crate::snapshot_util::SnapSetup::new(env, None, &m_data.join("pgdata"), Some(&m_wal.join("pg_wal")));
+    let (v0, v1) = (vol(0), vol(1));
+    let good = [("data", v0.as_str(), m_data.as_path()), ("wal", v1.as_str(), m_wal.as_path())];
+    s.configure(&ebs_config(&good, "[retention]\nfull = 1\n"));
+    let b1 = with_aws(s.pgkeep(["backup"]), &moto).json()["id"].as_str().unwrap().to_string();
+    let b2 = with_aws(s.pgkeep(["backup"]), &moto).json()["id"].as_str().unwrap().to_string();
+    s.pg.switch_and_wait_archived(&s.repo);
+    assert_eq!(tagged_snapshots(&moto, &b1).len(), 2);
+
+    let out = with_aws(s.pgkeep(["expire", "--json"]), &moto).env("AWS_ENDPOINT_URL", "http://127.0.0.1:1").run();
+    assert_eq!(out.code, Some(1), "{}\n{}", out.stdout, out.stderr);
+    let r: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert!(r["failed"][0].as_str().unwrap().contains("could not be deleted"), "{r}");
+    assert_eq!(tagged_snapshots(&moto, &b1).len(), 2, "nothing deleted while EC2 is unreachable");
+    let listed = crate::snapshot_util::listed(&s);
+    assert_eq!(listed[0], (b1.clone(), "incomplete".to_string()), "{listed:?}");
+
+    let r = with_aws(s.pgkeep(["expire"]), &moto).json();
+    assert_eq!(ids(&r, "backups"), vec![b1.clone()], "{r}");
+    assert_eq!(r["deleted_snapshots"].as_array().unwrap().len(), 2, "{r}");
+    assert!(tagged_snapshots(&moto, &b1).is_empty());
+    assert_eq!(tagged_snapshots(&moto, &b2).len(), 2);
+    assert_eq!(crate::snapshot_util::listed(&s), vec![(b2, "complete".to_string())]);
+}
