@@ -310,15 +310,19 @@ pub fn list(r: &[ListedBackup]) -> String {
                 None => "never",
             }
         );
-        if b.pinned || b.expires_next {
+        if b.pinned || b.expires_next || b.pending_deletion {
             let _ = writeln!(
                 s,
                 "  {}",
-                [(b.pinned, "pinned"), (b.expires_next, "the [retention] policy expires it next")]
-                    .iter()
-                    .filter_map(|(on, w)| on.then_some(*w))
-                    .collect::<Vec<_>>()
-                    .join("; ")
+                [
+                    (b.pinned, "pinned"),
+                    (b.expires_next, "the [retention] policy expires it next"),
+                    (b.pending_deletion, "expired, snapshot deletion pending: `pgkeep expire` retries"),
+                ]
+                .iter()
+                .filter_map(|(on, w)| on.then_some(*w))
+                .collect::<Vec<_>>()
+                .join("; ")
             );
         }
         if let Some(why) = &b.damaged_reason {

@@ -43,6 +43,12 @@ pub fn pending_key(id: &str) -> String {
     format!("{BACKUP_PREFIX}/{id}/pending")
 }
 
+/// Written by expire just before it deletes the manifest: a backup without a manifest and
+/// with this is being expired (its snapshots still to delete), not an interrupted backup.
+pub fn expiring_key(id: &str) -> String {
+    format!("{BACKUP_PREFIX}/{id}/expiring")
+}
+
 pub fn backup_label_key(id: &str) -> String {
     format!("{BACKUP_PREFIX}/{id}/backup_label")
 }

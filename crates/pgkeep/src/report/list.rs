@@ -31,6 +31,9 @@ pub struct ListedBackup {
     pub verified_at: Option<DateTime<Utc>>,
     /// State `damaged`: why its manifest or pending record cannot be read.
     pub damaged_reason: Option<String>,
+    /// Expired, but some of its snapshots are still to be deleted: never restored, and the
+    /// next `pgkeep expire` retries (state `incomplete`).
+    pub pending_deletion: bool,
     /// `pgkeep pin`ned: expire keeps it whatever the policy says.
     pub pinned: bool,
     /// The [retention] policy would expire it now (`pgkeep expire --dry-run` shows the plan).
@@ -89,6 +92,8 @@ pub fn list(repo: &Repository, policy: Option<&RetentionConfig>) -> crate::Resul
             verified: verdict.as_ref().map(|v| v.ok),
             verified_at: verdict.as_ref().map(|v| v.verified_at),
             damaged_reason: e.damaged.clone(),
+            pending_deletion: e.state == BackupState::Incomplete
+                && repo.storage().head(&crate::repo::layout::expiring_key(&e.id))?.is_some(),
             pinned: pins.contains(&e.id),
             expires_next: next.contains(&e.id),
             recoverable_from: oldest,

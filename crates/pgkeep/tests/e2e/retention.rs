@@ -447,6 +447,10 @@ fn snapshot_btrfs_root_expire_deletes_snapshots_and_retries_a_failed_deletion() 
     let listed = crate::snapshot_util::listed(s);
     assert_eq!(listed[0], (id1.to_string(), "incomplete".to_string()), "{listed:?}");
     assert_eq!(listed[1].1, "complete", "{listed:?}");
+    let list = s.pgkeep(["list"]).json();
+    assert_eq!(list[0]["pending_deletion"], true, "{list}");
+    assert_eq!(list[1]["pending_deletion"], false, "{list}");
+    assert!(s.pgkeep(["list"]).ok().stdout.contains("snapshot deletion pending"));
     assert!(old[0].exists(), "the stuck snapshot is still there");
 
     let r = s.pgkeep(["expire"]).json();
@@ -564,6 +568,7 @@ fn snapshot_ebs_expire_deletes_snapshots_and_retries_when_ec2_fails() {
     assert_eq!(tagged_snapshots(&moto, &b1).len(), 2, "nothing deleted while EC2 is unreachable");
     let listed = crate::snapshot_util::listed(&s);
     assert_eq!(listed[0], (b1.clone(), "incomplete".to_string()), "{listed:?}");
+    assert_eq!(s.pgkeep(["list"]).json()[0]["pending_deletion"], true);
 
     let r = with_aws(s.pgkeep(["expire"]), &moto).json();
     assert_eq!(ids(&r, "backups"), vec![b1.clone()], "{r}");

@@ -126,6 +126,10 @@ pub fn expire_locked(repo: &Repository, cfg: &SnapshotConfig, id: &str, force: b
     if !recs.is_empty() {
         repo.put_json(&snapshots_key(id), &SnapshotProgress { id: id.to_string(), snapshots: recs.clone() })?;
     }
+    if !recs.is_empty() {
+        repo.put_json(&layout::expiring_key(id), &chrono::Utc::now())?;
+        repo.storage().sync_object(&layout::expiring_key(id))?;
+    }
     for key in [layout::manifest_key(id), pending_key(id)] {
         repo.storage().delete_durable(&key)?;
     }
