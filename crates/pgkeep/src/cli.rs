@@ -78,8 +78,13 @@ pub enum Command {
     /// Restore drill: prove a backup (or, with --pgdata, any copy of a data directory)
     /// restores clean — amcheck, full read, duplicate keys, page LSNs, assertions.
     Verify(VerifyArgs),
-    /// Delete one backup: its repository objects and, for snapshot backups, its snapshots.
+    /// Apply the [retention] policy: delete the backups (with their snapshots) and the WAL it
+    /// does not keep; or, with --backup, delete one backup.
     Expire(ExpireArgs),
+    /// Keep a backup (and the WAL it needs) whatever the [retention] policy says.
+    Pin(PinArgs),
+    /// Let the [retention] policy decide about a pinned backup again.
+    Unpin(PinArgs),
     /// The whole story on a throw-away cluster: load, back up under writes, restore to a point in time.
     Demo(DemoArgs),
     /// WAL integrity and forensics: check the archive, inspect a data directory's WAL.
@@ -326,13 +331,25 @@ pub struct VerifyArgs {
 
 #[derive(Debug, Args)]
 pub struct ExpireArgs {
-    /// The backup to delete (snapshot backups: its snapshots too).
+    /// Delete this one backup (snapshot backups: its snapshots too) instead of applying the
+    /// policy.
     #[arg(long, value_name = "ID")]
-    pub backup: String,
-    /// Delete a damaged snapshot backup (its manifest unreadable, so its snapshots unknown)
-    /// after you deleted its snapshots by hand.
-    #[arg(long)]
+    pub backup: Option<String>,
+    /// With --backup: delete the last backup the policy keeps, or a pinned one; or a damaged
+    /// snapshot backup (its manifest unreadable, so its snapshots unknown) after you deleted
+    /// its snapshots by hand.
+    #[arg(long, requires = "backup")]
     pub force: bool,
+    /// Print what the policy would delete (the same plan a run executes), delete nothing.
+    #[arg(long, conflicts_with = "backup")]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PinArgs {
+    /// Backup id (`pgkeep list` shows them).
+    #[arg(value_name = "ID")]
+    pub id: String,
 }
 
 #[derive(Debug, Args)]

@@ -56,6 +56,10 @@ pub struct FileConfig {
     pub azure: Option<crate::repo::azure::AzureSettings>,
     /// How to reach a `gs://` repository (`[gcs]`).
     pub gcs: Option<crate::repo::gcs::GcsSettings>,
+    /// Retention policy (`[retention]`); without it nothing is expired automatically.
+    pub retention: Option<crate::retention::RetentionConfig>,
+    /// `pgkeep backup` settings (`[backup]`).
+    pub backup: Option<crate::retention::BackupSettings>,
 }
 
 #[derive(Debug, Clone)]

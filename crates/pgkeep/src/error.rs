@@ -10,7 +10,7 @@
 //!   (see [`Error::exit_code`]); 0 only when a command did everything it says. `archive-get`
 //!   is the exception: 1 only for "no such file", 126 for every error (src/main.rs).
 
-use crate::{archive, backup, config, pg, repo, restore, verify, wal};
+use crate::{archive, backup, config, pg, repo, restore, retention, verify, wal};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -42,6 +42,8 @@ pub enum Error {
     Verify(#[from] verify::VerifyError),
     #[error(transparent)]
     Snapshot(#[from] backup::snapshot::SnapshotError),
+    #[error(transparent)]
+    Retention(#[from] retention::RetentionError),
     #[error("{0}")]
     Other(String),
 }
@@ -55,6 +57,7 @@ impl Error {
             Error::Storage(repo::StorageError::Config { .. } | repo::StorageError::Unsupported { .. }) => 2,
             Error::Snapshot(s) if s.is_usage() => 2,
             Error::Instance(i) if i.is_usage() => 2,
+            Error::Retention(r) if r.is_usage() => 2,
             // PostgreSQL treats a restore_command exit status above 125 as fatal: recovery stops
             // instead of ending early at a damaged or unreadable archive copy.
             Error::Archive(archive::ArchiveError::Damaged { .. }) => 126,

@@ -20,6 +20,7 @@ pub mod render;
 pub mod repo;
 pub mod report;
 pub mod restore;
+pub mod retention;
 pub mod verify;
 pub mod wal;
 
@@ -135,13 +136,17 @@ pub fn run(cli: &Cli, progress: Arc<dyn Progress>, rt: tokio::runtime::Handle) -
                 };
                 backup::snapshot::run::backup(inputs, &snap, &sopts)?
             };
+            // A pending snapshot backup is not complete yet: expiring now could leave none.
+            let pending = r.snapshot.as_ref().is_some_and(|s| s.state == "pending");
+            let expire_after = cfg.file.backup.as_ref().is_some_and(|b| b.expire_after) && !pending;
             if !a.verify {
-                return Ok(Outcome::new(&r, render::backup(&r), true));
+                let out = Outcome::new(&r, render::backup(&r), true);
+                return if expire_after { run_expire_after(&repo, &cfg, &snap, &r.id, out) } else { Ok(out) };
             }
             // `backup --verify`: the restore drill right after the backup.
             let vopts = verify::VerifyOptions {
                 jobs: opts.jobs,
-                snapshot: snap,
+                snapshot: snap.clone(),
                 pg_bin: cfg.pg_bin_dir.clone(),
                 ..Default::default()
             };
@@ -153,7 +158,11 @@ pub fn run(cli: &Cli, progress: Arc<dyn Progress>, rt: tokio::runtime::Handle) -
             let mut json = serde_json::to_value(&r).unwrap_or(serde_json::Value::Null);
             json["verify"] = serde_json::to_value(&d).unwrap_or(serde_json::Value::Null);
             let text = format!("{}\n{}", render::backup(&r), render::verify(&d));
-            Ok(Outcome { text, json, ok: d.ok, exit_code: if d.ok { 0 } else { 1 } })
+            let out = Outcome { text, json, ok: d.ok, exit_code: if d.ok { 0 } else { 1 } };
+            if expire_after {
+                return run_expire_after(&repo, &cfg, &snap, &r.id, out);
+            }
+            Ok(out)
         }
         Command::Restore(a) => {
             let repo = open_repo()?;
@@ -206,15 +215,28 @@ pub fn run(cli: &Cli, progress: Arc<dyn Progress>, rt: tokio::runtime::Handle) -
             if let Err(e) = backup::snapshot::run::finish_pending(&repo, &snap, false, cfg.archive_timeout) {
                 tracing::warn!("could not refresh pending snapshot backups: {e}");
             }
-            let r = report::list::list(&repo)?;
+            let r = report::list::list(&repo, cfg.file.retention.as_ref())?;
             Ok(Outcome::new(&r, render::list(&r), true))
         }
         Command::Verify(a) => verify_command(cli, a, &cfg, progress, rt),
         Command::Expire(a) => {
             let repo = open_repo()?;
             let snap = backup::snapshot::SnapshotConfig::from_file(&cfg.file);
-            let r = backup::snapshot::expire::expire(&repo, &snap, &a.backup, a.force)?;
-            Ok(Outcome::new(&r, render::expire(&r), true))
+            if let Some(id) = &a.backup {
+                let r = retention::run::expire_one(&repo, &snap, cfg.file.retention.as_ref(), id, a.force)?;
+                return Ok(Outcome::new(&r, render::expire(&r), true));
+            }
+            let policy = retention::run::policy(cfg.file.retention.as_ref())?;
+            let r = retention::run::expire(&repo, &snap, policy, a.dry_run)?;
+            Ok(Outcome::new(&r, render::expire_policy(&r), r.failed.is_empty()))
+        }
+        Command::Pin(a) => {
+            let r = retention::pins::pin(&open_repo()?, &a.id)?;
+            Ok(Outcome::new(&r, format!("backup {} pinned: expire keeps it and its WAL", r.backup), true))
+        }
+        Command::Unpin(a) => {
+            let r = retention::pins::unpin(&open_repo()?, &a.id)?;
+            Ok(Outcome::new(&r, format!("backup {} unpinned: the [retention] policy decides again", r.backup), true))
         }
         Command::Demo(a) => {
             let r = command::demo::demo(a, cfg.pg_bin_dir.as_deref(), progress, rt.clone())?;
@@ -259,6 +281,27 @@ pub fn run(cli: &Cli, progress: Arc<dyn Progress>, rt: tokio::runtime::Handle) -
             Ok(Outcome::new(&r, report::rpo::render(&r), r.ok))
         }
     }
+}
+
+/// `backup.expire_after = true`: the policy runs after the backup succeeded; its report is
+/// the backup's `expire` field (a failed drill does not stop it: the policy decides).
+fn run_expire_after(
+    repo: &Repository,
+    cfg: &Config,
+    snap: &backup::snapshot::SnapshotConfig,
+    id: &str,
+    mut out: Outcome,
+) -> Result<Outcome> {
+    let failed = |e: Error| Error::other(format!("backup {id} is complete, but backup.expire_after failed: {e}"));
+    let policy = retention::run::policy(cfg.file.retention.as_ref()).map_err(failed)?;
+    let x = retention::run::expire(repo, snap, policy, false).map_err(failed)?;
+    out.json["expire"] = serde_json::to_value(&x).unwrap_or(serde_json::Value::Null);
+    out.text = format!("{}\n{}", out.text, render::expire_policy(&x));
+    if !x.failed.is_empty() {
+        out.ok = false;
+        out.exit_code = 1;
+    }
+    Ok(out)
 }
 
 /// `pgkeep verify`: a backup (ID, `latest`, `all`), or with an explicit `--pgdata` and no

@@ -198,6 +198,46 @@ pub fn expire(r: &crate::backup::snapshot::expire::ExpireReport) -> String {
     s
 }
 
+pub fn expire_policy(r: &crate::retention::run::ExpireReport) -> String {
+    let p = &r.plan;
+    let verb = if r.dry_run { "would expire" } else { "expired" };
+    let mut s = String::new();
+    for b in &p.backups {
+        let _ = writeln!(
+            s,
+            "{verb} backup {} ({}, {})",
+            b.id,
+            format!("{:?}", b.state).to_lowercase(),
+            human_bytes(b.bytes)
+        );
+    }
+    if let (Some(first), Some(last)) = (p.wal.first(), p.wal.last()) {
+        let bytes: u64 = p.wal.iter().map(|w| w.bytes).sum();
+        let _ =
+            writeln!(s, "{verb} {} WAL file(s), {} .. {} ({})", p.wal.len(), first.name, last.name, human_bytes(bytes));
+    }
+    for k in &p.kept {
+        let _ = writeln!(s, "kept backup {} ({})", k.id, k.kept_by.join(", "));
+    }
+    if let Some(t) = p.recoverable_from {
+        let _ = writeln!(s, "recoverable from: {}", t.format("%Y-%m-%d %H:%M:%S UTC"));
+    }
+    if r.uploads_aborted > 0 {
+        let _ = writeln!(s, "aborted {} multipart upload(s) of killed writers", r.uploads_aborted);
+    }
+    if r.staging_files_removed > 0 {
+        let _ = writeln!(s, "removed {} staging file(s) of killed writers", r.staging_files_removed);
+    }
+    for f in &r.failed {
+        let _ = writeln!(s, "FAILED: {f}");
+    }
+    let _ = write!(s, "{} {}", if r.dry_run { "would free" } else { "freed" }, human_bytes(p.bytes_freed));
+    if !r.failed.is_empty() {
+        s.push_str("; hint: fix the cause and run `pgkeep expire` again: it retries what is left");
+    }
+    s
+}
+
 pub fn restore(r: &RestoreReport) -> String {
     let mut s = format!(
         "restored backup {} into {}: {} files, {} in {:.1}s\nrecovery target: {}\n",
@@ -273,9 +313,27 @@ pub fn list(r: &[ListedBackup]) -> String {
                 None => "never",
             }
         );
+        if b.pinned || b.expires_next || b.pending_deletion {
+            let _ = writeln!(
+                s,
+                "  {}",
+                [
+                    (b.pinned, "pinned"),
+                    (b.expires_next, "the [retention] policy expires it next"),
+                    (b.pending_deletion, "expired, snapshot deletion pending: `pgkeep expire` retries"),
+                ]
+                .iter()
+                .filter_map(|(on, w)| on.then_some(*w))
+                .collect::<Vec<_>>()
+                .join("; ")
+            );
+        }
         if let Some(why) = &b.damaged_reason {
             let _ = writeln!(s, "  damaged: {why}");
         }
+    }
+    if let Some(t) = r.iter().find_map(|b| b.recoverable_from) {
+        let _ = writeln!(s, "recoverable from: {}", t.format("%Y-%m-%d %H:%M:%S UTC"));
     }
     s.trim_end().to_string()
 }

@@ -43,6 +43,12 @@ pub fn pending_key(id: &str) -> String {
     format!("{BACKUP_PREFIX}/{id}/pending")
 }
 
+/// Written by expire just before it deletes the manifest: a backup without a manifest and
+/// with this is being expired (its snapshots still to delete), not an interrupted backup.
+pub fn expiring_key(id: &str) -> String {
+    format!("{BACKUP_PREFIX}/{id}/expiring")
+}
+
 pub fn backup_label_key(id: &str) -> String {
     format!("{BACKUP_PREFIX}/{id}/backup_label")
 }
@@ -67,6 +73,14 @@ pub fn verdict_key(id: &str, stamp: &str) -> String {
 
 pub fn verdict_prefix(id: &str) -> String {
     format!("{BACKUP_PREFIX}/{id}/verify")
+}
+
+/// Pins (`pgkeep pin ID`): one object per pinned backup, apart from the backup's own
+/// objects so that a pin never makes a backup directory look like a backup.
+pub const PIN_PREFIX: &str = "pin";
+
+pub fn pin_key(id: &str) -> String {
+    format!("{PIN_PREFIX}/{id}")
 }
 
 /// A repository lock: a `flock`ed file in a local repository, a lease object in an object store.

@@ -37,3 +37,12 @@ pub fn latest(repo: &Repository, backup_id: &str) -> crate::Result<Option<Verdic
         None => Ok(None),
     }
 }
+
+/// [`latest`] for listings: a damaged verdict must not hide the backups, so it counts as never
+/// verified (with a warning).
+pub fn latest_or_none(repo: &Repository, backup_id: &str) -> Option<Verdict> {
+    latest(repo, backup_id).unwrap_or_else(|err| {
+        tracing::warn!("backup {backup_id}: its newest verification verdict cannot be read ({err})");
+        None
+    })
+}

@@ -1,11 +1,14 @@
 //! `pgkeep list`: every backup with its LSNs, times, size, state and verification verdict.
 
+use std::collections::BTreeSet;
+
 use chrono::{DateTime, Utc};
 use pgkeep_wal::Lsn;
 use serde::Serialize;
 
 use crate::repo::catalog::{self, BackupState};
 use crate::repo::{verdict, Repository};
+use crate::retention::{self, RetentionConfig};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ListedBackup {
@@ -28,20 +31,49 @@ pub struct ListedBackup {
     pub verified_at: Option<DateTime<Utc>>,
     /// State `damaged`: why its manifest or pending record cannot be read.
     pub damaged_reason: Option<String>,
+    /// Expired, but some of its snapshots are still to be deleted: never restored, and the
+    /// next `pgkeep expire` retries (state `incomplete`).
+    pub pending_deletion: bool,
+    /// `pgkeep pin`ned: expire keeps it whatever the policy says.
+    pub pinned: bool,
+    /// The [retention] policy would expire it now (`pgkeep expire --dry-run` shows the plan).
+    pub expires_next: bool,
+    /// The oldest point in time the repository can restore to (the end of its oldest complete
+    /// backup); the same on every entry, as `list --json` is an array of backups.
+    pub recoverable_from: Option<DateTime<Utc>>,
 }
 
-pub fn list(repo: &Repository) -> crate::Result<Vec<ListedBackup>> {
+/// The oldest point in time restorable from these complete backups: the end of the oldest
+/// (a backup is consistent from its stop on).
+pub fn recoverable_from<'a>(stops: impl IntoIterator<Item = &'a DateTime<Utc>>) -> Option<DateTime<Utc>> {
+    stops.into_iter().min().copied()
+}
+
+pub fn list(repo: &Repository, policy: Option<&RetentionConfig>) -> crate::Result<Vec<ListedBackup>> {
+    let pins = retention::pins::pinned(repo)?;
+    // What the policy would expire next; a policy that cannot plan (it would keep nothing)
+    // marks nothing here: `expire` itself says why.
+    let next: BTreeSet<String> = match policy.filter(|p| p.has_backup_rule()) {
+        Some(p) => match retention::run::plan_now(repo, p) {
+            Ok(plan) => plan.backups.into_iter().map(|b| b.id).collect(),
+            Err(e) => {
+                tracing::warn!("the [retention] policy cannot be applied: {e}");
+                BTreeSet::new()
+            }
+        },
+        None => BTreeSet::new(),
+    };
+    let entries = catalog::list(repo)?;
+    let oldest = recoverable_from(
+        entries
+            .iter()
+            .filter(|e| e.state == BackupState::Complete)
+            .filter_map(|e| e.summary.as_ref().map(|s| &s.stop_time)),
+    );
     let mut out = Vec::new();
-    for e in catalog::list(repo)? {
+    for e in entries {
         let s = e.summary.as_ref();
-        // A damaged verdict must not hide the backups: it counts as never verified.
-        let verdict = match s {
-            Some(_) => verdict::latest(repo, &e.id).unwrap_or_else(|err| {
-                tracing::warn!("backup {}: its newest verification verdict cannot be read ({err})", e.id);
-                None
-            }),
-            None => None,
-        };
+        let verdict = s.and_then(|_| verdict::latest_or_none(repo, &e.id));
         out.push(ListedBackup {
             id: e.id.clone(),
             state: e.state,
@@ -60,6 +92,11 @@ pub fn list(repo: &Repository) -> crate::Result<Vec<ListedBackup>> {
             verified: verdict.as_ref().map(|v| v.ok),
             verified_at: verdict.as_ref().map(|v| v.verified_at),
             damaged_reason: e.damaged.clone(),
+            pending_deletion: e.state == BackupState::Incomplete
+                && repo.storage().head(&crate::repo::layout::expiring_key(&e.id))?.is_some(),
+            pinned: pins.contains(&e.id),
+            expires_next: next.contains(&e.id),
+            recoverable_from: oldest,
         });
     }
     Ok(out)

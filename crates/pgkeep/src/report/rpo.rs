@@ -96,6 +96,8 @@ pub struct RpoReport {
     pub archive: ArchiveStats,
     pub newest_backup: Option<BackupAge>,
     pub newest_verified_backup: Option<BackupAge>,
+    /// The oldest point in time the repository can restore to (end of its oldest backup).
+    pub recoverable_from: Option<DateTime<Utc>>,
     /// The repository consulted for backup ages, if any.
     pub repo: Option<String>,
     pub notes: Vec<String>,
@@ -236,6 +238,7 @@ pub fn rpo(conn: &ConnParams, repo: RepoSource<'_>, rt: &tokio::runtime::Handle)
     let mut ok = true;
     let mut newest = None;
     let mut newest_verified = None;
+    let mut recoverable_from = None;
     let repo_desc = match repo {
         RepoSource::None => {
             notes.push("no repository given: backup ages are unknown (pass --repo)".into());
@@ -258,6 +261,7 @@ pub fn rpo(conn: &ConnParams, repo: RepoSource<'_>, rt: &tokio::runtime::Handle)
             } else {
                 let mut backups = catalog::complete(r)?;
                 backups.sort_by_key(|b| b.stop_time);
+                recoverable_from = crate::report::list::recoverable_from(backups.iter().map(|b| &b.stop_time));
                 newest = backups.last().map(|b| BackupAge {
                     id: b.id.clone(),
                     stop_time: b.stop_time,
@@ -326,6 +330,7 @@ pub fn rpo(conn: &ConnParams, repo: RepoSource<'_>, rt: &tokio::runtime::Handle)
             segments_waiting,
         },
         newest_backup: newest,
+        recoverable_from,
         newest_verified_backup: newest_verified,
         repo: repo_desc,
         notes,
@@ -384,6 +389,9 @@ pub fn render(r: &RpoReport) -> String {
             age(&r.newest_backup),
             age(&r.newest_verified_backup)
         );
+        if let Some(t) = r.recoverable_from {
+            let _ = writeln!(s, "recoverable from: {} (end of the oldest backup)", t.format("%Y-%m-%d %H:%M:%S UTC"));
+        }
     }
     let _ = writeln!(
         s,

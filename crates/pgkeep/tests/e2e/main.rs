@@ -27,6 +27,7 @@ mod object_stores;
 mod pitr;
 mod reports_hardening;
 mod restore_hardening;
+mod retention;
 mod rpo;
 #[cfg(feature = "s3")]
 mod s3;

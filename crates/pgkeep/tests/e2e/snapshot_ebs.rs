@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::common::env;
 use crate::snapshot_util::{backup_history_label, failed_backup_id, listed, pgkeep_sessions, SnapSetup};
 
-fn ebs_config(vols: &[(&str, &str, &Path)], extra: &str) -> String {
+pub fn ebs_config(vols: &[(&str, &str, &Path)], extra: &str) -> String {
     let mut t = String::from(extra);
     for (name, id, path) in vols {
         t.push_str(&format!(
@@ -22,7 +22,7 @@ fn ebs_config(vols: &[(&str, &str, &Path)], extra: &str) -> String {
     t
 }
 
-fn with_aws(mut c: pgkeep_testkit::PgkeepCmd, moto: &MotoServer) -> pgkeep_testkit::PgkeepCmd {
+pub fn with_aws(mut c: pgkeep_testkit::PgkeepCmd, moto: &MotoServer) -> pgkeep_testkit::PgkeepCmd {
     for (k, v) in moto.aws_env() {
         c = c.env(&k, v);
     }
@@ -30,7 +30,7 @@ fn with_aws(mut c: pgkeep_testkit::PgkeepCmd, moto: &MotoServer) -> pgkeep_testk
 }
 
 /// Snapshots moto holds for a backup, by the `pgkeep:backup-id` tag: (volume tag, volume id, state).
-fn tagged_snapshots(moto: &MotoServer, id: &str) -> Vec<(String, String, String)> {
+pub fn tagged_snapshots(moto: &MotoServer, id: &str) -> Vec<(String, String, String)> {
     let v = moto.json(&format!(
         "r = ec2().describe_snapshots(Filters=[{{'Name': 'tag:pgkeep:backup-id', 'Values': ['{id}']}}])['Snapshots']\n\
          print(json.dumps([[{{t['Key']: t['Value'] for t in s.get('Tags', [])}}.get('pgkeep:volume', ''), s['VolumeId'], s['State']] for s in r]))"

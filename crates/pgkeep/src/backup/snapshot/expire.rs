@@ -59,13 +59,23 @@ fn read_record<T: serde::de::DeserializeOwned>(repo: &Repository, key: &str) -> 
 /// its start marker or data objects show a files backup (no snapshots), that needs `force`
 /// (after the operator deleted the snapshots by hand), so no snapshot is orphaned silently.
 pub fn expire(repo: &Repository, cfg: &SnapshotConfig, id: &str, force: bool) -> crate::Result<ExpireReport> {
+    check_id(id)?;
+    let _lock = RepoLock::acquire(repo, "backup")?;
+    expire_locked(repo, cfg, id, force)
+}
+
+pub fn check_id(id: &str) -> crate::Result<()> {
     if !crate::backup::id::is_backup_id(id) {
         return Err(SnapshotError::Config(format!(
             "{id:?} is not a backup id; hint: `pgkeep list` shows the ids (e.g. 20261121-023000F)"
         ))
         .into());
     }
-    let _lock = RepoLock::acquire(repo, "backup")?;
+    Ok(())
+}
+
+/// [`expire`] for a caller that already holds the backup lock (retention runs many).
+pub fn expire_locked(repo: &Repository, cfg: &SnapshotConfig, id: &str, force: bool) -> crate::Result<ExpireReport> {
     let manifest: Record<Manifest> = read_record(repo, &layout::manifest_key(id));
     let pending: Record<Manifest> = read_record(repo, &pending_key(id));
     let progress: Record<SnapshotProgress> = read_record(repo, &snapshots_key(id));
@@ -115,6 +125,10 @@ pub fn expire(repo: &Repository, cfg: &SnapshotConfig, id: &str, force: bool) ->
     // manifest that names it.
     if !recs.is_empty() {
         repo.put_json(&snapshots_key(id), &SnapshotProgress { id: id.to_string(), snapshots: recs.clone() })?;
+    }
+    if !recs.is_empty() {
+        repo.put_json(&layout::expiring_key(id), &chrono::Utc::now())?;
+        repo.storage().sync_object(&layout::expiring_key(id))?;
     }
     for key in [layout::manifest_key(id), pending_key(id)] {
         repo.storage().delete_durable(&key)?;
