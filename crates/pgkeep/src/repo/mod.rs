@@ -8,6 +8,8 @@ pub mod layout;
 pub mod lease;
 pub mod lock;
 pub mod manifest;
+// Only object stores upload in parts.
+#[cfg_attr(not(feature = "s3"), allow(dead_code))]
 mod multipart;
 pub mod objects;
 pub mod s3;
