@@ -10,6 +10,8 @@ pub mod layout;
 pub mod lease;
 pub mod lock;
 pub mod manifest;
+// Only object stores upload in parts.
+#[cfg_attr(not(any(feature = "s3", feature = "azure", feature = "gcs")), allow(dead_code))]
 mod multipart;
 pub mod objects;
 pub(crate) mod remote;

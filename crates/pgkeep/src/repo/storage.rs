@@ -308,17 +308,26 @@ impl Storage {
         let mut attempt = 0;
         loop {
             let res = self.rt.block_on(op());
-            if let (Err(e), Some(r)) = (&res, &self.remote) {
-                if let Some(pause) = r.retry_after(e, attempt, started.elapsed()) {
+            let pause = res.as_ref().err().and_then(|e| self.retry_pause(e, attempt, started.elapsed()));
+            match (pause, &res) {
+                (Some(pause), Err(e)) => {
                     tracing::info!("retrying after an interrupted request ({attempt}): {}", one_line(e));
                     std::thread::sleep(pause);
                     attempt += 1;
-                    continue;
                 }
+                _ => return (res, attempt > 0),
             }
-            let _ = started;
-            return (res, attempt > 0);
         }
+    }
+
+    /// The pause before repeating a request that failed with `e`; None: do not repeat it.
+    fn retry_pause(
+        &self,
+        e: &object_store::Error,
+        attempt: usize,
+        elapsed: std::time::Duration,
+    ) -> Option<std::time::Duration> {
+        self.remote.as_ref().and_then(|r| r.retry_after(e, attempt, elapsed))
     }
 
     pub(crate) fn remote_err(&self, op: &'static str, key: &str, e: object_store::Error) -> StorageError {
