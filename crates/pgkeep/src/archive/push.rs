@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use pgkeep_wal::{parse_wal_file_name, SegmentExpectations, WalFileName};
+use pgkeep_wal::{parse_wal_file_name, WalFileName};
 use serde::Serialize;
 
 use super::ArchiveError;
@@ -19,6 +19,8 @@ pub enum PushOutcome {
     AlreadyArchived,
     /// The stored copy failed its checks and was replaced by this (validated) file.
     ReplacedDamaged,
+    /// Stored earlier by a parallel push (`archive_async`), as its spool record shows.
+    ArchivedAhead,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -160,20 +162,8 @@ fn validate(repo: &Repository, name: &str, kind: WalFileName, data: &[u8]) -> cr
         "the file is damaged or truncated; keep it for investigation and check the server's storage";
     match kind {
         WalFileName::Segment { tli, segno } | WalFileName::Partial { tli, segno } => {
-            let expect = SegmentExpectations {
-                tli,
-                segno,
-                seg_size: info.wal_segment_size,
-                system_identifier: Some(info.system_identifier_u64()),
-                pg_major: Some(info.pg_major),
-            };
             let previous = previous_segment(repo, tli, segno, data);
-            let res = if matches!(kind, WalFileName::Partial { .. }) {
-                pgkeep_wal::validate_partial_segment(data, &expect, previous.as_deref())
-            } else {
-                pgkeep_wal::validate_segment(data, &expect, previous.as_deref())
-            };
-            if let Err(e) = res {
+            if let Err(e) = super::check_segment(info, kind, data, previous.as_deref()) {
                 let hint = match e {
                     pgkeep_wal::SegmentError::SystemIdentifier { .. } => {
                         "this WAL comes from another cluster; archive_command must point at this cluster's own repository"
