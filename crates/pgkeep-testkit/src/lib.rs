@@ -10,6 +10,7 @@ pub mod cmd;
 pub mod env;
 pub mod load;
 pub mod moto;
+pub mod proxy;
 pub mod s3;
 pub mod volumes;
 
@@ -18,5 +19,6 @@ pub use cmd::{CmdOutput, PgkeepCmd};
 pub use env::TestEnv;
 pub use load::{Committed, Load, Op};
 pub use moto::MotoServer;
+pub use proxy::FaultProxy;
 pub use s3::S3Store;
 pub use volumes::{cluster_at, require_root, Mounts};

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::moto::MotoServer;
+use crate::proxy::FaultProxy;
 use crate::TestEnv;
 
 /// The secret access key pgkeep signs with: distinctive, so a test can grep every output and
@@ -22,6 +23,8 @@ pub struct S3Store {
     pub credentials: PathBuf,
     /// An empty AWS config file, so nothing from a real ~/.aws/config leaks in.
     pub aws_config: PathBuf,
+    /// The fault proxy the config file's `endpoint` points at, when started behind one.
+    pub proxy: Option<FaultProxy>,
 }
 
 impl S3Store {
@@ -33,7 +36,19 @@ impl S3Store {
 
     /// Like [`S3Store::start`], with more `[s3]` lines in the config file.
     pub fn start_with(env: &TestEnv, bucket: &str, extra_s3_settings: &str) -> S3Store {
+        Self::start_inner(env, bucket, extra_s3_settings, false)
+    }
+
+    /// Like [`S3Store::start_with`], with pgkeep reaching moto through a [`FaultProxy`]
+    /// (`store.proxy`); boto3 (the tests' view) still talks to moto directly.
+    pub fn start_behind_proxy(env: &TestEnv, bucket: &str, extra_s3_settings: &str) -> S3Store {
+        Self::start_inner(env, bucket, extra_s3_settings, true)
+    }
+
+    fn start_inner(env: &TestEnv, bucket: &str, extra_s3_settings: &str, behind_proxy: bool) -> S3Store {
         let moto = MotoServer::start(env.root());
+        let proxy = behind_proxy.then(|| FaultProxy::start(moto.port));
+        let endpoint = proxy.as_ref().map_or_else(|| moto.endpoint.clone(), FaultProxy::endpoint);
         moto.python(&format!("s3().create_bucket(Bucket='{bucket}')"));
         let dir = env.owned_dir("aws");
         let credentials = dir.join("credentials");
@@ -49,11 +64,11 @@ impl S3Store {
         let config = env.path("pgkeep-s3.toml");
         std::fs::write(
             &config,
-            format!("[s3]\nendpoint = \"{}\"\nregion = \"us-east-1\"\n{extra_s3_settings}\n", moto.endpoint),
+            format!("[s3]\nendpoint = \"{endpoint}\"\nregion = \"us-east-1\"\n{extra_s3_settings}\n"),
         )
         .expect("write config");
         pgkeep::fsutil::set_mode(&config, 0o644).expect("chmod config");
-        S3Store { moto, bucket: bucket.to_string(), config, credentials, aws_config }
+        S3Store { moto, bucket: bucket.to_string(), config, credentials, aws_config, proxy }
     }
 
     pub fn url(&self, prefix: &str) -> String {

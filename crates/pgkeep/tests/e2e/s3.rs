@@ -5,13 +5,11 @@
 //! shared credentials file; no output and no stored object ever contains the secret key.
 
 use std::cell::RefCell;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use pgkeep_testkit::s3::SECRET_KEY;
-use pgkeep_testkit::{ClusterOptions, CmdOutput, Load, PgkeepCmd, S3Store, TestCluster, TestEnv};
+use pgkeep_testkit::{ClusterOptions, CmdOutput, FaultProxy, Load, PgkeepCmd, S3Store, TestCluster, TestEnv};
 
 use crate::common;
 
@@ -384,10 +382,10 @@ fn s3_store_that_ignores_if_none_match_is_refused() {
     let s3 = S3Store::start(&env, "pgkeep-test");
     let mut pg = env.cluster("src", ClusterOptions::default());
     pg.start();
-    let proxy = StripIfNoneMatch::start(s3.moto.port);
+    let proxy = FaultProxy::start(s3.moto.port);
+    proxy.set_strip_if_none_match(true);
     let config = env.path("stripping.toml");
-    std::fs::write(&config, format!("[s3]\nendpoint = \"http://127.0.0.1:{}\"\nregion = \"us-east-1\"\n", proxy.port))
-        .unwrap();
+    std::fs::write(&config, format!("[s3]\nendpoint = \"{}\"\nregion = \"us-east-1\"\n", proxy.endpoint())).unwrap();
     let cmd = |cfg: &Path, args: &[&str]| {
         let mut c = env.pgkeep(["--config"]).arg(cfg).arg("--repo").arg(s3.url("db3"));
         c = c.arg("--pg").arg(pg.conninfo()).arg("--pgdata").arg(pg.pgdata());
@@ -402,7 +400,7 @@ fn s3_store_that_ignores_if_none_match_is_refused() {
     let o = cmd(&config, &["init"]).fails();
     let line = o.one_error_line();
     assert!(line.contains("does not enforce conditional create") && line.contains("hint:"), "{line}");
-    assert!(proxy.stripped() >= 1, "the proxy must have removed If-None-Match");
+    assert!(proxy.requests() >= 1, "init went through the stripping proxy");
     assert_eq!(s3.keys("db3/"), Vec::<String>::new(), "a refused store gets no repository");
 
     // Initialized directly, then checked through the proxy: the check says so.
@@ -416,74 +414,5 @@ fn s3_store_that_ignores_if_none_match_is_refused() {
     assert_eq!(s3.keys("db3/"), vec!["db3/pgkeep.info".to_string()], "check's probes are deleted");
     for out in [&o.stdout, &o.stderr] {
         assert!(!out.contains(SECRET_KEY));
-    }
-}
-
-/// An HTTP/1.1 proxy that removes `If-None-Match` request headers: a store that ignores
-/// conditional creates.
-struct StripIfNoneMatch {
-    port: u16,
-    stripped: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-}
-
-impl StripIfNoneMatch {
-    fn start(upstream: u16) -> StripIfNoneMatch {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
-        let port = listener.local_addr().unwrap().port();
-        let stripped = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let count = stripped.clone();
-        std::thread::spawn(move || {
-            for client in listener.incoming().flatten() {
-                let count = count.clone();
-                std::thread::spawn(move || {
-                    let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else { return };
-                    let (Ok(mut s_read), Ok(mut c_write)) = (server.try_clone(), client.try_clone()) else { return };
-                    std::thread::spawn(move || {
-                        let _ = std::io::copy(&mut s_read, &mut c_write);
-                        let _ = c_write.shutdown(std::net::Shutdown::Both);
-                    });
-                    let _ = forward_requests(client, server, &count);
-                });
-            }
-        });
-        StripIfNoneMatch { port, stripped }
-    }
-
-    fn stripped(&self) -> usize {
-        self.stripped.load(std::sync::atomic::Ordering::SeqCst)
-    }
-}
-
-/// Copy requests (head, then Content-Length bytes of body) minus If-None-Match headers.
-fn forward_requests(
-    client: TcpStream,
-    mut server: TcpStream,
-    count: &std::sync::atomic::AtomicUsize,
-) -> std::io::Result<()> {
-    let mut r = BufReader::new(client);
-    loop {
-        let mut head = Vec::new();
-        let mut len = 0usize;
-        loop {
-            let mut line = String::new();
-            if r.read_line(&mut line)? == 0 {
-                return Ok(());
-            }
-            let lower = line.to_ascii_lowercase();
-            if lower.starts_with("if-none-match:") {
-                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                continue;
-            }
-            if let Some(v) = lower.strip_prefix("content-length:") {
-                len = v.trim().parse().unwrap_or(0);
-            }
-            head.extend_from_slice(line.as_bytes());
-            if line == "\r\n" {
-                break;
-            }
-        }
-        server.write_all(&head)?;
-        let mut body = (&mut r).take(len as u64);
-        std::io::copy(&mut body, &mut server)?;
     }
 }
