@@ -51,7 +51,7 @@ pub fn push(repo: &Repository, path: &Path) -> crate::Result<PushReport> {
     // bounds how fast a busy server can archive.
     let (validated, encoded) = std::thread::scope(|s| {
         let encoder = s.spawn(|| frame::encode_parts(data, WAL_COMPRESSION));
-        let validated = validate(repo, &name, kind, data);
+        let validated = validate(repo, path, &name, kind, data);
         (validated, encoder.join())
     });
     validated?;
@@ -73,9 +73,15 @@ pub fn push(repo: &Repository, path: &Path) -> crate::Result<PushReport> {
         tracing::warn!("{e}");
     }
     let parts = encoded.into_parts();
+    // On an object store every look is a round trip: create first (the conditional create
+    // refuses an existing object anyway) and read the stored copy only when there is one. A
+    // local repository looks first, so a re-push never writes and flushes 16 MiB in vain.
+    let mut look = storage.features().posix;
     // Two rounds at most: another push may store the file between our look and our write.
     for _ in 0..2 {
-        match stored_copy(repo, &key, &name)? {
+        let stored = if look { stored_copy(repo, &key, &name)? } else { Stored::Absent };
+        look = true;
+        match stored {
             Stored::Absent => match storage.put_new_parts(&key, parts.clone())? {
                 PutOutcome::Created => return Ok(report(PushOutcome::Stored)),
                 PutOutcome::AlreadyExists => continue,
@@ -154,7 +160,7 @@ impl Input {
     }
 }
 
-fn validate(repo: &Repository, name: &str, kind: WalFileName, data: &[u8]) -> crate::Result<()> {
+fn validate(repo: &Repository, path: &Path, name: &str, kind: WalFileName, data: &[u8]) -> crate::Result<()> {
     let info = repo.info();
     let invalid =
         |detail: String, hint: &str| ArchiveError::Invalid { name: name.to_string(), detail, hint: hint.to_string() };
@@ -162,8 +168,18 @@ fn validate(repo: &Repository, name: &str, kind: WalFileName, data: &[u8]) -> cr
         "the file is damaged or truncated; keep it for investigation and check the server's storage";
     match kind {
         WalFileName::Segment { tli, segno } | WalFileName::Partial { tli, segno } => {
-            let previous = previous_segment(repo, tli, segno, data);
-            if let Err(e) = super::check_segment(info, kind, data, previous.as_deref()) {
+            let archived = || {
+                let previous = previous_segment(repo, tli, segno, data);
+                super::check_segment(info, kind, data, previous.as_deref())
+            };
+            // The previous segment usually still lies beside this one: reading it there saves
+            // a round trip to the repository. Only if the check fails with it does the
+            // archived copy decide (the local one may have been damaged since it was archived).
+            let res = match local_previous(path, tli, segno, info.wal_segment_size, data) {
+                Some(prev) => super::check_segment(info, kind, data, Some(prev.bytes())).or_else(|_| archived()),
+                None => archived(),
+            };
+            if let Err(e) = res {
                 let hint = match e {
                     pgkeep_wal::SegmentError::SystemIdentifier { .. } => {
                         "this WAL comes from another cluster; archive_command must point at this cluster's own repository"
@@ -191,12 +207,26 @@ fn validate(repo: &Repository, name: &str, kind: WalFileName, data: &[u8]) -> cr
     Ok(())
 }
 
+/// Whether the segment begins with the tail of a record started in the previous one: xlp_info
+/// (access/xlog_internal.h) bit XLP_FIRST_IS_CONTRECORD = 0x0001.
+fn continues_record(data: &[u8]) -> bool {
+    data.get(2..4).is_some_and(|b| u16::from_le_bytes([b[0], b[1]]) & 0x0001 != 0)
+}
+
+/// The previous segment of the same timeline from the directory `path` lies in, when this
+/// segment continues a record from it and it is there whole.
+fn local_previous(path: &Path, tli: u32, segno: u64, seg_size: u32, data: &[u8]) -> Option<Input> {
+    if !continues_record(data) || segno == 0 {
+        return None;
+    }
+    let prev = path.parent()?.join(pgkeep_wal::xlog_file_name(tli, segno - 1, seg_size));
+    Input::open(&prev, seg_size).ok().filter(|i| i.bytes().len() == seg_size as usize)
+}
+
 /// When a segment begins with the tail of a record started in the previous segment, the
 /// previous segment (if archived) lets that record's CRC be checked too.
 fn previous_segment(repo: &Repository, tli: u32, segno: u64, data: &[u8]) -> Option<Vec<u8>> {
-    // xlp_info (access/xlog_internal.h) bit XLP_FIRST_IS_CONTRECORD = 0x0001
-    let info = u16::from_le_bytes([*data.get(2)?, *data.get(3)?]);
-    if info & 0x0001 == 0 || segno == 0 {
+    if !continues_record(data) || segno == 0 {
         return None;
     }
     let seg_size = repo.info().wal_segment_size;

@@ -325,3 +325,86 @@ fn prefetch_serves_from_the_spool_and_drops_changed_files_and_switched_timelines
     let out = get_cmd(&env, &cfg, &repo, &pgdata, &next).run();
     assert_eq!(out.code, Some(1), "{}", out.stderr);
 }
+
+/// Acceptance 5: with 100 ms added to every S3 request, a pgbench load writing at least 64
+/// segments is archived without the `.ready` backlog ever exceeding archive_push_jobs × 2.
+/// (1 MiB segments keep the load short; per-request latency, not bytes, is what is tested.)
+#[cfg(feature = "s3")]
+#[test]
+fn with_100ms_per_request_a_pgbench_load_is_archived_without_a_ready_backlog() {
+    use pgkeep_testkit::S3Store;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    const JOBS: usize = 4;
+    let env = env();
+    let store = S3Store::start_behind_proxy(&env, "backlog", "");
+    let spool = env.owned_dir("spool");
+    // The transport keys are top-level: they go before the store's `[s3]` table.
+    let s3_table = std::fs::read_to_string(&store.config).unwrap();
+    let keys = format!("archive_async = true\narchive_push_jobs = {JOBS}\nspool_dir = \"{}\"\n", spool.display());
+    std::fs::write(&store.config, format!("{keys}{s3_table}")).unwrap();
+    let url = store.url("db1");
+    let opts = ClusterOptions { wal_segsize_mb: Some(1), ..ClusterOptions::default() }
+        .with("archive_mode", "on")
+        .with("archive_command", &store.archive_command(&env, &url));
+    let mut pg = env.cluster("src", opts);
+    pg.start();
+    let mut init = env.pgkeep(["--config"]).arg(&store.config).arg("--repo").arg(&url);
+    init = init.arg("--pg").arg(pg.conninfo()).arg("--pgdata").arg(pg.pgdata()).arg("init");
+    for (k, v) in store.env() {
+        init = init.env(k, v);
+    }
+    init.ok();
+    // A steady write load: pgbench clients inserting 1000 rows per transaction, ~4 MiB of WAL
+    // a second — faster than one push at a time gets through 100 ms round trips.
+    pg.sql("CREATE TABLE load (id int, pad text)");
+    let script = env.path("load.sql");
+    std::fs::write(&script, "INSERT INTO load SELECT g, repeat('x', 100) FROM generate_series(1, 1000) g;\n").unwrap();
+    let proxy = store.proxy.as_ref().unwrap();
+    proxy.set_latency(Duration::from_millis(100));
+    let requests_before = proxy.requests();
+
+    let status = pg.pgdata().join("pg_wal/archive_status");
+    let ready_now = || {
+        let rd = std::fs::read_dir(&status);
+        rd.map(|rd| rd.flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".ready")).count()).unwrap_or(0)
+    };
+    let stop = AtomicBool::new(false);
+    let worst = AtomicUsize::new(0);
+    let start_lsn = pg.scalar("SELECT pg_current_wal_lsn()");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                worst.fetch_max(ready_now(), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        // Stops the sampler however this scope ends (a failed assertion must not hang it).
+        struct Stop<'a>(&'a AtomicBool);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        let _stop = Stop(&stop);
+        let deadline = Instant::now() + Duration::from_secs(240);
+        let script = script.to_string_lossy();
+        while pg.int(&format!("SELECT (pg_current_wal_lsn() - '{start_lsn}'::pg_lsn)::bigint")) < 64 << 20 {
+            assert!(Instant::now() < deadline, "the load did not write 64 segments in time");
+            pg.pgbench(&["-n", "-c", "2", "-j", "2", "-R", "30", "-T", "5", "-f", &script]);
+        }
+        pg.switch_wal();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while ready_now() > 0 {
+            assert!(Instant::now() < deadline, "archiving fell behind: {} segments still ready", ready_now());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let archived =
+        store.keys("db1/wal/").iter().filter(|k| k.rsplit('/').next().is_some_and(|n| n.len() == 24)).count();
+    assert!(archived >= 64, "only {archived} segments archived");
+    assert!(proxy.requests() > requests_before + 64, "the pushes went through the latency proxy");
+    let worst = worst.load(Ordering::Relaxed);
+    eprintln!("worst .ready backlog {worst} ({archived} segments archived)");
+    assert!(worst <= JOBS * 2, "the .ready backlog reached {worst} (limit archive_push_jobs × 2 = {})", JOBS * 2);
+}
