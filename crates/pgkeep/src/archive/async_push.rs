@@ -43,15 +43,14 @@ pub fn push_async(
     let Some(sysid) = spool::segment_system_identifier(path).filter(|_| is_segment_name(&name)) else {
         return push(&open()?, path);
     };
-    let root = t.spool_root(&pgdata).map_err(crate::Error::other)?;
+    let root = t.spool_root(&pgdata)?;
     let wal_dir = path.parent().map(crate::fsutil::absolute).unwrap_or_default();
-    let dir = SpoolDir::open(&root, &format!("push-{}", spool::spool_key(&[&location.to_string()], sysid)), &wal_dir)
-        .map_err(|e| spool_error(&root, &e))?;
+    let dir = SpoolDir::open(&root, &format!("push-{}", spool::spool_key(&[&location.to_string()], sysid)), &wal_dir)?;
     if let Some(r) = recorded(&dir, &name, path) {
         return Ok(r);
     }
     // Another call may be pushing this very segment in its batch: wait for it, then look again.
-    let _lock = dir.lock().map_err(|e| spool_error(&dir.path, &e))?;
+    let _lock = dir.lock()?;
     if let Some(r) = recorded(&dir, &name, path) {
         return Ok(r);
     }
@@ -61,7 +60,7 @@ pub fn push_async(
         for n in dir.names() {
             dir.remove(&n);
         }
-        dir.write(IDENTITY, identity.as_bytes()).map_err(|e| spool_error(&dir.path, &e))?;
+        dir.write(IDENTITY, identity.as_bytes()).map_err(|e| spool::spool_error(&dir.path, e))?;
     }
     clean(&dir, &wal_dir);
     let batch = batch(&dir, &wal_dir, &name, t.push_jobs * 2);
@@ -71,13 +70,6 @@ pub fn push_async(
 /// A complete segment's name (history, backup history and `.partial` files go on their own).
 fn is_segment_name(n: &str) -> bool {
     n.len() == 24 && n.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-fn spool_error(p: &Path, e: &std::io::Error) -> crate::Error {
-    crate::Error::other(format!(
-        "cannot use the WAL spool {}: {e}; hint: spool_dir must be writable by the server's OS user (archive_command runs as that user)",
-        p.display()
-    ))
 }
 
 /// The report for a segment already stored by an earlier call, if its record matches this file

@@ -26,6 +26,8 @@ pub enum ArchiveError {
     Write { dest: String, detail: String },
     #[error("archive copy of {name} is unusable: {detail}; hint: recovery is stopped rather than ended early; repair the archive from another copy")]
     Damaged { name: String, detail: String },
+    #[error("cannot use the WAL spool {path}: {detail}; hint: spool_dir must be a directory outside the data directory that the server's OS user can write (archive_command and restore_command run as that user)")]
+    Spool { path: String, detail: String },
 }
 
 /// Every page header and record of a segment (or `.partial`) against the repository's cluster;

@@ -53,17 +53,15 @@ pub fn get_prefetching(
         return get(&open()?, name, dest);
     }
     let seg_size = control.xlog_seg_size;
-    let dir = t.spool_root(&pgdata).map_err(crate::Error::other).and_then(|root| {
+    let dir = t.spool_root(&pgdata).and_then(|root| {
         let key = spool::spool_key(&[&location.to_string(), &pgdata.to_string_lossy()], control.system_identifier);
         SpoolDir::open(&root, &format!("get-{key}"), &pgdata)
-            .map_err(|e| crate::Error::other(format!("cannot use the WAL spool {}: {e}", root.display())))
     });
     let dir = match dir {
         Ok(d) => d,
         Err(e) => {
-            tracing::warn!(
-                "{e}; fetching without prefetch; hint: set spool_dir to a directory the server's OS user can write"
-            );
+            // Prefetch only saves time: recovery goes on without it (the line says how to fix it).
+            tracing::warn!("fetching without prefetch: {e}");
             return get(&open()?, name, dest);
         }
     };
@@ -73,7 +71,7 @@ pub fn get_prefetching(
             if let Some(out) = spooled.serve(name, tli, segno, dest) {
                 return Ok(out);
             }
-            let _lock = dir.lock().map_err(|e| crate::Error::other(format!("{}: {e}", dir.path.display())))?;
+            let _lock = dir.lock()?;
             if let Some(out) = spooled.serve(name, tli, segno, dest) {
                 return Ok(out);
             }
@@ -83,7 +81,7 @@ pub fn get_prefetching(
             let repo = open()?;
             let out = get(&repo, name, dest)?;
             if matches!(out, GetOutcome::Restored { .. }) {
-                let _lock = dir.lock().map_err(|e| crate::Error::other(format!("{}: {e}", dir.path.display())))?;
+                let _lock = dir.lock()?;
                 spooled.learn_history(dest);
             }
             Ok(out)

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::ArchiveError;
 use crate::config::Config;
 use crate::fsutil;
 
@@ -38,17 +39,13 @@ impl Transport {
     /// The spool root for the cluster in `pgdata`: `spool_dir`, or `pgkeep-spool` in the data
     /// directory's parent. Inside PGDATA it is refused: a base backup would copy it and a restore
     /// into an empty directory would find it occupied.
-    pub fn spool_root(&self, pgdata: &Path) -> Result<PathBuf, String> {
+    pub fn spool_root(&self, pgdata: &Path) -> Result<PathBuf, ArchiveError> {
         let root = match &self.spool_dir {
             Some(d) => fsutil::absolute(d),
-            None => pgdata.parent().ok_or("the data directory has no parent")?.join("pgkeep-spool"),
+            None => pgdata.parent().unwrap_or(Path::new("/")).join("pgkeep-spool"),
         };
         if root.starts_with(pgdata) {
-            return Err(format!(
-                "spool_dir {} is inside the data directory {}; hint: put it beside PGDATA, not in it",
-                root.display(),
-                pgdata.display()
-            ));
+            return Err(spool_error(&root, format!("it lies inside the data directory {}", pgdata.display())));
         }
         Ok(root)
     }
@@ -81,7 +78,11 @@ pub struct SpoolDir {
 }
 
 impl SpoolDir {
-    pub fn open(root: &Path, name: &str, owner_of: &Path) -> io::Result<SpoolDir> {
+    pub fn open(root: &Path, name: &str, owner_of: &Path) -> Result<SpoolDir, ArchiveError> {
+        Self::create(root, name, owner_of).map_err(|e| spool_error(root, e))
+    }
+
+    fn create(root: &Path, name: &str, owner_of: &Path) -> io::Result<SpoolDir> {
         let owner = if fsutil::running_as_root() { Some(fsutil::owner_of(owner_of)?) } else { None };
         let path = root.join(name);
         let spool = SpoolDir { path, owner };
@@ -107,9 +108,9 @@ impl SpoolDir {
     }
 
     /// The spool's lock, waited for: one pusher (or prefetcher) at a time.
-    pub fn lock(&self) -> io::Result<File> {
-        let f = self.lock_file()?;
-        f.lock()?;
+    pub fn lock(&self) -> Result<File, ArchiveError> {
+        let f = self.lock_file().map_err(|e| spool_error(&self.path, e))?;
+        f.lock().map_err(|e| spool_error(&self.path, e))?;
         Ok(f)
     }
 
@@ -157,6 +158,10 @@ impl SpoolDir {
         let Ok(rd) = fs::read_dir(&self.path) else { return Vec::new() };
         rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n != "lock").collect()
     }
+}
+
+pub fn spool_error(path: &Path, detail: impl std::fmt::Display) -> ArchiveError {
+    ArchiveError::Spool { path: path.display().to_string(), detail: detail.to_string() }
 }
 
 /// Prefix of files being written; only the lock holder writes them, so any it finds are a
