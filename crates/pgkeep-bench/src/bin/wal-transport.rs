@@ -10,7 +10,7 @@
 //!
 //!   cargo build --release -p pgkeep -p pgkeep-bench && target/release/wal-transport [--rounds 15] [--segments 64] [--latency-ms 100]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -68,7 +68,8 @@ fn per_call(pgkeep: &Path, rounds: usize) {
     }
     let push_repo = env.path("push-repo");
     assert!(Command::new("cp").arg("-a").arg(&repo).arg(&push_repo).status().expect("cp").success());
-    let stored = walk(&push_repo.join("wal")).into_iter().find(|p| p.ends_with(&seg)).expect("stored segment");
+    let stored = push_repo.join(pgkeep::repo::layout::wal_key(&seg));
+    assert!(stored.exists(), "{} stored", stored.display());
     let cp_dir = env.path("cp-dir");
     let get_dir = env.path("get-dir");
     for d in [&cp_dir, &get_dir] {
@@ -154,19 +155,6 @@ fn per_call(pgkeep: &Path, rounds: usize) {
 
 fn ratio(a: Duration, b: Duration) -> f64 {
     a.as_secs_f64() / b.as_secs_f64()
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 fn replay(pgkeep: &Path, segments: u64, latency_ms: u64) {
