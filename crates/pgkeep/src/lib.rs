@@ -93,8 +93,9 @@ pub fn run(cli: &Cli, progress: Arc<dyn Progress>, rt: tokio::runtime::Handle) -
             // The repository is opened only when the spool cannot serve the file.
             let t = archive::Transport::from_config(&cfg);
             let loc = cfg.repo_location()?;
-            let r = archive::prefetch::get_prefetching(&t, &loc, cfg.pgdata.as_deref(), open_repo, &a.name, &a.dest)?;
-            let ok = matches!(r, archive::GetOutcome::Restored { .. });
+            let pgdata = cfg.pgdata.as_deref();
+            let r = archive::prefetch::get_prefetching(&t, &loc, pgdata, open_repo, &a.name, &a.dest, a.prefetch_only)?;
+            let ok = !matches!(r, archive::GetOutcome::NotFound { .. });
             // Errors never get here: the binary maps them (and panics) to FATAL_EXIT.
             Ok(Outcome { exit_code: archive::NOT_FOUND_EXIT, ..Outcome::new(&r, render::get(&r), ok) })
         }

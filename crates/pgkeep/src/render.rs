@@ -72,6 +72,7 @@ pub fn get(r: &GetOutcome) -> String {
             format!("restored {file} ({}) from the prefetch spool", human_bytes(*size))
         }
         GetOutcome::NotFound { file } => format!("{file} is not in the archive"),
+        GetOutcome::Prefetched { after, segments } => format!("prefetched {segments} segment(s) after {after}"),
     }
 }
 

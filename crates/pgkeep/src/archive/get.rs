@@ -32,6 +32,11 @@ pub enum GetOutcome {
     NotFound {
         file: String,
     },
+    /// `--prefetch-only`: the segments after `after` that this run put into the spool.
+    Prefetched {
+        after: String,
+        segments: usize,
+    },
 }
 
 pub fn get(repo: &Repository, name: &str, dest: &Path) -> crate::Result<GetOutcome> {

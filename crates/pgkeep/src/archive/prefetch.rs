@@ -10,6 +10,7 @@
 //! archive does not have and never changes the answer for the requested one.
 
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 
 use pgkeep_wal::{Lsn, TimeLineID, WalFileName};
@@ -35,6 +36,9 @@ struct SpoolRecord {
 /// Timeline ends learnt from the history files recovery fetched: (timeline, end LSN).
 const TIMELINES: &str = "timelines";
 
+/// Marks (by its mtime) that a prefetcher found the end of the archive.
+const END: &str = "end";
+
 pub fn get_prefetching(
     t: &Transport,
     location: &RepoLocation,
@@ -42,6 +46,7 @@ pub fn get_prefetching(
     open: impl Fn() -> crate::Result<Repository>,
     name: &str,
     dest: &Path,
+    prefetch_only: bool,
 ) -> crate::Result<GetOutcome> {
     let pgdata = pgdata.map(crate::fsutil::absolute).or_else(|| spool::pgdata_of_wal_path(dest));
     let control = pgdata.as_deref().and_then(|d| {
@@ -67,12 +72,25 @@ pub fn get_prefetching(
     };
     let spooled = Spooled { dir: &dir, repository: location.to_string(), seg_size };
     match pgkeep_wal::parse_wal_file_name(name, seg_size) {
+        Some(WalFileName::Segment { tli, segno }) if prefetch_only => {
+            let Some(_lock) = dir.try_lock() else {
+                return Ok(GetOutcome::Prefetched { after: name.to_string(), segments: 0 });
+            };
+            let window = spooled.window(tli, segno, t.get_queue);
+            spooled.clean(&window);
+            let segments = spooled.prefetch(&open()?, &window);
+            Ok(GetOutcome::Prefetched { after: name.to_string(), segments })
+        }
         Some(WalFileName::Segment { tli, segno }) => {
             if let Some(out) = spooled.serve(name, tli, segno, dest) {
+                spooled.top_up(tli, segno, t.get_queue);
                 return Ok(out);
             }
-            let _lock = dir.lock()?;
+            // A prefetcher may be fetching this very segment: wait for it, then look again.
+            let lock = dir.lock()?;
             if let Some(out) = spooled.serve(name, tli, segno, dest) {
+                drop(lock);
+                spooled.top_up(tli, segno, t.get_queue);
                 return Ok(out);
             }
             spooled.fetch_with_queue(&open()?, name, tli, segno, t.get_queue, dest)
@@ -145,35 +163,81 @@ impl Spooled<'_> {
         queue: usize,
         dest: &Path,
     ) -> crate::Result<GetOutcome> {
-        let ahead: Vec<String> = (segno + 1..=segno + queue as u64)
-            .take_while(|s| !self.beyond_switch(tli, *s))
-            .map(|s| pgkeep_wal::xlog_file_name(tli, s, self.seg_size))
-            .collect();
+        let ahead = self.window(tli, segno, queue);
         self.clean(&ahead);
-        let (own, spooled) = std::thread::scope(|s| {
-            let workers: Vec<_> = ahead
-                .iter()
-                .filter(|n| !self.dir.file(n).exists())
-                .map(|n| (n.as_str(), s.spawn(move || self.fetch_to_temp(repo, n))))
-                .collect();
-            let own = fetch_checked(repo, name);
-            let done: Vec<(&str, Option<u32>)> =
-                workers.into_iter().map(|(n, w)| (n, w.join().unwrap_or(None))).collect();
-            (own, done)
+        let own = std::thread::scope(|s| {
+            s.spawn(|| self.prefetch(repo, &ahead));
+            fetch_checked(repo, name)
         });
-        // In order: after the first gap nothing is kept (recovery ends or switches there).
-        let mut gap = false;
-        for (n, crc) in spooled {
-            gap |= crc.is_none();
-            if gap || crc.is_some_and(|c| self.commit(n, c).is_err()) {
-                self.dir.remove(&format!("{TMP_PREFIX}{n}"));
-                self.dir.remove(n);
-            }
-        }
         let Some(plain) = own? else { return Ok(GetOutcome::NotFound { file: name.to_string() }) };
         write_dest(dest, &plain)
             .map_err(|e| super::ArchiveError::Write { dest: dest.display().to_string(), detail: e.to_string() })?;
         Ok(GetOutcome::Restored { file: name.to_string(), size: plain.len() as u64, prefetched: false })
+    }
+
+    /// The segments after `segno` that recovery will ask for next: up to `queue`, none past a
+    /// known end of the timeline.
+    fn window(&self, tli: TimeLineID, segno: u64, queue: usize) -> Vec<String> {
+        (segno + 1..=segno + queue as u64)
+            .take_while(|s| !self.beyond_switch(tli, *s))
+            .map(|s| pgkeep_wal::xlog_file_name(tli, s, self.seg_size))
+            .collect()
+    }
+
+    /// Fetch the window's missing segments in parallel and commit them in order; after the
+    /// first one missing or failing nothing is kept (recovery ends or switches there).
+    fn prefetch(&self, repo: &Repository, window: &[String]) -> usize {
+        let fetched: Vec<(&str, Option<u32>)> = std::thread::scope(|s| {
+            let workers: Vec<_> = window
+                .iter()
+                .filter(|n| !self.dir.file(n).exists())
+                .map(|n| (n.as_str(), s.spawn(move || self.fetch_to_temp(repo, n))))
+                .collect();
+            workers.into_iter().map(|(n, w)| (n, w.join().unwrap_or(None))).collect()
+        });
+        let mut gap = false;
+        let mut kept = 0;
+        for (n, crc) in fetched {
+            gap |= crc.is_none();
+            if gap || crc.is_some_and(|c| self.commit(n, c).is_err()) {
+                self.dir.remove(&format!("{TMP_PREFIX}{n}"));
+                self.dir.remove(n);
+            } else {
+                kept += 1;
+            }
+        }
+        if gap {
+            // Tells hits not to start another prefetcher for a while: the archive ends here.
+            let _ = self.dir.write(END, b"");
+        }
+        kept
+    }
+
+    /// After a hit: when fewer than half the window is spooled, a prefetcher process tops it
+    /// up while PostgreSQL replays what it has, unless one is running or the archive ended
+    /// within the window moments ago.
+    fn top_up(&self, tli: TimeLineID, segno: u64, queue: usize) {
+        let window = self.window(tli, segno, queue);
+        let have = window.iter().filter(|n| self.dir.file(n).exists()).count();
+        let recently_ended = std::fs::metadata(self.dir.file(END))
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|e| e < std::time::Duration::from_secs(10)));
+        if window.is_empty() || have * 2 > window.len() || recently_ended || self.dir.busy() {
+            return;
+        }
+        // The same command line plus --prefetch-only, detached: PostgreSQL does not wait for it.
+        let Ok(exe) = std::env::current_exe() else { return };
+        let spawned = std::process::Command::new(exe)
+            .args(std::env::args_os().skip(1))
+            .arg("--prefetch-only")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .spawn();
+        if let Err(e) = spawned {
+            tracing::info!("cannot start a prefetcher: {e}");
+        }
     }
 
     /// Fetch and check one segment into the spool's temp name; its CRC-32C, or None when the
@@ -214,7 +278,7 @@ impl Spooled<'_> {
     fn clean(&self, window: &[String]) {
         for n in self.dir.names() {
             let seg = n.strip_suffix(RECORD_SUFFIX).unwrap_or(&n);
-            if n == TIMELINES || window.iter().any(|w| w == seg) {
+            if n == TIMELINES || n == END || window.iter().any(|w| w == seg) {
                 continue;
             }
             self.dir.remove(&n);

@@ -114,6 +114,18 @@ impl SpoolDir {
         Ok(f)
     }
 
+    /// The lock if it is free now (a prefetcher that finds another running just leaves).
+    pub fn try_lock(&self) -> Option<File> {
+        let f = self.lock_file().ok()?;
+        f.try_lock().ok()?;
+        Some(f)
+    }
+
+    /// Whether another process holds the lock at this moment.
+    pub fn busy(&self) -> bool {
+        self.try_lock().is_none()
+    }
+
     fn lock_file(&self) -> io::Result<File> {
         let p = self.file("lock");
         let f = OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(&p)?;
