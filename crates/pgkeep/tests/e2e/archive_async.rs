@@ -408,3 +408,28 @@ fn with_100ms_per_request_a_pgbench_load_is_archived_without_a_ready_backlog() {
     eprintln!("worst .ready backlog {worst} ({archived} segments archived)");
     assert!(worst <= JOBS * 2, "the .ready backlog reached {worst} (limit archive_push_jobs × 2 = {})", JOBS * 2);
 }
+
+/// A real recovery through the queue: PostgreSQL's restore_command with the default spool
+/// beside the restored data directory; most segments come from the spool and every row is back.
+#[test]
+fn a_restore_replays_through_the_prefetch_queue() {
+    let s = crate::common::Setup::new();
+    s.backup();
+    s.pg.sql("CREATE TABLE t (id int, pad text)");
+    for _ in 0..12 {
+        s.pg.sql("INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 20000) g");
+        s.pg.switch_and_wait_archived(&s.repo);
+    }
+    let rows = s.pg.scalar("SELECT count(*) FROM t");
+    s.pg.switch_and_wait_archived(&s.repo);
+    // The restored directory's parent belongs to the server's OS user: the default spool works.
+    let dir = s.env.owned_dir("pitr").join("data");
+    s.restore(&dir, &[]);
+    let copy = s.start_restored("pitr", &dir);
+    copy.wait_promoted();
+    assert_eq!(copy.scalar("SELECT count(*) FROM t"), rows);
+    let log = copy.log_tail(400);
+    let served = log.matches("from the prefetch spool").count();
+    assert!(served >= 8, "most segments should come from the spool, {served} did:\n{log}");
+    assert!(s.env.path("pitr").join("pgkeep-spool").is_dir(), "the default spool is beside PGDATA");
+}
