@@ -158,6 +158,10 @@ pub struct ArchiveGetArgs {
     pub name: String,
     /// Where to write it (%p).
     pub dest: PathBuf,
+    /// Internal: only fill the prefetch spool with the segments after NAME (the detached
+    /// process archive-get starts while PostgreSQL replays).
+    #[arg(long, hide = true)]
+    pub prefetch_only: bool,
 }
 
 #[derive(Debug, Args)]

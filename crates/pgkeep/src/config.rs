@@ -60,6 +60,15 @@ pub struct FileConfig {
     pub retention: Option<crate::retention::RetentionConfig>,
     /// `pgkeep backup` settings (`[backup]`).
     pub backup: Option<crate::retention::BackupSettings>,
+    /// Parallel WAL transport (`archive::Transport` reads these four).
+    /// archive-push also pushes the other `.ready` segments, in parallel, recording them in the spool.
+    pub archive_async: Option<bool>,
+    /// Where archive-push records and archive-get prefetches (default: `pgkeep-spool` beside PGDATA).
+    pub spool_dir: Option<PathBuf>,
+    /// Parallel pushes of one archive-push call with `archive_async` (default 4).
+    pub archive_push_jobs: Option<usize>,
+    /// Segments archive-get fetches ahead into the spool (default 8; 0: no prefetch).
+    pub archive_get_queue: Option<usize>,
 }
 
 #[derive(Debug, Clone)]

@@ -82,14 +82,21 @@ pub fn run(cli: &Cli, progress: Arc<dyn Progress>, rt: tokio::runtime::Handle) -
             Ok(Outcome::new(&r, render::check(&r), r.ok))
         }
         Command::ArchivePush(a) => {
-            let repo = open_repo()?;
-            let r = archive::push(&repo, &a.path)?;
+            let t = archive::Transport::from_config(&cfg);
+            let r = if t.archive_async {
+                archive::async_push::push_async(&t, &cfg.repo_location()?, open_repo, &a.path)?
+            } else {
+                archive::push(&open_repo()?, &a.path)?
+            };
             Ok(Outcome::new(&r, render::push(&r), true))
         }
         Command::ArchiveGet(a) => {
-            let repo = open_repo()?;
-            let r = archive::get(&repo, &a.name, &a.dest)?;
-            let ok = matches!(r, archive::GetOutcome::Restored { .. });
+            // The repository is opened only when the spool cannot serve the file.
+            let t = archive::Transport::from_config(&cfg);
+            let loc = cfg.repo_location()?;
+            let pgdata = cfg.pgdata.as_deref();
+            let r = archive::prefetch::get_prefetching(&t, &loc, pgdata, open_repo, &a.name, &a.dest, a.prefetch_only)?;
+            let ok = !matches!(r, archive::GetOutcome::NotFound { .. });
             // Errors never get here: the binary maps them (and panics) to FATAL_EXIT.
             Ok(Outcome { exit_code: archive::NOT_FOUND_EXIT, ..Outcome::new(&r, render::get(&r), ok) })
         }

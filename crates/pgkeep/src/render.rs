@@ -53,6 +53,7 @@ pub fn push(r: &PushReport) -> String {
             format!("archived {} ({} → {})", r.file, human_bytes(r.size), human_bytes(r.stored_size))
         }
         PushOutcome::AlreadyArchived => format!("{} was already archived with identical content", r.file),
+        PushOutcome::ArchivedAhead => format!("{} was archived ahead by a parallel push (spool record)", r.file),
         PushOutcome::ReplacedDamaged => {
             format!(
                 "archived {}: replaced a damaged stored copy ({} → {})",
@@ -66,8 +67,12 @@ pub fn push(r: &PushReport) -> String {
 
 pub fn get(r: &GetOutcome) -> String {
     match r {
-        GetOutcome::Restored { file, size } => format!("restored {file} ({})", human_bytes(*size)),
+        GetOutcome::Restored { file, size, prefetched: false } => format!("restored {file} ({})", human_bytes(*size)),
+        GetOutcome::Restored { file, size, prefetched: true } => {
+            format!("restored {file} ({}) from the prefetch spool", human_bytes(*size))
+        }
         GetOutcome::NotFound { file } => format!("{file} is not in the archive"),
+        GetOutcome::Prefetched { after, segments } => format!("prefetched {segments} segment(s) after {after}"),
     }
 }
 

@@ -1,10 +1,14 @@
 //! The WAL archive: `archive-push` (validate, store once, never replace) and `archive-get`.
 
+pub mod async_push;
 pub mod get;
+pub mod prefetch;
 pub mod push;
+pub mod spool;
 
 pub use get::{get, GetOutcome, FATAL_EXIT, NOT_FOUND_EXIT};
 pub use push::{push, PushOutcome, PushReport};
+pub use spool::Transport;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
@@ -22,4 +26,33 @@ pub enum ArchiveError {
     Write { dest: String, detail: String },
     #[error("archive copy of {name} is unusable: {detail}; hint: recovery is stopped rather than ended early; repair the archive from another copy")]
     Damaged { name: String, detail: String },
+    #[error("cannot use the WAL spool {path}: {detail}; hint: spool_dir must be a directory outside the data directory that the server's OS user can write (archive_command and restore_command run as that user)")]
+    Spool { path: String, detail: String },
+}
+
+/// Every page header and record of a segment (or `.partial`) against the repository's cluster;
+/// `previous` lets a record continued from the segment before be CRC-checked whole.
+fn check_segment(
+    info: &crate::repo::RepoInfo,
+    kind: pgkeep_wal::WalFileName,
+    data: &[u8],
+    previous: Option<&[u8]>,
+) -> Result<(), pgkeep_wal::SegmentError> {
+    let (pgkeep_wal::WalFileName::Segment { tli, segno } | pgkeep_wal::WalFileName::Partial { tli, segno }) = kind
+    else {
+        return Ok(());
+    };
+    let expect = pgkeep_wal::SegmentExpectations {
+        tli,
+        segno,
+        seg_size: info.wal_segment_size,
+        system_identifier: Some(info.system_identifier_u64()),
+        pg_major: Some(info.pg_major),
+    };
+    let res = if matches!(kind, pgkeep_wal::WalFileName::Partial { .. }) {
+        pgkeep_wal::validate_partial_segment(data, &expect, previous)
+    } else {
+        pgkeep_wal::validate_segment(data, &expect, previous)
+    };
+    res.map(|_| ())
 }

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use pgkeep_wal::{parse_wal_file_name, SegmentExpectations, WalFileName};
+use pgkeep_wal::{parse_wal_file_name, WalFileName};
 use serde::Serialize;
 
 use super::ArchiveError;
@@ -19,6 +19,8 @@ pub enum PushOutcome {
     AlreadyArchived,
     /// The stored copy failed its checks and was replaced by this (validated) file.
     ReplacedDamaged,
+    /// Stored earlier by a parallel push (`archive_async`), as its spool record shows.
+    ArchivedAhead,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -49,7 +51,7 @@ pub fn push(repo: &Repository, path: &Path) -> crate::Result<PushReport> {
     // bounds how fast a busy server can archive.
     let (validated, encoded) = std::thread::scope(|s| {
         let encoder = s.spawn(|| frame::encode_parts(data, WAL_COMPRESSION));
-        let validated = validate(repo, &name, kind, data);
+        let validated = validate(repo, path, &name, kind, data);
         (validated, encoder.join())
     });
     validated?;
@@ -71,9 +73,15 @@ pub fn push(repo: &Repository, path: &Path) -> crate::Result<PushReport> {
         tracing::warn!("{e}");
     }
     let parts = encoded.into_parts();
+    // On an object store every look is a round trip: create first (the conditional create
+    // refuses an existing object anyway) and read the stored copy only when there is one. A
+    // local repository looks first, so a re-push never writes and flushes 16 MiB in vain.
+    let mut look = storage.features().posix;
     // Two rounds at most: another push may store the file between our look and our write.
     for _ in 0..2 {
-        match stored_copy(repo, &key, &name)? {
+        let stored = if look { stored_copy(repo, &key, &name)? } else { Stored::Absent };
+        look = true;
+        match stored {
             Stored::Absent => match storage.put_new_parts(&key, parts.clone())? {
                 PutOutcome::Created => return Ok(report(PushOutcome::Stored)),
                 PutOutcome::AlreadyExists => continue,
@@ -152,7 +160,7 @@ impl Input {
     }
 }
 
-fn validate(repo: &Repository, name: &str, kind: WalFileName, data: &[u8]) -> crate::Result<()> {
+fn validate(repo: &Repository, path: &Path, name: &str, kind: WalFileName, data: &[u8]) -> crate::Result<()> {
     let info = repo.info();
     let invalid =
         |detail: String, hint: &str| ArchiveError::Invalid { name: name.to_string(), detail, hint: hint.to_string() };
@@ -160,18 +168,16 @@ fn validate(repo: &Repository, name: &str, kind: WalFileName, data: &[u8]) -> cr
         "the file is damaged or truncated; keep it for investigation and check the server's storage";
     match kind {
         WalFileName::Segment { tli, segno } | WalFileName::Partial { tli, segno } => {
-            let expect = SegmentExpectations {
-                tli,
-                segno,
-                seg_size: info.wal_segment_size,
-                system_identifier: Some(info.system_identifier_u64()),
-                pg_major: Some(info.pg_major),
+            let archived = || {
+                let previous = previous_segment(repo, tli, segno, data);
+                super::check_segment(info, kind, data, previous.as_deref())
             };
-            let previous = previous_segment(repo, tli, segno, data);
-            let res = if matches!(kind, WalFileName::Partial { .. }) {
-                pgkeep_wal::validate_partial_segment(data, &expect, previous.as_deref())
-            } else {
-                pgkeep_wal::validate_segment(data, &expect, previous.as_deref())
+            // The previous segment usually still lies beside this one: reading it there saves
+            // a round trip to the repository. Only if the check fails with it does the
+            // archived copy decide (the local one may have been damaged since it was archived).
+            let res = match local_previous(path, tli, segno, info.wal_segment_size, data) {
+                Some(prev) => super::check_segment(info, kind, data, Some(prev.bytes())).or_else(|_| archived()),
+                None => archived(),
             };
             if let Err(e) = res {
                 let hint = match e {
@@ -201,12 +207,26 @@ fn validate(repo: &Repository, name: &str, kind: WalFileName, data: &[u8]) -> cr
     Ok(())
 }
 
+/// Whether the segment begins with the tail of a record started in the previous one: xlp_info
+/// (access/xlog_internal.h) bit XLP_FIRST_IS_CONTRECORD = 0x0001.
+fn continues_record(data: &[u8]) -> bool {
+    data.get(2..4).is_some_and(|b| u16::from_le_bytes([b[0], b[1]]) & 0x0001 != 0)
+}
+
+/// The previous segment of the same timeline from the directory `path` lies in, when this
+/// segment continues a record from it and it is there whole.
+fn local_previous(path: &Path, tli: u32, segno: u64, seg_size: u32, data: &[u8]) -> Option<Input> {
+    if !continues_record(data) || segno == 0 {
+        return None;
+    }
+    let prev = path.parent()?.join(pgkeep_wal::xlog_file_name(tli, segno - 1, seg_size));
+    Input::open(&prev, seg_size).ok().filter(|i| i.bytes().len() == seg_size as usize)
+}
+
 /// When a segment begins with the tail of a record started in the previous segment, the
 /// previous segment (if archived) lets that record's CRC be checked too.
 fn previous_segment(repo: &Repository, tli: u32, segno: u64, data: &[u8]) -> Option<Vec<u8>> {
-    // xlp_info (access/xlog_internal.h) bit XLP_FIRST_IS_CONTRECORD = 0x0001
-    let info = u16::from_le_bytes([*data.get(2)?, *data.get(3)?]);
-    if info & 0x0001 == 0 || segno == 0 {
+    if !continues_record(data) || segno == 0 {
         return None;
     }
     let seg_size = repo.info().wal_segment_size;

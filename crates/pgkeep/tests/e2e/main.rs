@@ -6,6 +6,7 @@
 mod common;
 
 mod archive;
+mod archive_async;
 mod archive_hardening;
 #[cfg(feature = "azure")]
 mod azure;
