@@ -112,15 +112,14 @@ pub fn expire(
     // A dry run takes no lock: it changes nothing, and may run beside a backup.
     let _lock = if dry_run { None } else { Some(RepoLock::acquire(repo, "backup")?) };
     let plan = plan_now(repo, policy)?;
-    let mut report =
-        ExpireReport {
-            dry_run,
-            plan,
-            deleted_snapshots: Vec::new(),
-            failed: Vec::new(),
-            staging_files_removed: 0,
-            uploads_aborted: 0,
-        };
+    let mut report = ExpireReport {
+        dry_run,
+        plan,
+        deleted_snapshots: Vec::new(),
+        failed: Vec::new(),
+        staging_files_removed: 0,
+        uploads_aborted: 0,
+    };
     if dry_run {
         return Ok(report);
     }
