@@ -460,19 +460,33 @@ struct Stunnel {
 impl Stunnel {
     fn start(env: &TestEnv, upstream: u16) -> Stunnel {
         let dir = env.owned_dir("tls");
-        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-        let ok = Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1"])
-            .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout"])
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("openssl");
-        assert!(ok.success(), "openssl could not make a self-signed certificate");
-        for f in [&cert, &key] {
+        let (cert, key, ca) = (dir.join("cert.pem"), dir.join("key.pem"), dir.join("ca.pem"));
+        // A CA and a leaf it signs: rustls refuses a self-signed certificate used as a server's.
+        let ext = dir.join("leaf.ext");
+        write(&ext, "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n");
+        let ca_key = dir.join("ca.key");
+        let csr = dir.join("leaf.csr");
+        let steps: Vec<Vec<std::ffi::OsString>> = vec![
+            os(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=pgkeep-bench-ca"])
+                .into_iter()
+                .chain(os(&["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign"]))
+                .chain([ "-keyout".into(), ca_key.clone().into(), "-out".into(), ca.clone().into()])
+                .collect(),
+            os(&["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1"])
+                .into_iter()
+                .chain(["-keyout".into(), key.clone().into(), "-out".into(), csr.clone().into()])
+                .collect(),
+            os(&["x509", "-req", "-days", "2", "-CAcreateserial"])
+                .into_iter()
+                .chain(["-in".into(), csr.into(), "-CA".into(), ca.clone().into(), "-CAkey".into(), ca_key.into()])
+                .chain(["-extfile".into(), ext.into(), "-out".into(), cert.clone().into()])
+                .collect(),
+        ];
+        for args in steps {
+            let ok = Command::new("openssl").args(&args).stdout(Stdio::null()).stderr(Stdio::null()).status();
+            assert!(ok.is_ok_and(|s| s.success()), "openssl {args:?} failed");
+        }
+        for f in [&cert, &key, &ca] {
             pgkeep::fsutil::set_mode(f, 0o644).expect("chmod");
         }
         let port = free_port();
@@ -493,7 +507,7 @@ impl Stunnel {
             .spawn()
             .expect("start stunnel (apt-get install stunnel4)");
         wait_listening(port, "stunnel");
-        Stunnel { child, port, ca: cert }
+        Stunnel { child, port, ca }
     }
 }
 
@@ -502,6 +516,10 @@ impl Drop for Stunnel {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn os(args: &[&str]) -> Vec<std::ffi::OsString> {
+    args.iter().map(|a| a.into()).collect()
 }
 
 fn wait_listening(port: u16, what: &str) {
