@@ -53,6 +53,23 @@ impl PgkeepCmd {
         &mut self.cmd
     }
 
+    /// Run it in a private mount namespace where `dir` is an empty tmpfs: a machine without
+    /// what `dir` holds (e.g. other majors' server binaries), nothing else changed. Needs root.
+    pub fn hiding(self, dir: &Path) -> Self {
+        crate::require_root("hiding a directory in a mount namespace");
+        let mut wrapped = Command::new("unshare");
+        wrapped.args(["--mount", "--propagation", "private", "--", "sh", "-c"]);
+        wrapped.arg("mount -t tmpfs pgkeep-hide \"$0\" && exec \"$@\"").arg(dir);
+        wrapped.arg(self.cmd.get_program()).args(self.cmd.get_args());
+        for (k, v) in self.cmd.get_envs() {
+            match v {
+                Some(v) => wrapped.env(k, v),
+                None => wrapped.env_remove(k),
+            };
+        }
+        PgkeepCmd { cmd: wrapped, line: format!("{} (without {})", self.line, dir.display()) }
+    }
+
     pub fn run(mut self) -> CmdOutput {
         let out: Output = self.cmd.output().unwrap_or_else(|e| panic!("cannot run {}: {e}", self.line));
         CmdOutput {

@@ -362,9 +362,10 @@ fn waldump_blocks(desc: &str) -> Option<Vec<BlockRef>> {
     Some(blocks)
 }
 
-/// Acceptance 3: `verify` of a PostgreSQL 17 backup where only 15's binaries are given fails
-/// before restoring anything, with one line naming 17 and --pg-bin; with --pg-bin at 17's
-/// binaries it passes. A `--dump` with only 15's pg_dump says so before the drill starts.
+/// Acceptance 3: `verify` of a PostgreSQL 17 backup on a machine with only 15's binaries (the
+/// others hidden in a mount namespace; needs root, as CI is) or with 15's given fails before
+/// restoring anything, with one line naming 17 and --pg-bin; with --pg-bin at 17's binaries it
+/// passes. A `--dump` with only 15's pg_dump says so before the drill starts.
 #[test]
 fn verify_of_a_17_backup_needs_17s_binaries() {
     let s = setup(17, &[]);
@@ -387,6 +388,13 @@ fn verify_of_a_17_backup_needs_17s_binaries() {
         assert!(line.contains("PostgreSQL 17") && line.contains("--pg-bin") && line.contains("15"), "{line}");
         assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0, "nothing restored");
     }
+    // A machine with only 15's binaries (the other majors hidden in a mount namespace): the
+    // search finds nothing for 17, without any flag.
+    let out = s.pgkeep(["verify", &id]).env("TMPDIR", &scratch).hiding(Path::new("/opt/pgkeep-pg")).run();
+    assert_eq!(out.code, Some(2), "{}\n{}", out.stdout, out.stderr);
+    let line = out.one_error_line();
+    assert!(line.contains("17") && line.contains("--pg-bin"), "{line}");
+    assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0, "nothing restored");
     let listed = s.pgkeep(["list"]).json();
     assert!(listed[0]["verified"].is_null(), "a refused drill stores no verdict: {listed:#}");
 
