@@ -3,7 +3,7 @@
 //! random bytes, against the same backup into a local repository in the same run (the peer:
 //! what the multipart machinery adds). Peak RSS is the wait4 rusage of the pgkeep process.
 //!
-//!   cargo build --release -p pgkeep -p pgkeep-bench && target/release/s3-memory [--table-gb 2] [--jobs N]
+//!   cargo build --release -p pgkeep -p pgkeep-bench && target/release/s3-memory [--table-gb 2] [--jobs N] [--server moto|s3s-fs]
 //!
 //! Target: peak RSS of the S3 backup < 200 MB, whatever the database size.
 
@@ -11,7 +11,7 @@ use std::process::Command;
 
 use pgkeep::pg::instance::run_as;
 use pgkeep_bench::{arg, mib_per_s, pgkeep_release_binary, timed};
-use pgkeep_testkit::{ClusterOptions, S3Store, TestEnv};
+use pgkeep_testkit::{ClusterOptions, S3Server, S3Store, TestEnv};
 
 const TARGET_MB: u64 = 200;
 
@@ -20,7 +20,12 @@ fn main() {
     let jobs: usize = arg("--jobs", pgkeep::config::default_jobs());
     let pgkeep = pgkeep_release_binary();
     let env = TestEnv::new(pgkeep.to_str().expect("utf-8 path"));
-    let s3 = S3Store::start(&env, "pgkeep-bench");
+    // moto (default) or s3s-fs: a fast store drains parts sooner, so buffers churn faster.
+    let server = match arg("--server", String::from("moto")).as_str() {
+        "s3s-fs" => S3Server::S3sFs,
+        _ => S3Server::Moto,
+    };
+    let s3 = S3Store::start_on(&env, server, "pgkeep-bench", "");
     let url = s3.url("memory");
     let local = env.path("local-repo");
     // Both repositories get every segment, so both backups can complete.
