@@ -503,8 +503,21 @@ fn s3_repository_expires_like_a_local_one() {
         let seg = pg.switch_wal();
         s3.wait_for_key(&format!("ret/{}", pgkeep::repo::layout::wal_key(&seg)), std::time::Duration::from_secs(60));
     }
+    // What a writer killed mid-upload leaves: an unfinished multipart upload (one part stored)
+    // and its record under uploads/ (repo/multipart.rs). expire aborts it and drops the record.
+    s3.python(&format!(
+        "c = s3(); k = 'ret/backup/{id}/data/killed'\nu = c.create_multipart_upload(Bucket='{b}', Key=k)['UploadId']\nc.upload_part(Bucket='{b}', Key=k, UploadId=u, PartNumber=1, Body=b'x' * 1024)\nc.put_object(Bucket='{b}', Key='ret/uploads/dead-run/0', Body=json.dumps({{'key': 'backup/{id}/data/killed', 'upload_id': u, 'host': 'gone', 'pid': 1}}))",
+        id = taken[0],
+        b = s3.bucket
+    ));
+    let uploads =
+        || s3.python(&format!("print(len(s3().list_multipart_uploads(Bucket='{}').get('Uploads', [])))", s3.bucket));
+    assert_eq!(uploads().trim(), "1");
     let dry = cmd(&["expire", "--dry-run"]).json();
     let real = cmd(&["expire"]).json();
+    assert_eq!(real["uploads_aborted"], 1, "{real}");
+    assert_eq!(uploads().trim(), "0", "the killed writer's upload is aborted");
+    assert!(s3.keys("ret/uploads/").is_empty(), "its record is deleted");
     for k in ["backups", "wal", "kept", "bytes_freed", "wal_cutoff_segno"] {
         assert_eq!(dry[k], real[k], "dry run and run differ in {k}");
     }
