@@ -45,21 +45,34 @@ pub fn syncfs_all(paths: &[std::path::PathBuf]) -> io::Result<()> {
 /// The temp name is fixed (a retry after a kill reuses it) and removed when a step fails;
 /// `mode` is subject to the umask.
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
-    // A bare file name (restore_command may get a relative %p) has the empty path as parent.
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    write_replace(path, data, mode, true)?;
+    fsync_dir(parent_dir(path))
+}
+
+/// Write `path` through a temp file beside it and a rename, so no reader ever sees a partial
+/// file; `sync`: the temp file is fsynced before the rename (the directory is the caller's).
+/// The temp file is removed when anything fails.
+pub fn write_replace(path: &Path, data: &[u8], mode: u32, sync: bool) -> io::Result<()> {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.pgkeep-tmp"));
+    let tmp = parent_dir(path).join(format!(".{name}.pgkeep-tmp"));
     let res = (|| {
         let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
         f.write_all(data)?;
-        f.sync_all()?;
+        if sync {
+            f.sync_all()?;
+        }
         fs::rename(&tmp, path)
     })();
-    if let Err(e) = res {
+    if res.is_err() {
         let _ = fs::remove_file(&tmp);
-        return Err(e);
     }
-    fsync_dir(dir)
+    res
+}
+
+/// The directory holding `path`; a bare file name (restore_command may get a relative %p) has
+/// the empty path as parent, which is ".".
+fn parent_dir(path: &Path) -> &Path {
+    path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."))
 }
 
 /// True when the process runs with root's effective uid.

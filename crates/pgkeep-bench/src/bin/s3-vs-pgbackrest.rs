@@ -194,10 +194,7 @@ fn main() {
             &mut pgk(&["restore", "--to", to, "--target-lsn", &target_lsn, "--target-action", "promote"]),
             "pgkeep restore (pitr)",
         );
-        proxy.set_latency(latency);
-        let t = replay(&env, "pitr-pgkeep-run", &d, &aws_env);
-        proxy.set_latency(Duration::ZERO);
-        t
+        replay(&env, "pitr-pgkeep-run", &d, &aws_env, &proxy, latency)
     };
     let replay_pbr = {
         let d = env.owned_dir("pitr-pbr");
@@ -214,10 +211,7 @@ fn main() {
             ),
             "pgbackrest restore (pitr)",
         );
-        proxy.set_latency(latency);
-        let t = replay(&env, "pitr-pbr-run", &d, &aws_env);
-        proxy.set_latency(Duration::ZERO);
-        t
+        replay(&env, "pitr-pbr-run", &d, &aws_env, &proxy, latency)
     };
 
     // archive-push as PostgreSQL drives it, into fresh repositories, real segments of this cluster.
@@ -313,18 +307,28 @@ fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }
 
-/// Start a restored data directory, time it until recovery has promoted it, stop it.
-fn replay(env: &TestEnv, name: &str, pgdata: &Path, aws_env: &[(&str, &str)]) -> Duration {
+/// Start a restored data directory with `latency` added to every store request, time it until
+/// recovery has promoted it, stop it.
+fn replay(
+    env: &TestEnv,
+    name: &str,
+    pgdata: &Path,
+    aws_env: &[(&str, &str)],
+    proxy: &FaultProxy,
+    latency: Duration,
+) -> Duration {
     let mut c: TestCluster = env.cluster_on(name, pgdata);
     for (k, v) in aws_env {
         c.env(k, v);
     }
     // The copy must not archive into either repository.
     c.set("archive_mode", "off");
+    proxy.set_latency(latency);
     let started = Instant::now();
     c.start();
     c.wait_promoted();
     let t = started.elapsed();
+    proxy.set_latency(Duration::ZERO);
     c.stop();
     t
 }

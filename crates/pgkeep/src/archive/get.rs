@@ -3,13 +3,13 @@
 //! early, so the binary maps every error to an exit status PostgreSQL treats as fatal.
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use pgkeep_wal::WalFileName;
 use serde::Serialize;
 
 use super::ArchiveError;
+use crate::fsutil;
 use crate::repo::frame;
 use crate::repo::{layout, RepoInfo, Repository, StorageError};
 
@@ -116,17 +116,6 @@ pub fn write_dest(dest: &Path, data: &[u8]) -> std::io::Result<()> {
         let mut f = std::fs::OpenOptions::new().write(true).truncate(true).open(dest)?;
         return f.write_all(data);
     }
-    let dir = dest.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.pgkeep-tmp"));
-    let res = (|| {
-        // 0o666 under the server's umask: the mode a plain create gives (PostgreSQL's 0077 → 0600).
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o666).open(&tmp)?;
-        f.write_all(data)?;
-        std::fs::rename(&tmp, dest)
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res
+    // 0o666 under the server's umask: the mode a plain create gives (PostgreSQL's 0077 → 0600).
+    fsutil::write_replace(dest, data, 0o666, false)
 }
