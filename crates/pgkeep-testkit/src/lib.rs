@@ -12,6 +12,7 @@ pub mod env;
 pub mod gcs;
 pub mod load;
 pub mod moto;
+pub mod prom;
 pub mod proxy;
 pub mod s3;
 pub mod s3s;

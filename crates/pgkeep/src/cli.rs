@@ -95,6 +95,31 @@ pub enum Command {
     Key(KeyCommand),
     /// How much a failure could cost now: checkpoint interval, archive lag, backup ages, worst-case loss.
     Rpo(RpoArgs),
+    /// Prometheus metrics (text format) of the repository and, when it answers, the server
+    /// (docs/metrics.md); `metrics_textfile` in the config file keeps a file of them fresh.
+    Metrics(MetricsArgs),
+    /// Man pages and shell completions from these definitions (for packaging).
+    #[command(subcommand, hide = true)]
+    Generate(GenerateCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct MetricsArgs {}
+
+#[derive(Debug, Subcommand)]
+pub enum GenerateCommand {
+    /// Write pgkeep.1 and one page per subcommand (pgkeep-backup.1, …) into DIR.
+    Man {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+    /// Write the completion script for SHELL into DIR.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

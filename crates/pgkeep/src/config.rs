@@ -69,6 +69,9 @@ pub struct FileConfig {
     pub archive_push_jobs: Option<usize>,
     /// Segments archive-get fetches ahead into the spool (default 8; 0: no prefetch).
     pub archive_get_queue: Option<usize>,
+    /// Prometheus textfile refreshed after backup, verify, expire, archive-push and rpo
+    /// (`report::metrics`).
+    pub metrics_textfile: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]

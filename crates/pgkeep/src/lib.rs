@@ -65,6 +65,15 @@ pub fn hostname() -> String {
 /// Run one parsed command.
 pub fn run(cli: &Cli, progress: Arc<dyn Progress>, rt: tokio::runtime::Handle) -> Result<Outcome> {
     let cfg = Config::load(&cli.global)?;
+    // By value: the command arms below borrow it as they always did.
+    let outcome = dispatch(cli, cfg.clone(), progress, rt.clone());
+    if let Some(path) = &cfg.file.metrics_textfile {
+        refresh_metrics(path, cli, &cfg, &outcome, rt);
+    }
+    outcome
+}
+
+fn dispatch(cli: &Cli, cfg: Config, progress: Arc<dyn Progress>, rt: tokio::runtime::Handle) -> Result<Outcome> {
     let conn = || ConnParams::resolve(cfg.pg.as_deref());
     let key = cfg.encryption_key_file.as_deref();
     let open_repo = || -> Result<Repository> { Repository::open(&cfg.repo_location()?, key, rt.clone()) };
@@ -287,6 +296,80 @@ pub fn run(cli: &Cli, progress: Arc<dyn Progress>, rt: tokio::runtime::Handle) -
             let r = report::rpo::rpo(&conn()?, source, &rt)?;
             Ok(Outcome::new(&r, report::rpo::render(&r), r.ok))
         }
+        Command::Metrics(_) => {
+            let repo = open_repo()?;
+            let mut families = report::metrics::repository(&repo, chrono::Utc::now())?;
+            let server = conn()
+                .map_err(Error::from)
+                .and_then(|c| report::rpo::rpo(&c, report::rpo::RepoSource::Repo(&repo), &rt));
+            families.extend(report::metrics::server(server.as_ref().ok(), &repo));
+            if let Err(e) = &server {
+                tracing::info!("no server figures: {e}");
+            }
+            if let Some(path) = &cfg.file.metrics_textfile {
+                families.extend(report::metrics::archive_push_from_textfile(path, &repo.location().to_string()));
+            }
+            families.retain(|f| !f.samples.is_empty());
+            Ok(Outcome::new(&families, report::metrics::render(&families), true))
+        }
+        Command::Generate(g) => {
+            let r = match g {
+                cli::GenerateCommand::Man { dir } => command::generate::man(dir)?,
+                cli::GenerateCommand::Completions { shell, dir } => command::generate::completions(*shell, dir)?,
+            };
+            let text = r.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join("\n");
+            Ok(Outcome::new(&r, text, true))
+        }
+    }
+}
+
+/// `metrics_textfile`: after the commands whose figures it carries, refresh it. A failure is
+/// a warning: the command's own work is done and must not be reported as failed.
+fn refresh_metrics(
+    path: &std::path::Path,
+    cli: &Cli,
+    cfg: &Config,
+    outcome: &Result<Outcome>,
+    rt: tokio::runtime::Handle,
+) {
+    use report::metrics::{self, Refresh};
+    let refresh = match (&cli.command, outcome) {
+        // Every run counts, failed ones too; and no repository listing on this hot path.
+        (Command::ArchivePush(a), _) => match cfg.repo_location() {
+            Ok(loc) => Refresh::ArchivePush { repo: loc.to_string(), wal_file: &a.path, ok: outcome.is_ok() },
+            Err(_) => return,
+        },
+        (Command::Backup(_) | Command::Verify(_) | Command::Expire(_) | Command::Rpo(_), Ok(out)) => {
+            if cfg.repo.is_none() {
+                return;
+            }
+            let families = Repository::open(
+                &match cfg.repo_location() {
+                    Ok(l) => l,
+                    Err(_) => return,
+                },
+                cfg.encryption_key_file.as_deref(),
+                rt,
+            )
+            .and_then(|repo| {
+                let mut f = metrics::repository(&repo, chrono::Utc::now())?;
+                if matches!(cli.command, Command::Rpo(_)) {
+                    f.extend(metrics::rpo_from_json(&out.json, &repo));
+                }
+                Ok(f)
+            });
+            match families {
+                Ok(f) => Refresh::Families(f),
+                Err(e) => {
+                    tracing::warn!("metrics textfile {} not refreshed: {e}", path.display());
+                    return;
+                }
+            }
+        }
+        _ => return,
+    };
+    if let Err(e) = metrics::refresh_textfile(path, refresh) {
+        tracing::warn!("{e}");
     }
 }
 

@@ -1,4 +1,5 @@
-//! Reports over the repository: list (later: info, rpo, metrics).
+//! Reports over the repository and the server: list, rpo, metrics.
 
 pub mod list;
+pub mod metrics;
 pub mod rpo;

@@ -31,13 +31,13 @@ use std::fmt::Write;
 
 use chrono::{DateTime, Utc};
 use pgkeep_wal::{parse_wal_file_name, xlog_file_name, Lsn, WalFileName};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::pg::version::checkpoint_stats_sql;
 use crate::pg::{query_err, ConnParams, ServerInfo};
 use crate::repo::{catalog, verdict, Repository};
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CheckpointStats {
     /// Checkpoints (timed + requested) since `since`.
     pub count: i64,
@@ -49,7 +49,7 @@ pub struct CheckpointStats {
     pub checkpoint_completion_target: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ArchiveStats {
     pub archive_mode: String,
     /// archive_mode is on and an archive_command or archive_library is set.
@@ -71,7 +71,7 @@ pub struct ArchiveStats {
     pub segments_waiting: Option<i64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BackupAge {
     pub id: String,
     pub stop_time: DateTime<Utc>,
@@ -79,9 +79,11 @@ pub struct BackupAge {
     pub verified_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RpoReport {
     pub server_version_num: u32,
+    /// The server's database system identifier (decimal string, as in the repository).
+    pub system_identifier: String,
     pub timeline: u32,
     pub server_time: DateTime<Utc>,
     pub seconds_between_checkpoints: Option<f64>,
@@ -295,6 +297,7 @@ pub fn rpo(conn: &ConnParams, repo: RepoSource<'_>, rt: &tokio::runtime::Handle)
 
     Ok(RpoReport {
         server_version_num: server.version_num,
+        system_identifier: server.system_identifier.to_string(),
         timeline: server.timeline,
         server_time: now,
         seconds_between_checkpoints: seconds_between,

@@ -23,6 +23,7 @@ mod gcs;
 mod init;
 mod interrupted;
 mod majors;
+mod metrics;
 #[cfg(any(feature = "s3", feature = "azure"))]
 mod object_stores;
 mod pitr;
