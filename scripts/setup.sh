@@ -7,7 +7,8 @@
 #   - btrfs-progs and xfsprogs (snapshot tests on loop-mounted file systems)
 #   - strace (tests trace archive-push's fsync calls and the order of expire's unlink, fsync and
 #     snapshot deletion)
-#   - cargo-nextest (the test runner), if the toolchain lacks it
+#   - cargo-nextest (the test runner) and cargo-deb (the packaging test), if the toolchain
+#     lacks them; systemd-analyze (Debian's `systemd`) to check the packaged units
 #   - a Python venv with moto[server] (fake EC2 and S3 APIs for the EBS and s3:// tests) at
 #     $PGKEEP_MOTO_VENV (default /opt/pgkeep-venv)
 #   - s3s-fs, a second S3 server (crates.io; checks SigV4 and conditional PUTs) at
@@ -15,7 +16,17 @@
 #   - gcp-storage-emulator in that venv (a GCS server for the gs:// tests)
 #   - Azurite 3 from the npm registry at $PGKEEP_AZURITE_DIR (default /opt/pgkeep-azurite; an
 #     Azure Blob Storage server for the az:// tests), with Node.js from Debian when missing
+#
+# `setup.sh --demo` installs only what `pgkeep demo` needs (the first two items): the README's
+# first command is meant to show the demo within minutes on a fresh machine.
 set -euo pipefail
+
+DEMO_ONLY=0
+case "${1:-}" in
+    --demo) DEMO_ONLY=1 ;;
+    "") ;;
+    *) echo "setup.sh: unknown argument $1; hint: run it without arguments, or with --demo" >&2; exit 2 ;;
+esac
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
@@ -27,11 +38,15 @@ fi
 missing=()
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=(postgresql postgresql-contrib)
 ls /usr/lib/postgresql/*/lib/amcheck.so >/dev/null 2>&1 || missing+=(postgresql-contrib)
-command -v mkfs.btrfs >/dev/null 2>&1 || missing+=(btrfs-progs)
-command -v mkfs.xfs >/dev/null 2>&1 || missing+=(xfsprogs)
-command -v mkfs.ext4 >/dev/null 2>&1 || missing+=(e2fsprogs)
-command -v strace >/dev/null 2>&1 || missing+=(strace)
-/usr/bin/python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+if [ "$DEMO_ONLY" -eq 0 ]; then
+    command -v mkfs.btrfs >/dev/null 2>&1 || missing+=(btrfs-progs)
+    command -v mkfs.xfs >/dev/null 2>&1 || missing+=(xfsprogs)
+    command -v mkfs.ext4 >/dev/null 2>&1 || missing+=(e2fsprogs)
+    command -v strace >/dev/null 2>&1 || missing+=(strace)
+    /usr/bin/python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+    # packaging tests: systemd-analyze verify on the units
+    command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+fi
 
 if [ ${#missing[@]} -gt 0 ]; then
     echo "setup.sh: installing ${missing[*]}" >&2
@@ -45,6 +60,11 @@ fi
 
 if ! id postgres >/dev/null 2>&1; then
     $SUDO useradd --system --user-group --create-home --home-dir /var/lib/postgresql --shell /bin/bash postgres
+fi
+
+if [ "$DEMO_ONLY" -eq 1 ]; then
+    echo "setup.sh: ready for the demo ($(ls -d /usr/lib/postgresql/*/bin | tr '\n' ' '))" >&2
+    exit 0
 fi
 
 VENV="${PGKEEP_MOTO_VENV:-/opt/pgkeep-venv}"
@@ -124,5 +144,9 @@ fi
 
 if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install cargo-nextest --locked
+fi
+# The packaging test builds the Debian package (~110 s of CPU to install, once).
+if ! cargo deb --version >/dev/null 2>&1; then
+    cargo install cargo-deb --version '^3.8' --locked
 fi
 echo "setup.sh: ready ($(ls -d /usr/lib/postgresql/*/bin "$PG_DIR"/*/bin | tr '\n' ' '))" >&2
