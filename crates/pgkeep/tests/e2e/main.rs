@@ -22,10 +22,12 @@ mod encryption;
 mod gcs;
 mod init;
 mod interrupted;
+mod json_docs;
 mod majors;
 mod metrics;
 #[cfg(any(feature = "s3", feature = "azure"))]
 mod object_stores;
+mod packaging;
 mod pitr;
 mod reports_hardening;
 mod restore_hardening;
