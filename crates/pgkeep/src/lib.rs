@@ -339,25 +339,19 @@ fn refresh_metrics(
             Ok(loc) => Refresh::ArchivePush { repo: loc.to_string(), wal_file: &a.path, ok: outcome.is_ok() },
             Err(_) => return,
         },
-        (Command::Backup(_) | Command::Verify(_) | Command::Expire(_) | Command::Rpo(_), Ok(out)) => {
-            if cfg.repo.is_none() {
-                return;
-            }
-            let families = Repository::open(
-                &match cfg.repo_location() {
-                    Ok(l) => l,
-                    Err(_) => return,
-                },
-                cfg.encryption_key_file.as_deref(),
-                rt,
-            )
-            .and_then(|repo| {
-                let mut f = metrics::repository(&repo, chrono::Utc::now())?;
-                if matches!(cli.command, Command::Rpo(_)) {
-                    f.extend(metrics::rpo_from_json(&out.json, &repo));
-                }
-                Ok(f)
-            });
+        (Command::Backup(_) | Command::Verify(_) | Command::Expire(_) | Command::Rpo(_), Ok(out))
+            if cfg.repo.is_some() =>
+        {
+            let families = cfg
+                .repo_location()
+                .and_then(|loc| Repository::open(&loc, cfg.encryption_key_file.as_deref(), rt))
+                .and_then(|repo| {
+                    let mut f = metrics::repository(&repo, chrono::Utc::now())?;
+                    if matches!(cli.command, Command::Rpo(_)) {
+                        f.extend(metrics::rpo_from_json(&out.json, &repo));
+                    }
+                    Ok(f)
+                });
             match families {
                 Ok(f) => Refresh::Families(f),
                 Err(e) => {

@@ -144,14 +144,14 @@ fn metrics_textfile_has_every_documented_metric_and_a_failed_verify_sets_it_to_z
     assert_documented(&m, &s.repo, &sysid, &out.stdout, &[gone]);
     assert_eq!(value(&m, "pgkeep_verify_last_success"), 0.0);
 
-    // A textfile that cannot be written is a warning, not a failed command.
+    // A textfile that cannot be written is a warning, not a failed backup.
     let bad = s.env.path("bad.toml");
     std::fs::write(
         &bad,
         format!("repo = {:?}\nmetrics_textfile = \"/nonexistent/dir/pgkeep.prom\"\n", s.repo.to_str().unwrap()),
     )
     .unwrap();
-    let out = s.pgkeep(["--config"]).arg(&bad).arg("rpo").ok();
+    let out = s.pgkeep(["--config"]).arg(&bad).arg("backup").ok();
     assert!(
         out.stderr.contains("metrics textfile /nonexistent/dir/pgkeep.prom") && out.stderr.contains("hint:"),
         "{}",
