@@ -33,6 +33,8 @@ gen="$target/release/pgkeep-generated"
 rm -rf "$gen"
 mkdir -p "$gen/man" "$gen/completions" "$out"
 "$bin" generate man "$gen/man" >/dev/null
+# Debian installs man pages compressed (-n: no name or time stamp, so builds are reproducible).
+gzip -9n "$gen"/man/*.1
 for shell in bash zsh fish; do
     "$bin" generate completions "$shell" "$gen/completions" >/dev/null
 done

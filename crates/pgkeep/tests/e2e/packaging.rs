@@ -147,7 +147,7 @@ fn debian_package_holds_binary_units_config_man_pages_completions_and_installs_r
     let mut expected: Vec<String> = vec![
         "./usr/bin/pgkeep".into(),
         "./etc/pgkeep/pgkeep.toml.example".into(),
-        "./usr/share/man/man1/pgkeep.1".into(),
+        "./usr/share/man/man1/pgkeep.1.gz".into(),
         "./usr/share/bash-completion/completions/pgkeep".into(),
         "./usr/share/zsh/vendor-completions/_pgkeep".into(),
         "./usr/share/fish/vendor_completions.d/pgkeep.fish".into(),
@@ -155,7 +155,7 @@ fn debian_package_holds_binary_units_config_man_pages_completions_and_installs_r
         "./usr/share/doc/pgkeep/json.md".into(),
     ];
     expected.extend(UNITS.iter().map(|u| format!("./lib/systemd/system/{u}")));
-    expected.extend(subcommands().iter().map(|s| format!("./usr/share/man/man1/pgkeep-{s}.1")));
+    expected.extend(subcommands().iter().map(|s| format!("./usr/share/man/man1/pgkeep-{s}.1.gz")));
     for path in &expected {
         assert!(list.lines().any(|l| l.ends_with(&format!(" {path}"))), "{path} missing from the package:\n{list}");
     }
