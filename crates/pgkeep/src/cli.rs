@@ -265,6 +265,11 @@ pub struct RestoreArgs {
     /// Parallel file workers (default: number of cores).
     #[arg(long, short = 'j', value_name = "N")]
     pub jobs: Option<usize>,
+    /// --to names an existing, stopped data directory of the same cluster (a copy to refresh,
+    /// a former primary to rewind): write only the blocks and files that differ from the
+    /// backup and remove what it does not have.
+    #[arg(long)]
+    pub delta: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]

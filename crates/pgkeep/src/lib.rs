@@ -211,6 +211,10 @@ pub fn run(cli: &Cli, progress: Arc<dyn Progress>, rt: tokio::runtime::Handle) -
                 .into());
             }
             opts.backup = Some(id);
+            if a.delta {
+                let r = restore::delta::restore(&repo, &opts, progress)?;
+                return Ok(Outcome::new(&r, render::delta_restore(&r), true));
+            }
             let plan = restore::RestorePlan::build(&repo, &opts)?;
             let r = plan.run(&repo, progress)?;
             Ok(Outcome::new(&r, render::restore(&r), true))
