@@ -12,7 +12,7 @@ use std::process::Stdio;
 use pgkeep_testkit::{ClusterOptions, PgkeepCmd, TestCluster};
 use serde_json::Value;
 
-use crate::common::Setup;
+use crate::common::{read_manifest, Setup};
 use crate::snapshot_util::amcheck;
 
 /// Every path below `dir` (links not followed): kind, mode, size and BLAKE3 of the content.
@@ -93,6 +93,17 @@ fn root_owned(dir: &Path) -> Vec<String> {
         .filter(|rel| std::fs::symlink_metadata(dir.join(rel)).unwrap().uid() == 0)
         .cloned()
         .collect()
+}
+
+/// A source with table t (50 000 rows) and its backup A.
+fn table_t_backed_up() -> (Setup, String) {
+    let s = Setup::new();
+    s.pg.sql(
+        "CREATE TABLE t (id int PRIMARY KEY, v text);
+         INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 50000) g;",
+    );
+    let a = s.backup();
+    (s, a)
 }
 
 fn delta(s: &Setup, dir: &Path, extra: &[&str]) -> Value {
@@ -213,12 +224,7 @@ fn delta_restore_refreshes_a_copy_one_change_behind_writing_few_bytes() {
 /// writes are gone, and it equals the source.
 #[test]
 fn delta_restore_rewinds_a_diverged_former_primary() {
-    let s = Setup::new();
-    s.pg.sql(
-        "CREATE TABLE t (id int PRIMARY KEY, v text);
-         INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 50000) g;",
-    );
-    let a = s.backup();
+    let (s, a) = table_t_backed_up();
     let former = s.env.path("former");
     s.restore(&former, &["--backup", &a]);
     let mut f = s.start_restored("former", &former);
@@ -299,4 +305,42 @@ fn delta_restore_refuses_running_foreign_and_non_data_directories() {
     assert_eq!(r["files_created"], r["files"], "{r:#}");
     assert_eq!(r["bytes_written"], r["size"], "{r:#}");
     assert!(empty.join("global/pg_control").is_file() && empty.join("backup_label").is_file());
+}
+
+/// A damaged object met half-way fails with one line naming the file; the directory is left
+/// without pg_control (PostgreSQL refuses to start on it), and once the repository is intact
+/// again a second run finishes the job.
+#[test]
+fn interrupted_delta_restore_leaves_an_unstartable_directory_and_a_rerun_finishes() {
+    let (s, a) = table_t_backed_up();
+    let copy = s.env.path("copy_data");
+    s.restore(&copy, &["--backup", &a]);
+    s.pg.sql("UPDATE t SET v = 'changed' WHERE id BETWEEN 100 AND 300");
+    let b = s.backup();
+    s.pg.switch_and_wait_archived(&s.repo);
+    let source = table_sums(&s.pg);
+
+    // Damage the middle of t's frame in backup B.
+    let rel = s.pg.scalar("SELECT pg_relation_filepath('t')");
+    let m = read_manifest(&s.repo, &b);
+    let e = m["entries"].as_array().unwrap().iter().find(|e| e["path"] == rel.as_str()).expect("t in the manifest");
+    let object = m["objects"][e["object"].as_u64().unwrap() as usize]["name"].as_str().unwrap();
+    let key = s.repo.join(pgkeep::repo::layout::data_key(&b, object));
+    let good = std::fs::read(&key).unwrap();
+    let mut bad = good.clone();
+    let at = (e["offset"].as_u64().unwrap_or(0) + e["length"].as_u64().unwrap() / 2) as usize;
+    bad[at] ^= 0x5a;
+    std::fs::write(&key, &bad).unwrap();
+
+    let out = s.pgkeep(["restore", "--delta", "--backup", &b, "--to"]).arg(&copy).fails();
+    let line = out.one_error_line();
+    assert!(line.contains(&rel) && line.contains("will not start"), "{line}");
+    assert!(!copy.join("global/pg_control").exists(), "pg_control must stay away until the end");
+
+    std::fs::write(&key, &good).unwrap();
+    let r = delta(&s, &copy, &["--backup", &b]);
+    assert!(r["files_changed"].as_u64().unwrap() > 0, "{r:#}");
+    let c = s.start_restored("copy", &copy);
+    c.wait_promoted();
+    assert_eq!(table_sums(&c), source);
 }
