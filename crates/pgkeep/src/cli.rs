@@ -212,8 +212,8 @@ pub enum DriverArg {
 
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
-    /// Target data directory; must be absent or empty (files backups; snapshot backups are
-    /// cloned volume by volume, see --volume).
+    /// Target data directory; must be absent or empty unless --delta (files backups; snapshot
+    /// backups are cloned volume by volume, see --volume).
     #[arg(long, value_name = "DIR")]
     pub to: Option<PathBuf>,
     /// Snapshot backups: clone volume NAME to PATH (repeatable; default: beside the original,
