@@ -95,9 +95,12 @@ fn root_owned(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-/// A source with table t (50 000 rows) and its backup A.
-fn table_t_backed_up() -> (Setup, String) {
-    let s = Setup::new();
+/// A source (of `major`, default Debian's) with table t (50 000 rows) and its backup A.
+fn table_t_backed_up(major: Option<u32>) -> (Setup, String) {
+    let s = Setup::with(|o| match major {
+        Some(m) => o.major(m),
+        None => o,
+    });
     s.pg.sql(
         "CREATE TABLE t (id int PRIMARY KEY, v text);
          INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 50000) g;",
@@ -224,7 +227,25 @@ fn delta_restore_refreshes_a_copy_one_change_behind_writing_few_bytes() {
 /// writes are gone, and it equals the source.
 #[test]
 fn delta_restore_rewinds_a_diverged_former_primary() {
-    let (s, a) = table_t_backed_up();
+    rewind_a_diverged_former_primary(None);
+}
+
+/// The same on the oldest and the newest supported major (issue 12, acceptance 5).
+#[test]
+fn delta_restore_rewinds_a_diverged_former_primary_pg14() {
+    rewind_a_diverged_former_primary(Some(14));
+}
+
+#[test]
+fn delta_restore_rewinds_a_diverged_former_primary_pg18() {
+    rewind_a_diverged_former_primary(Some(18));
+}
+
+fn rewind_a_diverged_former_primary(major: Option<u32>) {
+    let (s, a) = table_t_backed_up(major);
+    if let Some(m) = major {
+        assert_eq!(s.pg.int("SELECT current_setting('server_version_num')::int / 10000"), m as i64);
+    }
     let former = s.env.path("former");
     s.restore(&former, &["--backup", &a]);
     let mut f = s.start_restored("former", &former);
@@ -312,7 +333,7 @@ fn delta_restore_refuses_running_foreign_and_non_data_directories() {
 /// again a second run finishes the job.
 #[test]
 fn interrupted_delta_restore_leaves_an_unstartable_directory_and_a_rerun_finishes() {
-    let (s, a) = table_t_backed_up();
+    let (s, a) = table_t_backed_up(None);
     let copy = s.env.path("copy_data");
     s.restore(&copy, &["--backup", &a]);
     s.pg.sql("UPDATE t SET v = 'changed' WHERE id BETWEEN 100 AND 300");
