@@ -365,3 +365,61 @@ fn interrupted_delta_restore_leaves_an_unstartable_directory_and_a_rerun_finishe
     c.wait_promoted();
     assert_eq!(table_sums(&c), source);
 }
+
+/// The path strace (-y) shows for the fd that `call`'s first argument names on `line`.
+fn traced_fd_path<'l>(line: &'l str, call: &str) -> Option<&'l str> {
+    let rest = &line[line.find(&format!("{call}("))? + call.len() + 1..];
+    let start = rest.find('<')? + 1;
+    Some(&rest[start..start + rest[start..].find('>')?])
+}
+
+/// Durability order, traced with strace: every file written is fsynced after its last write,
+/// with its directory, all before pg_control is renamed into place; then `global/` is fsynced.
+#[test]
+fn delta_restore_fsyncs_every_changed_file_and_directory_before_pg_control() {
+    let (s, a) = table_t_backed_up(None);
+    let copy = s.env.path("copy_data");
+    s.restore(&copy, &["--backup", &a]);
+    s.pg.sql("UPDATE t SET v = 'changed' WHERE id BETWEEN 100 AND 300; CREATE TABLE t2 AS SELECT 1 AS x");
+    let b = s.backup();
+
+    let trace = s.env.path("strace.txt");
+    let mut c = s.pgkeep(["restore", "--delta", "--backup", &b, "--to"]).arg(&copy);
+    let cmd = c.command();
+    let out = std::process::Command::new("strace")
+        .args(["-f", "-y", "-s", "512", "-e", "trace=pwrite64,fsync,fdatasync,rename,renameat,renameat2", "-o"])
+        .arg(&trace)
+        .arg(cmd.get_program())
+        .args(cmd.get_args())
+        .output()
+        .expect("strace (scripts/setup.sh installs it)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let t = std::fs::read_to_string(&trace).unwrap();
+    let lines: Vec<&str> = t.lines().collect();
+    let publish = lines
+        .iter()
+        .rposition(|l| {
+            l.contains("rename") && l.contains("pg_control.pgkeep-restore\", ") && l.contains("/global/pg_control\"")
+        })
+        .unwrap_or_else(|| panic!("pg_control was not renamed into place:\n{t}"));
+    let fsynced =
+        |path: &str, after: usize| lines[after..publish].iter().any(|l| traced_fd_path(l, "fsync") == Some(path));
+    let mut last_write: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, l) in lines.iter().enumerate() {
+        if let Some(p) = traced_fd_path(l, "pwrite64") {
+            assert!(i < publish, "{p} written after pg_control was published");
+            last_write.insert(p, i);
+        }
+    }
+    assert!(last_write.len() >= 3, "too few files written to judge: {last_write:?}");
+    for (path, at) in &last_write {
+        assert!(fsynced(path, *at), "{path} not fsynced after its last write and before pg_control");
+        let dir = Path::new(path).parent().unwrap().display().to_string();
+        assert!(fsynced(&dir, 0), "directory {dir} not fsynced before pg_control");
+    }
+    let global = copy.join("global").display().to_string();
+    assert!(
+        lines[publish..].iter().any(|l| traced_fd_path(l, "fsync") == Some(global.as_str())),
+        "global/ not fsynced after pg_control was published"
+    );
+}
