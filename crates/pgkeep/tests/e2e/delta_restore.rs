@@ -53,6 +53,13 @@ fn table_sums(c: &TestCluster) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// The pid of a process that has exited and been reaped.
+fn dead_pid() -> u32 {
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    gone.wait().unwrap();
+    gone.id()
+}
+
 /// Run with --json; returns the report and the bytes the process passed to write calls
 /// (`wchar` of /proc/PID/io, read once it has exited but before it is reaped): a count
 /// independent of what pgkeep reports. (`write_bytes` is no such count: the kernel charges a
@@ -172,9 +179,7 @@ fn delta_restore_refreshes_a_copy_one_change_behind_writing_few_bytes() {
     let source = table_sums(&s.pg);
 
     // A pid file left by a crash names a process that no longer exists: stale, not running.
-    let mut gone = std::process::Command::new("true").spawn().unwrap();
-    let gone_pid = gone.id();
-    gone.wait().unwrap();
+    let gone_pid = dead_pid();
     std::fs::write(
         copy.join("postmaster.pid"),
         format!("{gone_pid}\n{}\n0\n5432\n/tmp\n\n  0 2147483000\nready\n", copy.display()),
@@ -304,6 +309,25 @@ fn delta_restore_refuses_running_foreign_and_non_data_directories() {
     assert!(line.contains("a server is running on it") && line.contains(&copy.display().to_string()), "{line}");
     assert_eq!(fingerprint(&copy), before, "a refused delta restore changed the running server's directory");
     c.stop();
+
+    // Stopped, but a pid file of a dead postmaster whose shared memory is still attached
+    // (backends that outlived a killed postmaster): PostgreSQL itself would refuse to start.
+    // SAFETY: a private segment, attached by this process only, removed below.
+    let shmid = unsafe { libc::shmget(libc::IPC_PRIVATE, 4096, libc::IPC_CREAT | 0o600) };
+    assert!(shmid >= 0, "shmget: {}", std::io::Error::last_os_error());
+    let at = unsafe { libc::shmat(shmid, std::ptr::null(), 0) };
+    assert_ne!(at as isize, -1, "shmat: {}", std::io::Error::last_os_error());
+    let pid_file = format!("{}\n{}\n0\n5432\n/tmp\n\n  0 {shmid}\nready\n", dead_pid(), copy.display());
+    std::fs::write(copy.join("postmaster.pid"), pid_file).unwrap();
+    let before = fingerprint(&copy);
+    let out = s.pgkeep(["restore", "--delta", "--backup", &id, "--to"]).arg(&copy).fails();
+    let line = out.one_error_line();
+    assert!(line.contains(&format!("shared memory segment {shmid}")) && line.contains("attached"), "{line}");
+    assert_eq!(fingerprint(&copy), before);
+    unsafe {
+        libc::shmdt(at);
+        libc::shmctl(shmid, libc::IPC_RMID, std::ptr::null_mut());
+    }
 
     let other = s.env.cluster("other", ClusterOptions::default());
     let before = fingerprint(other.pgdata());
