@@ -254,6 +254,9 @@ impl<'p> Delta<'p> {
         let map = &self.plan.map;
         let mut out = BTreeMap::new();
         walk(&map.pgdata, "", &mut out).map_err(|e| werr(&map.pgdata, e))?;
+        // A tablespace mapped inside PGDATA is known by its pg_tblspc/<oid> paths only, or its
+        // files would be removed as strays under their PGDATA-relative names.
+        out.retain(|_, f| !map.tablespaces.values().any(|t| f.abs().starts_with(t)));
         if let Some(Found::Link { target, .. }) = out.get("pg_wal") {
             let wal = map.pgdata.join(target);
             if wal.is_dir() {
