@@ -10,10 +10,13 @@
 //! rewritten, each changed file and its directory fsynced; backup_label, tablespace_map and the
 //! recovery settings as a normal restore writes them; pg_control last.
 
+mod blocks;
+mod target;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read};
-use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::fs::{self, OpenOptions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,13 +30,9 @@ use super::RestoreError;
 use crate::fsutil;
 use crate::progress::Progress;
 use crate::repo::manifest::{Entry, EntryKind};
-use crate::repo::seal::read_full;
 use crate::repo::Repository;
-
-/// PostgreSQL's block size: the unit compared and rewritten.
-const BLOCK: usize = 8192;
-/// Bytes compared per read of the backup's content and of the file on disk.
-const CHUNK: usize = 128 * BLOCK;
+use blocks::{hash_file, rewrite_differing_blocks};
+use target::check_target;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DeltaReport {
@@ -73,87 +72,6 @@ pub fn restore(repo: &Repository, opts: &RestoreOptions, progress: Arc<dyn Progr
 
 fn werr(path: &Path, e: impl std::fmt::Display) -> RestoreError {
     RestoreError::Write { path: path.display().to_string(), detail: e.to_string() }
-}
-
-/// The refusals, before anything is written: not a data directory, a server running on it
-/// (as PostgreSQL decides), another cluster's.
-fn check_target(plan: &RestorePlan) -> Result<(), RestoreError> {
-    let pgdata = &plan.map.pgdata;
-    let dir = pgdata.display().to_string();
-    let control = [pgdata.join("global/pg_control"), pgdata.join(PG_CONTROL_TEMP)];
-    // A run interrupted after moving pg_control aside left it under the temporary name.
-    let Some(control) = control.iter().find(|p| p.is_file()).filter(|_| pgdata.join("PG_VERSION").is_file()) else {
-        return Err(RestoreError::DeltaNotDataDir { dir });
-    };
-    if let Some(why) = running_server(pgdata) {
-        return Err(RestoreError::DeltaRunning { dir, why });
-    }
-    let bytes =
-        fs::read(control).map_err(|e| RestoreError::DeltaControl { dir: dir.clone(), detail: e.to_string() })?;
-    let found = pgkeep_wal::parse_pg_control(&bytes)
-        .map_err(|e| RestoreError::DeltaControl { dir: dir.clone(), detail: e.to_string() })?
-        .system_identifier;
-    let m = &plan.manifest;
-    if found.to_string() != m.system_identifier {
-        return Err(RestoreError::DeltaForeign {
-            dir,
-            found: found.to_string(),
-            id: m.id.clone(),
-            expected: m.system_identifier.clone(),
-        });
-    }
-    // A tablespace directory holding anything must be this data directory's own: without a
-    // --tablespace-map, a copy's tablespaces would otherwise go to the original location,
-    // which the source server may be using right now.
-    for (oid, ts) in &plan.map.tablespaces {
-        if fsutil::is_absent_or_empty(ts).map_err(|e| werr(ts, e))? {
-            continue;
-        }
-        let link = fs::read_link(pgdata.join(format!("pg_tblspc/{oid}"))).ok();
-        let same = |l: &PathBuf| fs::canonicalize(pgdata.join(l)).ok() == fs::canonicalize(ts).ok();
-        if !link.as_ref().is_some_and(same) {
-            return Err(RestoreError::DeltaTablespace {
-                dir,
-                oid: *oid,
-                ts: ts.display().to_string(),
-                link: link.map(|l| l.display().to_string()).unwrap_or_else(|| "nothing".into()),
-            });
-        }
-    }
-    Ok(())
-}
-
-/// Why `pgdata` is in use, decided as PostgreSQL decides before it takes a data directory
-/// (miscinit.c `CreateLockFile`, sysv_shmem.c `PGSharedMemoryIsInUse`): the postmaster.pid
-/// names a process that exists (other than this one or its parent), or the shared memory
-/// segment it names still has processes attached (backends that outlived a killed
-/// postmaster). Otherwise the pid file is stale and is removed with the rest.
-fn running_server(pgdata: &Path) -> Option<String> {
-    let text = fs::read_to_string(pgdata.join("postmaster.pid")).ok()?;
-    let mut lines = text.lines();
-    // A standalone backend writes its pid negated.
-    let pid: i64 = lines.next().and_then(|l| l.trim().parse().ok()).unwrap_or(0);
-    let pid = pid.unsigned_abs();
-    let own = [std::process::id() as u64, std::os::unix::process::parent_id() as u64];
-    if pid > 0 && pid <= i32::MAX as u64 && !own.contains(&pid) {
-        // SAFETY: signal 0 only checks that the process exists.
-        let alive = unsafe { libc::kill(pid as i32, 0) } == 0
-            || !matches!(io::Error::last_os_error().raw_os_error(), Some(libc::ESRCH) | Some(libc::EPERM));
-        if alive {
-            return Some(format!("postmaster.pid names live process {pid}"));
-        }
-    }
-    // Line 7: shared memory key and id.
-    let shmid: i32 = text.lines().nth(6)?.split_whitespace().nth(1)?.parse().ok()?;
-    // SAFETY: IPC_STAT fills the zeroed struct we own; a bad id just fails.
-    let mut ds: libc::shmid_ds = unsafe { std::mem::zeroed() };
-    let ok = unsafe { libc::shmctl(shmid, libc::IPC_STAT, &mut ds) } == 0;
-    (ok && ds.shm_nattch > 0).then(|| {
-        format!(
-            "shared memory segment {shmid} named in postmaster.pid is still attached by {} process(es)",
-            ds.shm_nattch
-        )
-    })
 }
 
 /// What the directory holds at a path, keyed by manifest path.
@@ -489,81 +407,6 @@ fn foreign_in_tablespace(rel: &str, want: &BTreeMap<&str, &Entry>) -> bool {
     parts.len() >= 3 && parts[0] == "pg_tblspc" && !want.contains_key(parts[..3].join("/").as_str())
 }
 
-/// BLAKE3 of a file, hex.
-fn hash_file(p: &Path) -> io::Result<String> {
-    let mut h = blake3::Hasher::new();
-    h.update_reader(File::open(p)?)?;
-    Ok(h.finalize().to_hex().to_string())
-}
-
-struct Written {
-    bytes: u64,
-    old_len: u64,
-    resized: bool,
-}
-
-/// Make `file` hold exactly `content` (`size` bytes), writing only the 8 KiB blocks that
-/// differ (runs of them in one write), then cutting or extending it to `size`. The content
-/// is read to its end, so its checksums are verified before this returns Ok.
-fn rewrite_differing_blocks<R: Read>(content: &mut R, file: &File, size: u64) -> io::Result<Written> {
-    let old_len = file.metadata()?.len();
-    let mut new = vec![0u8; CHUNK];
-    let mut old = vec![0u8; CHUNK];
-    let mut pos = 0u64;
-    let mut bytes = 0u64;
-    loop {
-        let got = read_full(content, &mut new)?;
-        if got == 0 {
-            break;
-        }
-        if pos + got as u64 > size {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "content is longer than the manifest records"));
-        }
-        let have = read_full(&mut Positioned { file, pos }, &mut old[..got])?;
-        let same = |i: usize, end: usize| end <= have && new[i..end] == old[i..end];
-        let mut i = 0;
-        while i < got {
-            let end = (i + BLOCK).min(got);
-            if same(i, end) {
-                i = end;
-                continue;
-            }
-            let start = i;
-            i = end;
-            while i < got && !same(i, (i + BLOCK).min(got)) {
-                i = (i + BLOCK).min(got);
-            }
-            file.write_all_at(&new[start..i], pos + start as u64)?;
-            bytes += (i - start) as u64;
-        }
-        pos += got as u64;
-    }
-    if pos != size {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("content has {pos} bytes, the manifest records {size}"),
-        ));
-    }
-    if old_len > size {
-        file.set_len(size)?;
-    }
-    Ok(Written { bytes, old_len, resized: old_len != size })
-}
-
-/// Reads `file` from `pos` on without moving a shared cursor.
-struct Positioned<'f> {
-    file: &'f File,
-    pos: u64,
-}
-
-impl Read for Positioned<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.file.read_at(buf, self.pos)?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
-
 /// Walk `dir` without following links, recording every entry under `prefix`.
 fn walk(dir: &Path, prefix: &str, out: &mut BTreeMap<String, Found>) -> io::Result<()> {
     for entry in fs::read_dir(dir)? {
@@ -586,49 +429,4 @@ fn walk(dir: &Path, prefix: &str, out: &mut BTreeMap<String, Found>) -> io::Resu
         out.insert(rel, f);
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn rewrite(old: &[u8], new: &[u8]) -> (Vec<u8>, Written) {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("f");
-        fs::write(&p, old).unwrap();
-        let f = OpenOptions::new().read(true).write(true).open(&p).unwrap();
-        let w = rewrite_differing_blocks(&mut &new[..], &f, new.len() as u64).unwrap();
-        drop(f);
-        (fs::read(&p).unwrap(), w)
-    }
-
-    #[test]
-    fn only_differing_blocks_are_written() {
-        let old: Vec<u8> = (0..40 * BLOCK).map(|i| (i / BLOCK) as u8).collect();
-        let mut new = old.clone();
-        new[3 * BLOCK + 5] ^= 1;
-        new[4 * BLOCK] ^= 1;
-        new[39 * BLOCK + 100] ^= 1;
-        let (got, w) = rewrite(&old, &new);
-        assert_eq!(got, new);
-        assert_eq!(w.bytes, 3 * BLOCK as u64);
-        assert!(!w.resized);
-        let (got, w) = rewrite(&old, &old);
-        assert_eq!((got, w.bytes), (old.clone(), 0));
-    }
-
-    #[test]
-    fn files_are_cut_and_extended_to_the_backup_size() {
-        let old = vec![7u8; 3 * BLOCK + 10];
-        let (got, w) = rewrite(&old, &old[..BLOCK + 3]);
-        assert_eq!(got, &old[..BLOCK + 3]);
-        assert_eq!((w.bytes, w.resized), (0, true));
-        let mut longer = old.clone();
-        longer.extend_from_slice(&[9u8; 2 * BLOCK]);
-        let (got, w) = rewrite(&old, &longer);
-        assert_eq!(got, longer);
-        assert!(w.resized);
-        // The partial last block differs (it was short) plus the two new blocks' bytes.
-        assert_eq!(w.bytes, (longer.len() - 3 * BLOCK) as u64);
-    }
 }
