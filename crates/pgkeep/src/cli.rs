@@ -237,8 +237,8 @@ pub enum DriverArg {
 
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
-    /// Target data directory; must be absent or empty (files backups; snapshot backups are
-    /// cloned volume by volume, see --volume).
+    /// Target data directory; must be absent or empty unless --delta (files backups; snapshot
+    /// backups are cloned volume by volume, see --volume).
     #[arg(long, value_name = "DIR")]
     pub to: Option<PathBuf>,
     /// Snapshot backups: clone volume NAME to PATH (repeatable; default: beside the original,
@@ -290,6 +290,11 @@ pub struct RestoreArgs {
     /// Parallel file workers (default: number of cores).
     #[arg(long, short = 'j', value_name = "N")]
     pub jobs: Option<usize>,
+    /// --to names an existing, stopped data directory of the same cluster (a copy to refresh,
+    /// a former primary to rewind): write only the blocks and files that differ from the
+    /// backup and remove what it does not have.
+    #[arg(long)]
+    pub delta: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]

@@ -220,6 +220,10 @@ fn dispatch(cli: &Cli, cfg: Config, progress: Arc<dyn Progress>, rt: tokio::runt
                 .into());
             }
             opts.backup = Some(id);
+            if a.delta {
+                let r = restore::delta::restore(&repo, &opts, progress)?;
+                return Ok(Outcome::new(&r, render::delta_restore(&r), true));
+            }
             let plan = restore::RestorePlan::build(&repo, &opts)?;
             let r = plan.run(&repo, progress)?;
             Ok(Outcome::new(&r, render::restore(&r), true))

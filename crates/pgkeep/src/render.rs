@@ -261,6 +261,18 @@ pub fn restore(r: &RestoreReport) -> String {
     s
 }
 
+pub fn delta_restore(r: &crate::restore::delta::DeltaReport) -> String {
+    format!(
+        "delta restore: {} written; files: {} changed, {} created, {} removed, {} unchanged\n{}",
+        human_bytes(r.bytes_written),
+        r.files_changed,
+        r.files_created,
+        r.files_removed,
+        r.files_unchanged,
+        restore(&r.restore)
+    )
+}
+
 /// What the restored copy will archive, and which newer timelines recovery would follow.
 fn restore_safety(mode: crate::restore::recovery::ArchiveMode, t: &crate::restore::plan::TimelineView) -> String {
     let mut s = match mode {

@@ -456,7 +456,8 @@ impl<R: Read> Read for OpenReader<R> {
     }
 }
 
-fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+/// Fill `buf` from `r` as far as it goes; fewer bytes only at the end of the stream.
+pub(crate) fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match r.read(&mut buf[n..]) {

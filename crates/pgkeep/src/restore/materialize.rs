@@ -241,3 +241,31 @@ pub fn write_small(path: &Path, data: &[u8]) -> Result<(), RestoreError> {
     f.write_all(data).map_err(|e| werr(path, e))?;
     f.sync_all().map_err(|e| werr(path, e))
 }
+
+/// The plain content of file entry `e` of backup `m`, decoded as it is read. The frame's sizes
+/// and CRC, its BLAKE3 and the one the manifest records are checked when the reader reaches
+/// its end (an `InvalidData` error there), so callers trust nothing before `read` returned 0.
+/// The one place that knows where an entry's content lives.
+pub fn open_entry_content<'r>(
+    repo: &'r Repository,
+    m: &Manifest,
+    e: &Entry,
+) -> Result<Box<dyn Read + Send + 'r>, RestoreError> {
+    let fail = |detail: String| RestoreError::Content { id: m.id.clone(), path: e.path.clone(), detail };
+    let object = e
+        .object
+        .and_then(|o| m.objects.get(o as usize))
+        .ok_or_else(|| fail("manifest entry names no data object".into()))?;
+    let key = layout::data_key(&m.id, &object.name);
+    let end = e.offset.checked_add(e.length).ok_or_else(|| fail("entry lies outside its object".into()))?;
+    let raw = repo.storage().open_reader(&key, Some(e.offset..end)).map_err(|x| fail(x.to_string()))?;
+    let what = format!("file {} (object {} of backup {})", e.path, object.name, m.id);
+    let mut r = frame::reader(raw, e.length, &what).map_err(|x| fail(x.to_string()))?;
+    if let Some(recorded) = &e.blake3 {
+        let mut digest = [0u8; 32];
+        hex::decode_to_slice(recorded, &mut digest)
+            .map_err(|_| fail(format!("manifest records an invalid checksum {recorded:?}")))?;
+        r = r.expecting(digest);
+    }
+    Ok(Box::new(r))
+}

@@ -2,6 +2,7 @@
 //! then write backup_label, tablespace_map and the recovery settings. pg_control is put in
 //! place last, so an interrupted restore leaves a directory PostgreSQL refuses to start.
 
+pub mod delta;
 pub mod locate;
 pub mod materialize;
 pub mod plan;
@@ -36,6 +37,20 @@ pub enum RestoreError {
     TablespaceNotEmpty { oid: u32, dir: String },
     #[error("restoring {path} from backup {id} failed: {detail}; the target directory {dir} is incomplete (PostgreSQL will not start on it); hint: remove it, then restore again or from another backup")]
     File { id: String, path: String, dir: String, detail: String },
+    #[error("refusing a delta restore into {dir}: it is neither empty nor a PostgreSQL data directory (no PG_VERSION and global/pg_control); nothing was written; hint: name the data directory of a copy of this cluster, or an empty directory")]
+    DeltaNotDataDir { dir: String },
+    #[error("refusing a delta restore into {dir}: a server is running on it ({why}); nothing was written; hint: stop it first (pg_ctl -D {dir} stop -m fast), then run the delta restore again")]
+    DeltaRunning { dir: String, why: String },
+    #[error("refusing a delta restore into {dir}: cannot read its system identifier from global/pg_control ({detail}); nothing was written; hint: restore into an empty directory instead")]
+    DeltaControl { dir: String, detail: String },
+    #[error("refusing a delta restore into {dir}: it is the data directory of another cluster (system identifier {found}; backup {id} is of {expected}); nothing was written; hint: delta restore refreshes copies of the backup's own cluster; restore into an empty directory instead")]
+    DeltaForeign { dir: String, found: String, id: String, expected: String },
+    #[error("refusing a delta restore into {dir}: tablespace {oid} would be rewritten in {ts}, which holds files but is not this data directory's (its pg_tblspc/{oid} links to {link}); nothing was written; hint: pass --tablespace-map {oid}=DIR with the directory its pg_tblspc/{oid} links to")]
+    DeltaTablespace { dir: String, oid: u32, ts: String, link: String },
+    #[error("delta restore of {path} from backup {id} failed: {detail}; {dir} is incomplete (PostgreSQL will not start on it); hint: fix the cause and run the delta restore again, or restore another backup")]
+    DeltaFile { id: String, path: String, dir: String, detail: String },
+    #[error("cannot read {path} of backup {id}: {detail}")]
+    Content { id: String, path: String, detail: String },
     #[error("cannot write {path}: {detail}")]
     Write { path: String, detail: String },
     #[error("refusing to restore backup {id}: its manifest's {problem}; nothing was written; hint: the manifest was altered or damaged in the repository; restore another backup and check who can write the repository")]

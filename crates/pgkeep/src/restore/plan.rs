@@ -127,9 +127,16 @@ pub fn fetch_label(repo: &Repository, m: &Manifest) -> crate::Result<Vec<u8>> {
 
 impl RestorePlan {
     pub fn build(repo: &Repository, opts: &RestoreOptions) -> crate::Result<RestorePlan> {
+        Self::build_into(repo, opts, true)
+    }
+
+    /// `empty`: refuse a target or tablespace directory that holds anything (false for a
+    /// delta restore, which rewrites an existing data directory).
+    pub fn build_into(repo: &Repository, opts: &RestoreOptions, empty: bool) -> crate::Result<RestorePlan> {
         let to = crate::fsutil::absolute(&opts.to);
-        if !fsutil::is_absent_or_empty(&to)
-            .map_err(|e| RestoreError::Write { path: to.display().to_string(), detail: e.to_string() })?
+        if empty
+            && !fsutil::is_absent_or_empty(&to)
+                .map_err(|e| RestoreError::Write { path: to.display().to_string(), detail: e.to_string() })?
         {
             return Err(RestoreError::TargetNotEmpty { dir: to.display().to_string() }.into());
         }
@@ -155,7 +162,7 @@ impl RestorePlan {
         for t in &manifest.tablespaces {
             tablespaces.entry(t.oid).or_insert_with(|| PathBuf::from(&t.location));
         }
-        for (oid, dir) in &tablespaces {
+        for (oid, dir) in tablespaces.iter().filter(|_| empty) {
             let empty = fsutil::is_absent_or_empty(dir)
                 .map_err(|e| RestoreError::Write { path: dir.display().to_string(), detail: e.to_string() })?;
             if !empty {
@@ -188,7 +195,18 @@ impl RestorePlan {
         let stats = materialize::write_files(repo, m, &self.map, self.jobs, progress.as_ref())?;
         progress.finish_phase();
 
+        self.write_label_and_recovery(repo)?;
+        materialize::sync_restored(m, &self.map)?;
+        materialize::publish_pg_control(&self.map)?;
+        Ok(self.report(stats.files, stats.bytes, began))
+    }
+
+    /// backup_label, tablespace_map and the recovery settings (each durable); returns the
+    /// paths written.
+    pub fn write_label_and_recovery(&self, repo: &Repository) -> Result<Vec<PathBuf>, RestoreError> {
+        let m = &self.manifest;
         let pgdata = &self.map.pgdata;
+        let mut written = vec![pgdata.join("backup_label")];
         materialize::write_small(&pgdata.join("backup_label"), &self.label)?;
         if m.tablespace_map_blake3.is_some() || !self.map.tablespaces.is_empty() {
             let mut text = String::new();
@@ -196,24 +214,30 @@ impl RestorePlan {
                 text.push_str(&format!("{oid} {}\n", dir.display()));
             }
             materialize::write_small(&pgdata.join("tablespace_map"), text.as_bytes())?;
+            written.push(pgdata.join("tablespace_map"));
         }
         let note = format!("recovery settings written by pgkeep restore of backup {} ({})", m.id, self.settings.target);
         recovery::write(pgdata, &self.settings, &note).map_err(|e| RestoreError::Write {
             path: pgdata.join("postgresql.auto.conf").display().to_string(),
             detail: e.to_string(),
         })?;
+        written.push(pgdata.join("postgresql.auto.conf"));
+        written.push(pgdata.join("recovery.signal"));
         if let Some(warning) = recovery::key_file_warning(pgdata, repo.key_file()) {
             tracing::warn!("{warning}");
         }
-        materialize::sync_restored(m, &self.map)?;
-        materialize::publish_pg_control(&self.map)?;
+        Ok(written)
+    }
 
-        Ok(RestoreReport {
+    /// The report of a restore that wrote `files` files of `bytes` bytes since `began`.
+    pub fn report(&self, files: u64, bytes: u64, began: Instant) -> RestoreReport {
+        let m = &self.manifest;
+        RestoreReport {
             backup: m.id.clone(),
-            pgdata: pgdata.display().to_string(),
+            pgdata: self.map.pgdata.display().to_string(),
             target: self.settings.target.clone(),
-            files: stats.files,
-            size: stats.bytes,
+            files,
+            size: bytes,
             duration_seconds: began.elapsed().as_secs_f64(),
             tablespaces: m
                 .tablespaces
@@ -227,7 +251,7 @@ impl RestorePlan {
             recovery_settings: self.settings.pairs().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
             archive_mode: self.settings.archive_mode,
             timelines: self.timelines.clone(),
-        })
+        }
     }
 }
 

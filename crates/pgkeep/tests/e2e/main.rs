@@ -15,6 +15,7 @@ mod bad_input;
 mod catalog_hardening;
 mod check;
 mod corruption;
+mod delta_restore;
 mod demo;
 mod docs;
 mod encryption;
