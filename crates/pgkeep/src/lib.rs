@@ -114,6 +114,11 @@ pub fn run(cli: &Cli, progress: Arc<dyn Progress>, rt: tokio::runtime::Handle) -
                 archive_timeout: a.archive_timeout.map(std::time::Duration::from_secs).unwrap_or(cfg.archive_timeout),
                 compress_level: a.compress_level.unwrap_or(cfg.compress_level),
                 fast_checkpoint: !a.spread_checkpoint,
+                backup_type: a
+                    .backup_type
+                    .or_else(|| cfg.file.backup.as_ref().and_then(|b| b.backup_type))
+                    .unwrap_or_default(),
+                incremental_by: a.incremental_by.unwrap_or_default(),
             };
             let snap = backup::snapshot::SnapshotConfig::from_file(&cfg.file);
             if a.finish {
