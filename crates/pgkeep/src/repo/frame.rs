@@ -438,6 +438,126 @@ impl<R: Read> Read for CrcReader<R> {
     }
 }
 
+/// Pull-style decoding of one frame of `framed_len` bytes: `Read` yields the plain content,
+/// and the read that reaches its end checks the sizes, CRC and BLAKE3 and fails instead of
+/// returning 0 when any differs, so whoever reads a `FrameReader` to the end has checked
+/// every byte it got (several frames can then be merged block by block, as a chain restore
+/// does).
+pub struct FrameReader<R: Read> {
+    what: String,
+    body: Option<Body<R>>,
+    payload_len: u64,
+    hasher: blake3::Hasher,
+    n: u64,
+    summary: Option<FrameSummary>,
+}
+
+enum Body<R: Read> {
+    Plain(io::Take<CrcReader<R>>),
+    Zstd(Box<zstd::stream::read::Decoder<'static, io::BufReader<io::Take<CrcReader<R>>>>>),
+}
+
+impl<R: Read> FrameReader<R> {
+    pub fn new(mut r: R, framed_len: u64, what: &str) -> Result<FrameReader<R>, FrameError> {
+        if framed_len < FRAME_OVERHEAD {
+            return Err(FrameError::damaged(what, format!("truncated ({framed_len} bytes)")));
+        }
+        let mut h = [0u8; HEADER_LEN];
+        read_exact(&mut r, &mut h, what)?;
+        let compression = parse_header(&h, what)?;
+        let payload_len = framed_len - FRAME_OVERHEAD;
+        let payload = CrcReader { inner: r, crc: crc32c::crc32c(&h) }.take(payload_len);
+        let body = match compression {
+            0 => Body::Plain(payload),
+            _ => Body::Zstd(Box::new(
+                zstd::stream::read::Decoder::with_buffer(io::BufReader::with_capacity(128 * 1024, payload))
+                    .map_err(|e| io_or_damaged(e, what))?
+                    .single_frame(),
+            )),
+        };
+        Ok(FrameReader {
+            what: what.to_string(),
+            body: Some(body),
+            payload_len,
+            hasher: blake3::Hasher::new(),
+            n: 0,
+            summary: None,
+        })
+    }
+
+    /// Sizes and hash of the frame, once it was read to its end.
+    pub fn summary(&self) -> Option<FrameSummary> {
+        self.summary
+    }
+
+    fn finish(&mut self, body: Body<R>) -> Result<FrameSummary, FrameError> {
+        let what = self.what.as_str();
+        let payload = match body {
+            Body::Plain(p) => p,
+            Body::Zstd(dec) => {
+                let mut rest = dec.finish();
+                let mut extra = [0u8; 1];
+                if rest.read(&mut extra).map_err(|e| FrameError::Io { what: what.into(), source: e })? != 0 {
+                    return Err(FrameError::damaged(what, "payload has trailing bytes after its compressed stream"));
+                }
+                rest.into_inner()
+            }
+        };
+        if payload.limit() != 0 {
+            return Err(FrameError::damaged(what, "truncated payload"));
+        }
+        let mut crc_reader = payload.into_inner();
+        let mut t = [0u8; TRAILER_LEN];
+        read_exact(&mut crc_reader.inner, &mut t, what)?;
+        let t = parse_trailer(&t, what)?;
+        let digest: [u8; 32] = self.hasher.finalize().into();
+        if t.payload_size != self.payload_len {
+            return Err(FrameError::damaged(what, "payload length does not match its trailer"));
+        }
+        if t.plain_size != self.n {
+            return Err(FrameError::damaged(
+                what,
+                format!("size mismatch: {} bytes decoded, {} recorded", self.n, t.plain_size),
+            ));
+        }
+        if t.stored_crc != crc_reader.crc {
+            return Err(FrameError::damaged(what, "stored bytes do not match their CRC"));
+        }
+        if t.blake3 != digest {
+            return Err(FrameError::damaged(
+                what,
+                "checksum mismatch (BLAKE3 of the content differs from the one recorded)",
+            ));
+        }
+        Ok(FrameSummary { plain_size: self.n, framed_size: self.payload_len + FRAME_OVERHEAD, blake3: digest })
+    }
+}
+
+impl<R: Read> Read for FrameReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() || self.summary.is_some() {
+            return Ok(0);
+        }
+        let damaged = |e: FrameError| io::Error::new(io::ErrorKind::InvalidData, e.to_string());
+        let Some(body) = self.body.as_mut() else {
+            return Err(damaged(FrameError::damaged(&self.what, "read after a failed check")));
+        };
+        let n = match body {
+            Body::Plain(p) => p.read(buf),
+            Body::Zstd(d) => d.read(buf),
+        }
+        .map_err(|e| damaged(io_or_damaged(e, &self.what)))?;
+        if n > 0 {
+            self.hasher.update(&buf[..n]);
+            self.n += n as u64;
+            return Ok(n);
+        }
+        let body = self.body.take().expect("checked above");
+        self.summary = Some(self.finish(body).map_err(damaged)?);
+        Ok(0)
+    }
+}
+
 fn read_exact<R: Read>(r: &mut R, buf: &mut [u8], what: &str) -> Result<(), FrameError> {
     r.read_exact(buf).map_err(|e| {
         if e.kind() == io::ErrorKind::UnexpectedEof {
@@ -460,6 +580,25 @@ fn io_or_damaged(e: io::Error, what: &str) -> FrameError {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn frame_reader_yields_the_content_and_checks_it_at_the_end() {
+        let plain: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        for c in [Compression::None, Compression::Zstd(1)] {
+            let (framed, summary) = encode(&plain, c);
+            let mut r = FrameReader::new(&framed[..], framed.len() as u64, "t").unwrap();
+            let mut out = Vec::new();
+            r.read_to_end(&mut out).unwrap();
+            assert_eq!(out, plain);
+            assert_eq!(r.summary(), Some(summary));
+            // A flipped payload byte fails the read that reaches the end (or the decode).
+            let mut bad = framed.clone();
+            bad[HEADER_LEN + 40] ^= 1;
+            let res = FrameReader::new(&bad[..], bad.len() as u64, "t")
+                .and_then(|mut r| r.read_to_end(&mut Vec::new()).map_err(|e| FrameError::damaged("t", e.to_string())));
+            assert!(res.is_err(), "{c:?}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -20,6 +20,7 @@ mod docs;
 mod encryption;
 #[cfg(feature = "gcs")]
 mod gcs;
+mod incremental;
 mod init;
 mod interrupted;
 mod majors;

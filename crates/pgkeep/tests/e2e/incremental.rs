@@ -1,0 +1,266 @@
+//! Block-level incremental backups (issue 12, acceptance 1 and 2): `backup --type incr|diff`
+//! with changed blocks from the archived WAL, chains restored file by file, PITR inside a chain,
+//! and the fall-back to whole files when the WAL has a gap.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use pgkeep_testkit::TestCluster;
+
+use crate::common::Setup;
+use crate::snapshot_util::amcheck;
+
+/// psql's unaligned output of `sql` in database `db`.
+fn psql(c: &TestCluster, db: &str, sql: &str) -> String {
+    let out = c.tool("psql").args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-d", db, "-c", sql]).output().expect("psql");
+    assert!(out.status.success(), "{sql} in {db}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Every permanent table of every database but the templates: row count and a hash over all
+/// columns of every row ("equals the source").
+fn fingerprint(c: &TestCluster) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for db in c.column("SELECT datname FROM pg_database WHERE NOT datistemplate ORDER BY 1") {
+        let tables = psql(
+            c,
+            &db,
+            "SELECT string_agg(quote_ident(relname), ' ' ORDER BY relname) FROM pg_class \
+             WHERE relkind = 'r' AND relpersistence = 'p' AND relnamespace = 'public'::regnamespace",
+        );
+        for t in tables.split_whitespace() {
+            let v = psql(
+                c,
+                &db,
+                &format!("SELECT count(*) || ' rows, hash ' || coalesce(sum(hashtext(x::text)::bigint), 0) FROM {t} x"),
+            );
+            out.insert(format!("{db}.{t}"), v);
+        }
+    }
+    out
+}
+
+/// Tables of every kind the WAL walk must get right, created before the full backup.
+fn schema(s: &Setup, ts: &Path) {
+    s.pg.sql(&format!("CREATE TABLESPACE ts1 LOCATION '{}'", ts.display()));
+    s.pg.sql(
+        "CREATE TABLE t_drop AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 20000) g;
+         CREATE TABLE t_trunc (id int PRIMARY KEY, v text);
+         INSERT INTO t_trunc SELECT g, md5(g::text) FROM generate_series(1, 20000) g;
+         CREATE TABLE t_move (id int PRIMARY KEY, v text);
+         INSERT INTO t_move SELECT g, md5(g::text) FROM generate_series(1, 20000) g;
+         CREATE TABLE t_vac (id int PRIMARY KEY, v text) WITH (autovacuum_enabled = off);
+         INSERT INTO t_vac SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 30000) g;
+         CREATE UNLOGGED TABLE t_unlogged (id int PRIMARY KEY, v text);
+         INSERT INTO t_unlogged SELECT g, 'u' FROM generate_series(1, 1000) g;
+         CREATE TABLE marker (n int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp());",
+    );
+    for db in ["tmpl", "moved"] {
+        s.pg.sql(&format!("CREATE DATABASE {db}"));
+        psql(&s.pg, db, "CREATE TABLE items AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 5000) g");
+    }
+}
+
+/// One round of changes of every kind (`round` makes the names unique).
+fn changes(s: &Setup, round: u32) {
+    let pg = &s.pg;
+    // ≈1 % of pgbench_accounts' rows, spread over the table; and the other pgbench tables.
+    pg.sql(&format!("UPDATE pgbench_accounts SET abalance = abalance + {round} WHERE (aid / 61) % 100 = {round}"));
+    pg.sql(&format!("UPDATE pgbench_branches SET bbalance = bbalance + {round}"));
+    pg.pgbench(&["-n", "-c", "1", "-t", "200"]);
+    pg.sql(&format!("CREATE TABLE t_new_{round} AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 3000) g"));
+    pg.sql(&format!(
+        "INSERT INTO t_unlogged SELECT g, 'r{round}' FROM generate_series({round} * 10000, {round} * 10000 + 50) g"
+    ));
+    match round {
+        1 => {
+            pg.sql("DROP TABLE t_drop");
+            pg.sql("TRUNCATE t_trunc; INSERT INTO t_trunc SELECT g, 'after truncate' FROM generate_series(1, 100) g");
+            // Vacuum cuts the heap's empty tail (an smgr truncate record).
+            pg.sql("DELETE FROM t_vac WHERE id > 5000");
+            pg.sql("VACUUM t_vac");
+        }
+        2 => {
+            psql(pg, "postgres", "CREATE DATABASE copied TEMPLATE tmpl STRATEGY FILE_COPY");
+            pg.sql("ALTER TABLE t_move SET TABLESPACE ts1");
+        }
+        3 => {
+            psql(pg, "postgres", "ALTER DATABASE moved SET TABLESPACE ts1");
+            psql(pg, "copied", "UPDATE items SET v = 'changed' WHERE id % 10 = 0");
+        }
+        _ => {
+            // Cut to nothing, then extended again: blocks past the cut must not come back
+            // from an older backup.
+            pg.sql("DELETE FROM t_vac");
+            pg.sql("VACUUM t_vac");
+            pg.sql(&format!("INSERT INTO t_vac SELECT g, 'round {round}' FROM generate_series(1, 2000) g"));
+        }
+    }
+}
+
+fn backup(s: &Setup, kind: &str) -> serde_json::Value {
+    let r = s.pgkeep(["backup", "--type", kind]).json();
+    assert_eq!(r["type"], kind, "{r:#}");
+    r
+}
+
+/// The restored copy equals the source's `expected` fingerprint, is amcheck-clean and has the
+/// unlogged table empty (init fork only).
+fn assert_equals_source(restored: &TestCluster, expected: &BTreeMap<String, String>) {
+    let got = fingerprint(restored);
+    assert_eq!(&got, expected, "the restored copy differs from the source");
+    assert_eq!(amcheck(restored), Vec::<String>::new());
+    assert_eq!(restored.int("SELECT count(*) FROM t_unlogged"), 0);
+}
+
+/// Insert marker `n` and return the commit time after it.
+fn marker(s: &Setup, n: i32) -> String {
+    s.pg.sql(&format!("INSERT INTO marker (n) VALUES ({n})"));
+    s.pg.scalar("SELECT clock_timestamp()")
+}
+
+/// full → incr → incr → diff → incr, every kind of change between them; the last restores to
+/// the end of the archive and to a marker between two changes, equal to the source each time;
+/// a restore drill passes on a backup in the middle of the chain.
+#[test]
+fn incremental_chain_restores_to_the_end_and_to_a_marker() {
+    let s = Setup::with(|o| o.with("track_commit_timestamp", "on"));
+    let ts = s.env.owned_dir("ts1");
+    s.pg.pgbench(&["-i", "-s", "3", "-q"]);
+    schema(&s, &ts);
+    let full = backup(&s, "full");
+    let full_id = full["id"].as_str().unwrap().to_string();
+    assert_eq!(full["bytes_read"].as_u64(), full["size"].as_u64(), "{full:#}");
+
+    changes(&s, 1);
+    let i1 = backup(&s, "incr");
+    assert_eq!(i1["reference"], full_id.as_str(), "{i1:#}");
+    assert_eq!(i1["incremental_by"], "wal");
+    // Only changed blocks of the relations: far less than the database was read.
+    let (read, size) = (i1["bytes_read"].as_u64().unwrap(), i1["size"].as_u64().unwrap());
+    assert!(read * 3 < size, "an incremental read {read} of {size} bytes: {i1:#}");
+    let reasons = &i1["whole_file_reasons"];
+    assert!(reasons["not in reference"].as_u64().unwrap() >= 1, "{i1:#}");
+    assert!(reasons.get("wal gap").is_none(), "{i1:#}");
+    let m1 = crate::common::read_manifest(&s.repo, i1["id"].as_str().unwrap());
+    assert_eq!(m1["kind"], "incr");
+    assert_eq!(m1["chain"], serde_json::json!([full_id]));
+    let with_blocks = m1["entries"].as_array().unwrap().iter().filter(|e| e.get("blocks").is_some()).count();
+    assert!(with_blocks > 10, "relation files stored as changed blocks: {with_blocks}");
+
+    changes(&s, 2);
+    let i2 = backup(&s, "incr");
+    assert_eq!(i2["reference"], i1["id"]);
+    let reasons = &i2["whole_file_reasons"];
+    assert!(
+        reasons["database copied at file level"].as_u64().unwrap_or(0) + reasons["not in reference"].as_u64().unwrap()
+            > 5,
+        "{i2:#}"
+    );
+
+    changes(&s, 3);
+    let d = backup(&s, "diff");
+    assert_eq!(d["reference"], full_id.as_str(), "a diff refers to the full: {d:#}");
+
+    changes(&s, 4);
+    let i3 = backup(&s, "incr");
+    assert_eq!(i3["reference"], d["id"]);
+    let m3 = crate::common::read_manifest(&s.repo, i3["id"].as_str().unwrap());
+    assert_eq!(m3["chain"], serde_json::json!([full_id, d["id"]]));
+
+    // A marker, the target after it, then one more change and a final marker.
+    marker(&s, 1);
+    let target = marker(&s, 2);
+    let at_target = fingerprint(&s.pg);
+    changes(&s, 5);
+    marker(&s, 3);
+    let at_end = fingerprint(&s.pg);
+    s.pg.switch_and_wait_archived(&s.repo);
+
+    let listed = s.pgkeep(["list"]).json();
+    let kinds: Vec<&str> = listed.as_array().unwrap().iter().map(|b| b["kind"].as_str().unwrap_or("?")).collect();
+    assert_eq!(kinds, ["full", "incr", "incr", "diff", "incr"], "{listed:#}");
+    assert_eq!(listed[4]["reference"], d["id"]);
+
+    let oid = s.pg.int("SELECT oid FROM pg_tablespace WHERE spcname = 'ts1'");
+    let dir = s.env.path("end");
+    let map = format!("{oid}={}", s.env.path("ts_end").display());
+    let r = s.restore(
+        &dir,
+        &["--backup", i3["id"].as_str().unwrap(), "--target-action", "promote", "--tablespace-map", &map],
+    );
+    assert_eq!(r["backup"], i3["id"]);
+    s.env.chown(&s.env.path("ts_end"));
+    let restored = start_copy(&s, "end", &dir);
+    assert_equals_source(&restored, &at_end);
+    assert_eq!(restored.column("SELECT n FROM marker ORDER BY n"), ["1", "2", "3"]);
+    drop(restored);
+
+    let dir = s.env.path("pitr");
+    let map = format!("{oid}={}", s.env.path("ts_pitr").display());
+    let r = s.restore(&dir, &["--target-time", &target, "--target-action", "promote", "--tablespace-map", &map]);
+    s.env.chown(&s.env.path("ts_pitr"));
+    assert_eq!(r["backup"], i3["id"], "the newest backup before the target is the last incremental");
+    let restored = start_copy(&s, "pitr", &dir);
+    assert_equals_source(&restored, &at_target);
+    assert_eq!(restored.column("SELECT n FROM marker ORDER BY n"), ["1", "2"]);
+    drop(restored);
+
+    // A restore drill on a backup in the middle of the chain.
+    let v = s.pgkeep(["verify"]).arg(i2["id"].as_str().unwrap()).json();
+    assert_eq!(v["ok"], true, "{v:#}");
+}
+
+fn start_copy(s: &Setup, name: &str, dir: &Path) -> TestCluster {
+    let restored = s.start_restored(name, dir);
+    restored.wait_promoted();
+    restored
+}
+
+/// A WAL segment between the reference and the new backup deleted from a copy of the
+/// repository: the incremental reads every relation file whole, says why, and restores equal
+/// to the source.
+#[test]
+fn incremental_over_a_wal_gap_reads_files_whole_and_restores() {
+    let s = Setup::new();
+    s.pg.pgbench(&["-i", "-s", "2", "-q"]);
+    backup(&s, "full");
+    s.pg.sql("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 50 = 0");
+    let gone = s.pg.switch_and_wait_archived(&s.repo);
+    s.pg.pgbench(&["-n", "-c", "1", "-t", "300"]);
+    s.pg.switch_and_wait_archived(&s.repo);
+
+    // The copy, without that segment; the cluster archives into the copy from now on.
+    let copy = s.env.path("repo-copy");
+    let st = std::process::Command::new("cp").arg("-a").arg(&s.repo).arg(&copy).status().expect("cp");
+    assert!(st.success());
+    let key = copy.join(pgkeep::repo::layout::wal_key(&gone));
+    std::fs::remove_file(&key).unwrap_or_else(|e| panic!("{}: {e}", key.display()));
+    s.pg.sql(&format!("ALTER SYSTEM SET archive_command = '{}'", s.env.archive_command(&copy).replace('\'', "''")));
+    s.pg.sql("SELECT pg_reload_conf()");
+    // The segment must be gone from pg_wal as well, or the walk would read it there.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while s.pg.pgdata().join("pg_wal").join(&gone).exists() {
+        assert!(Instant::now() < deadline, "{gone} stays in pg_wal");
+        s.pg.switch_and_wait_archived(&copy);
+        s.pg.sql("CHECKPOINT");
+    }
+
+    let cmd = || crate::common::cluster_cmd(&s.env, &copy, &s.pg);
+    let r = cmd().arg("backup").arg("--type").arg("incr").json();
+    assert_eq!(r["type"], "incr", "{r:#}");
+    let whole = r["whole_file_reasons"]["wal gap"].as_u64().unwrap_or(0);
+    assert!(whole > 10, "every relation file read whole for the gap: {r:#}");
+    assert!(r["wal_walk_detail"].as_str().unwrap_or("").contains(&gone), "{r:#}");
+    s.pg.sql("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 70 = 0");
+    let expected = fingerprint(&s.pg);
+    s.pg.switch_and_wait_archived(&copy);
+
+    let dir = s.env.path("restored");
+    let out = cmd().arg("restore").arg("--target-action").arg("promote").arg("--to").arg(&dir).json();
+    assert_eq!(out["backup"], r["id"]);
+    let restored = start_copy(&s, "restored", &dir);
+    assert_eq!(fingerprint(&restored), expected);
+    assert_eq!(amcheck(&restored), Vec::<String>::new());
+}
