@@ -146,8 +146,8 @@ pub fn run(inputs: BackupInputs<'_>) -> crate::Result<BackupReport> {
     };
     repo.put_json(&layout::backup_started_key(&backup_id), &marker)?;
 
-    let result =
-        take(repo, &server, client, &pgdata, &backup_id, inputs.options, reference.as_ref(), progress.as_ref());
+    let what = What { id: &backup_id, opts: inputs.options, reference: reference.as_ref() };
+    let result = take(repo, &server, client, &pgdata, &what, progress.as_ref());
     match result {
         Ok(mut report) => {
             report.removed_incomplete = removed_incomplete;
@@ -233,16 +233,22 @@ pub(crate) fn remove_stale(repo: &Repository) -> crate::Result<Vec<String>> {
     Ok(removed)
 }
 
+/// The backup being taken: its id, options and (incremental) reference.
+struct What<'a> {
+    id: &'a str,
+    opts: &'a BackupOptions,
+    reference: Option<&'a Reference>,
+}
+
 fn take(
     repo: &Repository,
     server: &ServerInfo,
     client: PgClient,
     pgdata: &Path,
-    backup_id: &str,
-    opts: &BackupOptions,
-    reference: Option<&Reference>,
+    what: &What<'_>,
     progress: &dyn Progress,
 ) -> crate::Result<BackupReport> {
+    let (backup_id, opts, reference) = (what.id, what.opts, what.reference);
     let rt = repo.runtime().clone();
     let label = opts.label.clone().unwrap_or_else(|| format!("pgkeep backup {backup_id}"));
     let tablespaces_sql = rt.block_on(ServerInfo::tablespaces(&client))?;
