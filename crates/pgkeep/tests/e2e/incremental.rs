@@ -264,3 +264,43 @@ fn incremental_over_a_wal_gap_reads_files_whole_and_restores() {
     assert_eq!(fingerprint(&restored), expected);
     assert_eq!(amcheck(&restored), Vec::<String>::new());
 }
+
+/// Retention treats a chain as a unit: `full = 1` keeps the newest backup, an incremental, and
+/// the full it rests on; `expire --backup` refuses that full. `[backup] type = "incr"` makes
+/// `backup` incremental without `--type`.
+#[test]
+fn retention_keeps_the_chain_of_a_kept_incremental() {
+    let s = Setup::new();
+    s.pg.pgbench(&["-i", "-s", "1", "-q"]);
+    let config = s.env.path("pgkeep.toml");
+    std::fs::write(&config, "[retention]\nfull = 1\n\n[backup]\ntype = \"incr\"\n").unwrap();
+    let with_config = |args: &[&str]| {
+        let mut c = s.pgkeep(["--config"]).arg(&config);
+        for a in args {
+            c = c.arg(a);
+        }
+        c
+    };
+    let old = backup(&s, "full");
+    let full = backup(&s, "full");
+    s.pg.pgbench(&["-n", "-c", "1", "-t", "100"]);
+    let incr = with_config(&["backup"]).json();
+    assert_eq!((incr["type"].as_str(), &incr["reference"]), (Some("incr"), &full["id"]), "{incr:#}");
+
+    let r = with_config(&["expire"]).json();
+    let kept: Vec<(&str, &str)> = r["kept"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| (k["id"].as_str().unwrap(), k["kept_by"][0].as_str().unwrap()))
+        .collect();
+    assert_eq!(kept, [(full["id"].as_str().unwrap(), "chain"), (incr["id"].as_str().unwrap(), "full")], "{r:#}");
+    let expired: Vec<&str> = r["backups"].as_array().unwrap().iter().map(|b| b["id"].as_str().unwrap()).collect();
+    assert_eq!(expired, [old["id"].as_str().unwrap()]);
+    assert!(s.repo.join(format!("backup/{}/manifest", full["id"].as_str().unwrap())).exists());
+
+    let out = s.pgkeep(["expire", "--backup"]).arg(full["id"].as_str().unwrap()).fails();
+    let line = out.one_error_line();
+    assert!(line.contains(incr["id"].as_str().unwrap()) && line.contains("hint:"), "{line}");
+    assert!(s.repo.join(format!("backup/{}/manifest", full["id"].as_str().unwrap())).exists());
+}
