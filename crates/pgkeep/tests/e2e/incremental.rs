@@ -304,3 +304,57 @@ fn retention_keeps_the_chain_of_a_kept_incremental() {
     assert!(line.contains(incr["id"].as_str().unwrap()) && line.contains("hint:"), "{line}");
     assert!(s.repo.join(format!("backup/{}/manifest", full["id"].as_str().unwrap())).exists());
 }
+
+/// `--incremental-by checksum` (no WAL needed): every block read, those newer than the
+/// reference's start kept; the restore equals the source after changes of every kind.
+#[test]
+fn checksum_incremental_restores_equal_to_the_source() {
+    let s = Setup::new();
+    let ts = s.env.owned_dir("ts1");
+    s.pg.pgbench(&["-i", "-s", "2", "-q"]);
+    schema(&s, &ts);
+    let full = backup(&s, "full");
+    for round in 1..=4 {
+        changes(&s, round);
+    }
+    let r = s.pgkeep(["backup", "--type", "incr", "--incremental-by", "checksum"]).json();
+    assert_eq!((r["type"].as_str(), r["incremental_by"].as_str()), (Some("incr"), Some("checksum")), "{r:#}");
+    assert_eq!(r["reference"], full["id"]);
+    assert_eq!(r["bytes_read"], r["size"], "every block is read: {r:#}");
+    let m = crate::common::read_manifest(&s.repo, r["id"].as_str().unwrap());
+    let unchanged = m["entries"].as_array().unwrap().iter().filter(|e| e["blocks"] == serde_json::json!([])).count();
+    assert!(unchanged > 10, "relation files with no block newer than the reference: {unchanged}");
+    let accounts = m["entries"].as_array().unwrap().iter().filter(|e| e.get("blocks").is_some()).count();
+    assert!(accounts > 100, "relation files stored as blocks: {accounts}");
+    marker(&s, 1);
+    let expected = fingerprint(&s.pg);
+    s.pg.switch_and_wait_archived(&s.repo);
+
+    let oid = s.pg.int("SELECT oid FROM pg_tablespace WHERE spcname = 'ts1'");
+    let dir = s.env.path("restored");
+    let map = format!("{oid}={}", s.env.path("ts_restored").display());
+    s.restore(&dir, &["--target-action", "promote", "--tablespace-map", &map]);
+    s.env.chown(&s.env.path("ts_restored"));
+    let restored = start_copy(&s, "restored", &dir);
+    assert_equals_source(&restored, &expected);
+}
+
+/// wal_level = minimal skips WAL for relations created in the same transaction, which the
+/// walk could not see: PostgreSQL refuses archiving with it, and so does `backup`.
+#[test]
+fn wal_level_minimal_is_refused_for_archiving_and_backups() {
+    let env = crate::common::env();
+    let repo = env.path("repo");
+    let mut pg = env.cluster(
+        "minimal",
+        pgkeep_testkit::ClusterOptions::archiving_to(&repo).with("wal_level", "minimal").with("max_wal_senders", "0"),
+    );
+    let e = pg.try_start().expect_err("archive_mode = on with wal_level = minimal must not start");
+    assert!(format!("{e}").contains("wal_level") || pg.log_tail(20).contains("wal_level"), "{e}");
+    pg.set("archive_mode", "off");
+    pg.start();
+    env.pgkeep(["--repo"]).arg(&repo).arg("--pg").arg(pg.conninfo()).arg("init").ok();
+    let out = crate::common::cluster_cmd(&env, &repo, &pg).arg("backup").arg("--type").arg("incr").fails();
+    let line = out.one_error_line();
+    assert!(line.contains("wal_level is minimal") && line.contains("hint:"), "{line}");
+}
