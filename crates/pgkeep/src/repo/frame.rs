@@ -367,14 +367,7 @@ fn copy_checked<R: Read, W: Write>(
     // payload cannot make a reader allocate without bound.
     limit: Option<u64>,
 ) -> Result<FrameSummary, FrameError> {
-    if framed_len < FRAME_OVERHEAD {
-        return Err(FrameError::damaged(what, format!("truncated ({framed_len} bytes)")));
-    }
-    let mut h = [0u8; HEADER_LEN];
-    read_exact(&mut r, &mut h, what)?;
-    let compression = parse_header(&h, what)?;
-    let payload_len = framed_len - FRAME_OVERHEAD;
-    let mut crc_reader = CrcReader { inner: &mut r, crc: crc32c::crc32c(&h) };
+    let (compression, payload_len, mut crc_reader) = open_payload(&mut r, framed_len, what)?;
     let mut payload = (&mut crc_reader).take(payload_len);
     let mut v = Verify { out, hasher: verify_hash.then(blake3::Hasher::new), n: 0, limit: limit.unwrap_or(u64::MAX) };
     match compression {
@@ -401,8 +394,33 @@ fn copy_checked<R: Read, W: Write>(
     let stored_crc = crc_reader.crc;
     let plain_n = v.n;
     let digest: Option<[u8; 32]> = v.hasher.map(|h| h.finalize().into());
+    let t = check_trailer(&mut r, payload_len, plain_n, stored_crc, digest, what)?;
+    Ok(FrameSummary { plain_size: plain_n, framed_size: framed_len, blake3: digest.unwrap_or(t.blake3) })
+}
+
+/// Reads a frame's header: its compression code, payload length, and a reader of the rest
+/// that CRCs what passes through (starting from the header's CRC).
+fn open_payload<R: Read>(mut r: R, framed_len: u64, what: &str) -> Result<(u8, u64, CrcReader<R>), FrameError> {
+    if framed_len < FRAME_OVERHEAD {
+        return Err(FrameError::damaged(what, format!("truncated ({framed_len} bytes)")));
+    }
+    let mut h = [0u8; HEADER_LEN];
+    read_exact(&mut r, &mut h, what)?;
+    let compression = parse_header(&h, what)?;
+    Ok((compression, framed_len - FRAME_OVERHEAD, CrcReader { inner: r, crc: crc32c::crc32c(&h) }))
+}
+
+/// Reads the trailer after a payload and checks it against what was decoded.
+fn check_trailer<R: Read>(
+    r: &mut R,
+    payload_len: u64,
+    plain_n: u64,
+    stored_crc: u32,
+    digest: Option<[u8; 32]>,
+    what: &str,
+) -> Result<Trailer, FrameError> {
     let mut t = [0u8; TRAILER_LEN];
-    read_exact(&mut r, &mut t, what)?;
+    read_exact(r, &mut t, what)?;
     let t = parse_trailer(&t, what)?;
     if t.payload_size != payload_len {
         return Err(FrameError::damaged(what, "payload length does not match its trailer"));
@@ -422,7 +440,7 @@ fn copy_checked<R: Read, W: Write>(
             "checksum mismatch (BLAKE3 of the content differs from the one recorded)",
         ));
     }
-    Ok(FrameSummary { plain_size: plain_n, framed_size: framed_len, blake3: digest.unwrap_or(t.blake3) })
+    Ok(t)
 }
 
 struct CrcReader<R> {
@@ -458,15 +476,9 @@ enum Body<R: Read> {
 }
 
 impl<R: Read> FrameReader<R> {
-    pub fn new(mut r: R, framed_len: u64, what: &str) -> Result<FrameReader<R>, FrameError> {
-        if framed_len < FRAME_OVERHEAD {
-            return Err(FrameError::damaged(what, format!("truncated ({framed_len} bytes)")));
-        }
-        let mut h = [0u8; HEADER_LEN];
-        read_exact(&mut r, &mut h, what)?;
-        let compression = parse_header(&h, what)?;
-        let payload_len = framed_len - FRAME_OVERHEAD;
-        let payload = CrcReader { inner: r, crc: crc32c::crc32c(&h) }.take(payload_len);
+    pub fn new(r: R, framed_len: u64, what: &str) -> Result<FrameReader<R>, FrameError> {
+        let (compression, payload_len, crc_reader) = open_payload(r, framed_len, what)?;
+        let payload = crc_reader.take(payload_len);
         let body = match compression {
             0 => Body::Plain(payload),
             _ => Body::Zstd(Box::new(
@@ -507,28 +519,8 @@ impl<R: Read> FrameReader<R> {
             return Err(FrameError::damaged(what, "truncated payload"));
         }
         let mut crc_reader = payload.into_inner();
-        let mut t = [0u8; TRAILER_LEN];
-        read_exact(&mut crc_reader.inner, &mut t, what)?;
-        let t = parse_trailer(&t, what)?;
         let digest: [u8; 32] = self.hasher.finalize().into();
-        if t.payload_size != self.payload_len {
-            return Err(FrameError::damaged(what, "payload length does not match its trailer"));
-        }
-        if t.plain_size != self.n {
-            return Err(FrameError::damaged(
-                what,
-                format!("size mismatch: {} bytes decoded, {} recorded", self.n, t.plain_size),
-            ));
-        }
-        if t.stored_crc != crc_reader.crc {
-            return Err(FrameError::damaged(what, "stored bytes do not match their CRC"));
-        }
-        if t.blake3 != digest {
-            return Err(FrameError::damaged(
-                what,
-                "checksum mismatch (BLAKE3 of the content differs from the one recorded)",
-            ));
-        }
+        check_trailer(&mut crc_reader.inner, self.payload_len, self.n, crc_reader.crc, Some(digest), what)?;
         Ok(FrameSummary { plain_size: self.n, framed_size: self.payload_len + FRAME_OVERHEAD, blake3: digest })
     }
 }

@@ -110,6 +110,16 @@ pub fn write_files(
     }
     work.sort_by_key(|(o, _)| std::cmp::Reverse(m.objects.get(*o as usize).map(|x| x.size).unwrap_or(0)));
 
+    in_parallel(&work, jobs, |(obj, entries)| restore_object(repo, m, map, *obj, entries, progress))
+}
+
+/// Run `task` over `work` on `jobs` threads, summing its (files, bytes); the first error
+/// stops the others from taking more work and is returned.
+fn in_parallel<T: Sync>(
+    work: &[T],
+    jobs: usize,
+    task: impl Fn(&T) -> Result<(u64, u64), RestoreError> + Sync,
+) -> Result<FileStats, RestoreError> {
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let first_error: Mutex<Option<RestoreError>> = Mutex::new(None);
@@ -119,8 +129,8 @@ pub fn write_files(
             s.spawn(|| {
                 while !failed.load(Ordering::Relaxed) {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some((obj, entries)) = work.get(i) else { break };
-                    match restore_object(repo, m, map, *obj, entries, progress) {
+                    let Some(item) = work.get(i) else { break };
+                    match task(item) {
                         Ok((n, b)) => {
                             let mut st = stats.lock().unwrap_or_else(|p| p.into_inner());
                             st.files += n;
@@ -128,10 +138,7 @@ pub fn write_files(
                         }
                         Err(e) => {
                             failed.store(true, Ordering::Relaxed);
-                            let mut fe = first_error.lock().unwrap_or_else(|p| p.into_inner());
-                            if fe.is_none() {
-                                *fe = Some(e);
-                            }
+                            first_error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
                         }
                     }
                 }
@@ -502,46 +509,14 @@ pub fn write_chain_files(
 ) -> Result<FileStats, RestoreError> {
     let m = chain.target();
     let work: Vec<&Entry> = m.entries.iter().filter(|e| e.kind == EntryKind::File && e.blocks.is_some()).collect();
-    let next = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
-    let first_error: Mutex<Option<RestoreError>> = Mutex::new(None);
-    let stats = Mutex::new(FileStats { files: 0, bytes: 0 });
-    std::thread::scope(|s| {
-        for _ in 0..jobs.clamp(1, work.len().max(1)) {
-            s.spawn(|| {
-                let mut buf = vec![0u8; 1 << 20];
-                while !failed.load(Ordering::Relaxed) {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(e) = work.get(i) else { break };
-                    match write_assembled(repo, chain, map, e, &mut buf) {
-                        Ok(n) => {
-                            progress.advance(n);
-                            let mut st = stats.lock().unwrap_or_else(|p| p.into_inner());
-                            st.files += 1;
-                            st.bytes += n;
-                        }
-                        Err(x) => {
-                            failed.store(true, Ordering::Relaxed);
-                            first_error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(x);
-                        }
-                    }
-                }
-            });
-        }
-    });
-    if let Some(e) = first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        return Err(e);
-    }
-    Ok(stats.into_inner().unwrap_or_else(|p| p.into_inner()))
+    in_parallel(&work, jobs, |e| {
+        let n = write_assembled(repo, chain, map, e)?;
+        progress.advance(n);
+        Ok((1, n))
+    })
 }
 
-fn write_assembled(
-    repo: &Repository,
-    chain: &Chain,
-    map: &PathMap,
-    e: &Entry,
-    buf: &mut [u8],
-) -> Result<u64, RestoreError> {
+fn write_assembled(repo: &Repository, chain: &Chain, map: &PathMap, e: &Entry) -> Result<u64, RestoreError> {
     let fail = |detail: String| RestoreError::File {
         id: chain.target().id.clone(),
         path: e.path.clone(),
@@ -557,9 +532,10 @@ fn write_assembled(
         .open(&dest)
         .map_err(|x| fail(format!("cannot create {}: {x}", dest.display())))?;
     let mut w = BufWriter::with_capacity(256 * 1024, file);
+    let mut buf = vec![0u8; 256 * 1024];
     let mut total = 0u64;
     loop {
-        let n = content.read(buf).map_err(|x| fail(x.to_string()))?;
+        let n = content.read(&mut buf).map_err(|x| fail(x.to_string()))?;
         if n == 0 {
             break;
         }

@@ -64,9 +64,14 @@ fn schema(s: &Setup, ts: &Path) {
 
 /// One round of changes of every kind (`round` makes the names unique).
 fn changes(s: &Setup, round: u32) {
+    changes_spread(s, round, 100);
+}
+
+/// `changes`, updating the rows of one block in `every` of pgbench_accounts (61 rows a block).
+fn changes_spread(s: &Setup, round: u32, every: u32) {
     let pg = &s.pg;
-    // ≈1 % of pgbench_accounts' rows, spread over the table; and the other pgbench tables.
-    pg.sql(&format!("UPDATE pgbench_accounts SET abalance = abalance + {round} WHERE (aid / 61) % 100 = {round}"));
+    // Spread over the table; and the other pgbench tables.
+    pg.sql(&format!("UPDATE pgbench_accounts SET abalance = abalance + {round} WHERE (aid / 61) % {every} = {round}"));
     pg.sql(&format!("UPDATE pgbench_branches SET bbalance = bbalance + {round}"));
     pg.pgbench(&["-n", "-c", "1", "-t", "200"]);
     pg.sql(&format!("CREATE TABLE t_new_{round} AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 3000) g"));
@@ -186,26 +191,14 @@ fn incremental_chain_restores_to_the_end_and_to_a_marker() {
     assert_eq!(kinds, ["full", "incr", "incr", "diff", "incr"], "{listed:#}");
     assert_eq!(listed[4]["reference"], d["id"]);
 
-    let oid = s.pg.int("SELECT oid FROM pg_tablespace WHERE spcname = 'ts1'");
-    let dir = s.env.path("end");
-    let map = format!("{oid}={}", s.env.path("ts_end").display());
-    let r = s.restore(
-        &dir,
-        &["--backup", i3["id"].as_str().unwrap(), "--target-action", "promote", "--tablespace-map", &map],
-    );
+    let (r, restored) = restore_copy(&s, "end", &["--backup", i3["id"].as_str().unwrap()]);
     assert_eq!(r["backup"], i3["id"]);
-    s.env.chown(&s.env.path("ts_end"));
-    let restored = start_copy(&s, "end", &dir);
     assert_equals_source(&restored, &at_end);
     assert_eq!(restored.column("SELECT n FROM marker ORDER BY n"), ["1", "2", "3"]);
     drop(restored);
 
-    let dir = s.env.path("pitr");
-    let map = format!("{oid}={}", s.env.path("ts_pitr").display());
-    let r = s.restore(&dir, &["--target-time", &target, "--target-action", "promote", "--tablespace-map", &map]);
-    s.env.chown(&s.env.path("ts_pitr"));
+    let (r, restored) = restore_copy(&s, "pitr", &["--target-time", &target]);
     assert_eq!(r["backup"], i3["id"], "the newest backup before the target is the last incremental");
-    let restored = start_copy(&s, "pitr", &dir);
     assert_equals_source(&restored, &at_target);
     assert_eq!(restored.column("SELECT n FROM marker ORDER BY n"), ["1", "2"]);
     drop(restored);
@@ -213,6 +206,20 @@ fn incremental_chain_restores_to_the_end_and_to_a_marker() {
     // A restore drill on a backup in the middle of the chain.
     let v = s.pgkeep(["verify"]).arg(i2["id"].as_str().unwrap()).json();
     assert_eq!(v["ok"], true, "{v:#}");
+}
+
+/// Restore into `<name>` (tablespace ts1 into `ts_<name>`: the source still uses its own) with
+/// `extra` arguments, promote and start it; the report and the running copy.
+fn restore_copy(s: &Setup, name: &str, extra: &[&str]) -> (serde_json::Value, TestCluster) {
+    let oid = s.pg.int("SELECT oid FROM pg_tablespace WHERE spcname = 'ts1'");
+    let dir = s.env.path(name);
+    let ts = s.env.path(&format!("ts_{name}"));
+    let map = format!("{oid}={}", ts.display());
+    let mut args = vec!["--target-action", "promote", "--tablespace-map", &map];
+    args.extend(extra);
+    let r = s.restore(&dir, &args);
+    s.env.chown(&ts);
+    (r, start_copy(s, name, &dir))
 }
 
 fn start_copy(s: &Setup, name: &str, dir: &Path) -> TestCluster {
@@ -333,12 +340,7 @@ fn checksum_incremental_restores_equal_to_the_source() {
     let expected = fingerprint(&s.pg);
     s.pg.switch_and_wait_archived(&s.repo);
 
-    let oid = s.pg.int("SELECT oid FROM pg_tablespace WHERE spcname = 'ts1'");
-    let dir = s.env.path("restored");
-    let map = format!("{oid}={}", s.env.path("ts_restored").display());
-    s.restore(&dir, &["--target-action", "promote", "--tablespace-map", &map]);
-    s.env.chown(&s.env.path("ts_restored"));
-    let restored = start_copy(&s, "restored", &dir);
+    let (_, restored) = restore_copy(&s, "restored", &[]);
     assert_equals_source(&restored, &expected);
 }
 
@@ -384,13 +386,8 @@ fn chain_on_major(major: u32) {
     let expected = fingerprint(&s.pg);
     s.pg.switch_and_wait_archived(&s.repo);
 
-    let oid = s.pg.int("SELECT oid FROM pg_tablespace WHERE spcname = 'ts1'");
-    let dir = s.env.path("restored");
-    let map = format!("{oid}={}", s.env.path("ts_restored").display());
-    let r = s.restore(&dir, &["--target-action", "promote", "--tablespace-map", &map]);
+    let (r, restored) = restore_copy(&s, "restored", &[]);
     assert_eq!(r["backup"], d["id"]);
-    s.env.chown(&s.env.path("ts_restored"));
-    let restored = start_copy(&s, "restored", &dir);
     assert_equals_source(&restored, &expected);
 }
 
@@ -402,5 +399,44 @@ mod chain_on_major {
     #[test]
     fn pg18() {
         super::chain_on_major(18);
+    }
+}
+
+/// Acceptance 1 at size: a pgbench database of more than 2 GB, ≈ 1 % of its blocks changed
+/// plus every kind of change, one incremental; restored to the end and to a marker between two
+/// changes, equal to the source each time; the incremental read a small part of the database.
+#[test]
+fn incremental_of_a_2gb_database_restores_to_the_end_and_to_a_marker() {
+    let s = Setup::with(|o| o.with("max_wal_size", "4GB").with("track_commit_timestamp", "on"));
+    let ts = s.env.owned_dir("ts1");
+    s.pg.pgbench(&["-i", "-s", "150", "-q"]);
+    schema(&s, &ts);
+    let db = s.pg.int("SELECT pg_database_size('postgres')") as u64;
+    assert!(db > 2_000_000_000, "the database has {db} bytes");
+    let full = backup(&s, "full");
+    for round in 1..=3 {
+        changes_spread(&s, round, 300);
+    }
+    let incr = backup(&s, "incr");
+    assert_eq!(incr["reference"], full["id"]);
+    let read = incr["bytes_read"].as_u64().unwrap();
+    assert!(read * 10 < db, "the incremental read {read} of {db} bytes: {incr:#}");
+
+    marker(&s, 1);
+    let target = marker(&s, 2);
+    let at_target = fingerprint(&s.pg);
+    changes_spread(&s, 4, 300);
+    marker(&s, 3);
+    let at_end = fingerprint(&s.pg);
+    s.pg.switch_and_wait_archived(&s.repo);
+
+    for (name, extra, expected, markers) in [
+        ("end", &[][..], &at_end, &["1", "2", "3"][..]),
+        ("pitr", &["--target-time", target.as_str()][..], &at_target, &["1", "2"][..]),
+    ] {
+        let (r, restored) = restore_copy(&s, name, extra);
+        assert_eq!(r["backup"], incr["id"]);
+        assert_equals_source(&restored, expected);
+        assert_eq!(restored.column("SELECT n FROM marker ORDER BY n"), markers);
     }
 }
