@@ -142,6 +142,13 @@ pub fn run(cli: &Cli, progress: Arc<dyn Progress>, rt: tokio::runtime::Handle) -
                 }
                 backup::run(inputs)?
             } else {
+                if opts.backup_type != backup::BackupType::Full {
+                    return Err(backup::snapshot::SnapshotError::Config(format!(
+                        "--type {} applies to the files driver (a snapshot backup copies whole volumes); hint: add --driver files, or set [backup] type = \"full\"",
+                        opts.backup_type.as_str()
+                    ))
+                    .into());
+                }
                 let sopts = backup::snapshot::run::SnapshotRunOptions {
                     stagger: a.stagger_snapshots.map(|s| std::time::Duration::from_secs_f64(s.max(0.0))),
                     no_wait: a.no_wait,
