@@ -440,3 +440,57 @@ fn incremental_of_a_2gb_database_restores_to_the_end_and_to_a_marker() {
         assert_eq!(restored.column("SELECT n FROM marker ORDER BY n"), markers);
     }
 }
+
+/// Timelines: a copy restored from the full and promoted (timeline 2, archiving into the same
+/// repository) takes an incremental of that full: the walk follows the switch through the
+/// history file, reads changed blocks only and restores equal to the copy. Production, still on
+/// timeline 1, then takes an incremental whose newest reference is the copy's (timeline 2 is
+/// not its ancestor): every relation file is read whole, the report says why, and it restores
+/// equal to production.
+#[test]
+fn incremental_across_timelines_follows_the_history_or_reads_whole() {
+    let s = Setup::new();
+    s.pg.pgbench(&["-i", "-s", "1", "-q"]);
+    let full = backup(&s, "full");
+
+    let dir = s.env.path("copy");
+    s.restore(&dir, &["--target", "immediate", "--target-action", "promote", "--archive-mode", "preserve"]);
+    let mut copy = s.env.cluster_on("copy", &dir);
+    copy.start();
+    copy.wait_promoted();
+    copy.pgbench(&["-n", "-c", "1", "-t", "200"]);
+    copy.switch_and_wait_archived(&s.repo);
+    let on_copy = |args: &[&str]| {
+        let mut c = crate::common::cluster_cmd(&s.env, &s.repo, &copy);
+        for a in args {
+            c = c.arg(a);
+        }
+        c
+    };
+    let ci = on_copy(&["backup", "--type", "incr"]).json();
+    assert_eq!((ci["timeline"].as_u64(), &ci["reference"]), (Some(2), &full["id"]), "{ci:#}");
+    assert!(ci.get("wal_walk_detail").is_none(), "the walk follows timeline 2's history: {ci:#}");
+    assert!(ci["bytes_read"].as_u64().unwrap() * 2 < ci["size"].as_u64().unwrap(), "{ci:#}");
+    copy.pgbench(&["-n", "-c", "1", "-t", "50"]);
+    let copy_state = fingerprint(&copy);
+    copy.switch_and_wait_archived(&s.repo);
+    copy.stop();
+
+    s.pg.pgbench(&["-n", "-c", "1", "-t", "100"]);
+    let pi = backup(&s, "incr");
+    assert_eq!(pi["reference"], ci["id"], "{pi:#}");
+    let reasons = &pi["whole_file_reasons"];
+    assert!(reasons["timeline not descending from the reference"].as_u64().unwrap_or(0) > 10, "{pi:#}");
+    let prod_state = fingerprint(&s.pg);
+    s.pg.switch_and_wait_archived(&s.repo);
+
+    let d = s.env.path("copy-restored");
+    let r = s.restore(&d, &["--backup", ci["id"].as_str().unwrap(), "--target-action", "promote"]);
+    assert_eq!(r["recovery_timeline"], 2, "{r}");
+    assert_eq!(fingerprint(&start_copy(&s, "copy-restored", &d)), copy_state);
+
+    let d = s.env.path("prod-restored");
+    let r = s.restore(&d, &["--target-timeline", "current", "--target-action", "promote"]);
+    assert_eq!(r["backup"], pi["id"]);
+    assert_eq!(fingerprint(&start_copy(&s, "prod-restored", &d)), prod_state);
+}
