@@ -211,16 +211,7 @@ mod tests {
             task("base/5/PG_VERSION", 0),
             task("base/5/103", 2),
         ];
-        let mut reference: Manifest = serde_json::from_value(serde_json::json!({
-            "format": 1, "id": "r", "label": "", "kind": "full", "driver": "files",
-            "pgkeep_version": "0", "system_identifier": "1", "pg_version_num": 150000, "pg_major": 15,
-            "wal_segment_size": 16777216, "data_checksums": true, "timeline": 1, "stop_timeline": 1,
-            "start_lsn": "0/3000028", "stop_lsn": "0/3000100", "start_wal": "", "stop_wal": "",
-            "start_time": "2026-11-21T07:00:00Z", "stop_time": "2026-11-21T07:00:01Z",
-            "backup_window_seconds": 1.0, "backup_label_blake3": "", "tablespace_map_blake3": null,
-            "tablespaces": [], "size": 0, "stored_size": 0, "file_count": 0, "objects": [], "entries": [],
-        }))
-        .unwrap();
+        let mut reference = crate::repo::manifest::test_manifest("r");
         for p in
             ["base/5/100", "base/5/100.1", "base/5/101", "base/5/102", "base/5/100_fsm", "base/6/200", "base/5/103"]
         {

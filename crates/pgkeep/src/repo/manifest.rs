@@ -430,24 +430,32 @@ mod tests {
     }
 }
 
+/// A full files backup's manifest with no entries, started at 0/3000028 (unit tests).
+#[cfg(test)]
+pub(crate) fn test_manifest(id: &str) -> Manifest {
+    serde_json::from_value(serde_json::json!({
+        "format": 1, "id": id, "label": "", "kind": "full", "driver": "files",
+        "pgkeep_version": "0", "system_identifier": "1", "pg_version_num": 150000, "pg_major": 15,
+        "wal_segment_size": 16777216, "data_checksums": true, "timeline": 1, "stop_timeline": 1,
+        "start_lsn": "0/3000028", "stop_lsn": "0/3000100", "start_wal": "", "stop_wal": "",
+        "start_time": "2026-11-21T07:00:00Z", "stop_time": "2026-11-21T07:00:01Z",
+        "backup_window_seconds": 1.0, "backup_label_blake3": "", "tablespace_map_blake3": null,
+        "tablespaces": [], "size": 0, "stored_size": 0, "file_count": 0, "objects": [], "entries": [],
+    }))
+    .expect("test manifest")
+}
+
 #[cfg(test)]
 mod chain_tests {
     use super::*;
 
     fn incr() -> Manifest {
-        let mut m: Manifest = serde_json::from_value(serde_json::json!({
-            "format": 1, "id": "20261121-070000F", "label": "", "kind": "incr",
-            "reference": "20261121-065522F", "chain": ["20261121-060000F", "20261121-065522F"],
-            "incremental_by": "wal", "driver": "files",
-            "pgkeep_version": "0", "system_identifier": "1", "pg_version_num": 150000, "pg_major": 15,
-            "wal_segment_size": 16777216, "data_checksums": true, "timeline": 1, "stop_timeline": 1,
-            "start_lsn": "0/3000028", "stop_lsn": "0/3000100", "start_wal": "", "stop_wal": "",
-            "start_time": "2026-11-21T07:00:00Z", "stop_time": "2026-11-21T07:00:01Z",
-            "backup_window_seconds": 1.0, "backup_label_blake3": "", "tablespace_map_blake3": null,
-            "tablespaces": [], "size": 0, "stored_size": 0, "file_count": 2,
-            "objects": [{"name": "000000", "size": 100}], "entries": [],
-        }))
-        .unwrap();
+        let mut m = test_manifest("20261121-070000F");
+        m.kind = "incr".into();
+        m.reference = Some("20261121-065522F".into());
+        m.chain = vec!["20261121-060000F".into(), "20261121-065522F".into()];
+        m.incremental_by = Some("wal".into());
+        m.objects = vec![DataObject { name: "000000".into(), size: 100 }];
         m.entries = serde_json::from_value(serde_json::json!([
             {"path": "base", "kind": "dir", "mode": 448},
             {"path": "base/1/1259", "kind": "file", "mode": 384, "size": 81920, "object": 0,

@@ -181,14 +181,7 @@ fn restore_object(
             io::copy(&mut (&mut reader).take(e.offset - pos), &mut io::sink())
                 .map_err(|x| fail(&e.path, x.to_string()))?;
         }
-        let dest = map.dest(&e.path);
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode((e.mode & 0o777) | 0o600)
-            .open(&dest)
-            .map_err(|x| fail(&e.path, format!("cannot create {}: {x}", dest.display())))?;
-        let mut w = BufWriter::with_capacity(256 * 1024, file);
+        let mut w = create_dest(map, e).map_err(|x| fail(&e.path, x))?;
         let what = format!("file {} (object {} of backup {})", e.path, object.name, m.id);
         let summary = frame::copy(&mut reader, e.length, &mut w, &what).map_err(|x| fail(&e.path, x.to_string()))?;
         if let Some(recorded) = &e.blake3 {
@@ -205,6 +198,18 @@ fn restore_object(
         progress.advance(summary.plain_size);
     }
     Ok((entries.len() as u64, bytes))
+}
+
+/// A restored file, created (never over an existing one) with the entry's mode, buffered.
+fn create_dest(map: &PathMap, e: &Entry) -> Result<BufWriter<fs::File>, String> {
+    let dest = map.dest(&e.path);
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode((e.mode & 0o777) | 0o600)
+        .open(&dest)
+        .map(|f| BufWriter::with_capacity(256 * 1024, f))
+        .map_err(|x| format!("cannot create {}: {x}", dest.display()))
 }
 
 /// Make every restored file and directory durable: `syncfs` on each file system involved (the
@@ -524,14 +529,7 @@ fn write_assembled(repo: &Repository, chain: &Chain, map: &PathMap, e: &Entry) -
         detail,
     };
     let mut content = open_entry_content(repo, chain, &e.path)?;
-    let dest = map.dest(&e.path);
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode((e.mode & 0o777) | 0o600)
-        .open(&dest)
-        .map_err(|x| fail(format!("cannot create {}: {x}", dest.display())))?;
-    let mut w = BufWriter::with_capacity(256 * 1024, file);
+    let mut w = create_dest(map, e).map_err(fail)?;
     let mut buf = vec![0u8; 256 * 1024];
     let mut total = 0u64;
     loop {
