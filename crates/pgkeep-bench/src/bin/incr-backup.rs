@@ -66,7 +66,7 @@ fn main() {
     std::fs::write(
         &pbr_conf,
         format!(
-            "[global]\nrepo1-path={}\nrepo1-bundle=y\nrepo1-block=y\nlock-path={}/lock\nlog-path={}/log\nlog-level-console=warn\nlog-level-file=off\ncompress-type=zst\ncompress-level=1\nprocess-max=2\narchive-check=n\nstart-fast=y\n\n[bench]\npg1-path={}\npg1-socket-path={}\npg1-port={}\npg1-user={}\n",
+            "[global]\nrepo1-path={}\nrepo1-bundle=y\nrepo1-block=y\nbeta=y\nlock-path={}/lock\nlog-path={}/log\nlog-level-console=warn\nlog-level-file=off\ncompress-type=zst\ncompress-level=1\nprocess-max=2\narchive-check=n\nstart-fast=y\n\n[bench]\npg1-path={}\npg1-socket-path={}\npg1-port={}\npg1-user={}\n",
             pbr_dir.join("repo").display(),
             pbr_dir.display(),
             pbr_dir.display(),
