@@ -3,7 +3,7 @@
 //! backup and pgBackRest 2.45 `--type=incr` with `repo1-bundle=y repo1-block=y` on the same
 //! change, in the same run; then restore of a chain of 5 (full + 4 incr) against a full.
 //!
-//!   cargo build --release -p pgkeep -p pgkeep-bench && target/release/incr-backup [--scale 150]
+//!   cargo build --release -p pgkeep -p pgkeep-bench && target/release/incr-backup [--scale 150] [--every 500]
 //!
 //! (Named incr-backup: cargo forbids a binary named `incremental`, the name of its own build
 //! directory.)
@@ -22,6 +22,9 @@ use pgkeep_testkit::{ClusterOptions, TestCluster, TestEnv};
 
 fn main() {
     let scale: u32 = arg("--scale", 150);
+    // Rows of one 61-row group in `every` of pgbench_accounts are updated per change: with the
+    // new row versions and index entries that is ≈ 1 % of the database's blocks at 500.
+    let every: u32 = arg("--every", 500);
     let pgkeep = pgkeep_release_binary();
     let env = TestEnv::new(pgkeep.to_str().expect("utf-8 path"));
     let owner = env.owner.clone();
@@ -91,7 +94,7 @@ fn main() {
     let (full, full_report) = backup_json(&pgk(&["--json", "backup", "--type", "full"]), "pgkeep full backup");
     let full_start = full_report["start_lsn"].as_str().unwrap_or("0/0").to_string();
 
-    change_one_percent(&pg, 1);
+    change_one_percent(&pg, 1, every);
     let changed = changed_bytes(&pg, &full_start);
     let pbr_incr = timed(&mut pbr(&["--type=incr", "backup"]), "pgbackrest incr backup");
     let (incr, incr_report) = backup_json(&pgk(&["--json", "backup", "--type", "incr"]), "pgkeep incr backup");
@@ -100,7 +103,7 @@ fn main() {
     // A chain of 5: three more incrementals, each after another 1 % change.
     let mut last = incr_report["id"].as_str().unwrap_or_default().to_string();
     for round in 2..=4 {
-        change_one_percent(&pg, round);
+        change_one_percent(&pg, round, every);
         let (_, r) = backup_json(&pgk(&["--json", "backup", "--type", "incr"]), "pgkeep incr backup (chain)");
         last = r["id"].as_str().unwrap_or_default().to_string();
     }
@@ -121,9 +124,10 @@ fn main() {
     let stored = incr_report["stored_size"].as_u64().unwrap_or(0);
     let mib = |b: u64| b as f64 / 1_048_576.0;
     println!(
-        "database: {:.0} MiB; changed blocks (page LSN newer than the full's start): {:.1} MiB",
+        "database: {:.0} MiB; changed blocks (page LSN newer than the full's start): {:.1} MiB ({:.1} %)",
         mib(db_bytes),
-        mib(changed)
+        mib(changed),
+        100.0 * changed as f64 / db_bytes as f64
     );
     println!("backup full  pgkeep      {:7.2} s", full.as_secs_f64());
     println!("backup full  pgBackRest  {:7.2} s", full_pbr.wall.as_secs_f64());
@@ -177,9 +181,9 @@ fn backup_json(cmd: &Command, what: &str) -> (Duration, serde_json::Value) {
     (wall, serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{what}: not JSON: {e}")))
 }
 
-/// ≈ 1 % of pgbench_accounts' blocks (every hundredth block's rows), plus pgbench's own tables.
-fn change_one_percent(pg: &TestCluster, round: u32) {
-    pg.sql(&format!("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE (aid / 61) % 100 = {round}"));
+/// The rows of one 61-row group in `every` of pgbench_accounts, plus pgbench's own tables.
+fn change_one_percent(pg: &TestCluster, round: u32, every: u32) {
+    pg.sql(&format!("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE (aid / 61) % {every} = {round}"));
     pg.sql("UPDATE pgbench_branches SET bbalance = bbalance + 1");
     pg.sql("CHECKPOINT");
 }
