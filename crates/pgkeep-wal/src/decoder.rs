@@ -139,6 +139,12 @@ impl DecodedRecord {
         self.version.major
     }
 
+    /// What the record does to relation files beyond its block references (smgr create and
+    /// truncate, database copies and drops); `None` for every other record.
+    pub fn storage_change(&self) -> Result<Option<rmgr::StorageChange>, RmgrDataError> {
+        rmgr::storage_change(self.header.xl_rmid, self.header.xl_info, self.main_data(), self.version)
+    }
+
     /// What the record means (commits, checkpoints, ...).
     pub fn kind(&self) -> Result<RecordKind, RmgrDataError> {
         rmgr::record_kind(self.header.xl_rmid, self.header.xl_info, self.header.xl_xid, self.main_data(), self.version)

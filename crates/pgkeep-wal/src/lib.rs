@@ -100,7 +100,7 @@ pub use inspect::{
 pub use lsn::{Lsn, Oid, ParseLsnError, TimeLineID, TimestampTz, TransactionId, XLogSegNo};
 pub use page::{PageError, XLogLongPageHeaderData, XLogPageHeaderData, XLOG_BLCKSZ};
 pub use record::{DecodedBkpBlock, RecordError, RelFileNode, XLogRecord};
-pub use rmgr::{CheckPoint, RecordKind, RmgrDataError};
+pub use rmgr::{CheckPoint, RecordKind, RmgrDataError, StorageChange};
 pub use validate::{
     validate_partial_segment, validate_segment, LeadingContinuation, PartialEnd, RestorePointInfo, SegmentError,
     SegmentExpectations, SegmentSummary,

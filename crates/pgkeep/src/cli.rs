@@ -209,6 +209,15 @@ pub struct BackupArgs {
     /// Let the starting checkpoint spread out instead of forcing it now.
     #[arg(long)]
     pub spread_checkpoint: bool,
+    /// full (default, or the config's `[backup] type`), incr (only the blocks changed since the
+    /// newest complete backup) or diff (since the newest full). Files driver only.
+    #[arg(long = "type", value_enum, value_name = "TYPE")]
+    pub backup_type: Option<crate::backup::BackupType>,
+    /// How incr/diff find changed blocks: wal (block references in the archived WAL, files it
+    /// cannot vouch for read whole) or checksum (every block read, kept when its page LSN is
+    /// newer than the reference's start).
+    #[arg(long, value_enum, value_name = "HOW")]
+    pub incremental_by: Option<crate::backup::IncrementalBy>,
     /// Backup driver: files copies PGDATA through pgkeep (also when snapshot volumes are
     /// configured; without this flag, configured [[volume]]s mean a snapshot backup).
     #[arg(long, value_enum)]

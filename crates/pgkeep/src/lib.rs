@@ -123,6 +123,11 @@ fn dispatch(cli: &Cli, cfg: Config, progress: Arc<dyn Progress>, rt: tokio::runt
                 archive_timeout: a.archive_timeout.map(std::time::Duration::from_secs).unwrap_or(cfg.archive_timeout),
                 compress_level: a.compress_level.unwrap_or(cfg.compress_level),
                 fast_checkpoint: !a.spread_checkpoint,
+                backup_type: a
+                    .backup_type
+                    .or_else(|| cfg.file.backup.as_ref().and_then(|b| b.backup_type))
+                    .unwrap_or_default(),
+                incremental_by: a.incremental_by.unwrap_or_default(),
             };
             let snap = backup::snapshot::SnapshotConfig::from_file(&cfg.file);
             if a.finish {
@@ -146,6 +151,13 @@ fn dispatch(cli: &Cli, cfg: Config, progress: Arc<dyn Progress>, rt: tokio::runt
                 }
                 backup::run(inputs)?
             } else {
+                if opts.backup_type != backup::BackupType::Full {
+                    return Err(backup::snapshot::SnapshotError::Config(format!(
+                        "--type {} applies to the files driver (a snapshot backup copies whole volumes); hint: add --driver files, or set [backup] type = \"full\"",
+                        opts.backup_type.as_str()
+                    ))
+                    .into());
+                }
                 let sopts = backup::snapshot::run::SnapshotRunOptions {
                     stagger: a.stagger_snapshots.map(|s| std::time::Duration::from_secs_f64(s.max(0.0))),
                     no_wait: a.no_wait,

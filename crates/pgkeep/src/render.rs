@@ -92,6 +92,24 @@ pub fn backup(r: &BackupReport) -> String {
         r.start_wal,
         r.stop_wal
     );
+    if let Some(reference) = &r.reads.reference {
+        let _ = writeln!(
+            s,
+            "{} backup of {reference}: read {} from PGDATA, {} file(s) whole{}",
+            r.backup_type,
+            human_bytes(r.reads.bytes_read),
+            r.reads.files_read_whole,
+            if r.reads.whole_file_reasons.is_empty() {
+                String::new()
+            } else {
+                let why: Vec<String> = r.reads.whole_file_reasons.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+                format!(" ({})", why.join(", "))
+            }
+        );
+        if let Some(d) = &r.reads.wal_walk_detail {
+            let _ = writeln!(s, "the WAL walk could not vouch for every block: {d}");
+        }
+    }
     let mb = r.size as f64 / 1_048_576.0;
     let _ = write!(
         s,
@@ -330,6 +348,9 @@ pub fn list(r: &[ListedBackup]) -> String {
                 None => "never",
             }
         );
+        if let (Some(kind), Some(reference)) = (&b.kind, &b.reference) {
+            let _ = writeln!(s, "  {kind} backup of {reference}");
+        }
         if b.pinned || b.expires_next || b.pending_deletion {
             let _ = writeln!(
                 s,

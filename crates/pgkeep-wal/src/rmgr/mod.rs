@@ -2,12 +2,14 @@
 //! (transaction ends, checkpoints, switches, restore points, end of recovery).
 //! // access/rmgrlist.h, access/rmgr.h
 
+pub mod storage;
 pub mod xact;
 pub mod xlog;
 
 use crate::lsn::{Lsn, TimeLineID, TimestampTz, TransactionId};
 use crate::version::PgVersion;
 
+pub use storage::{storage_change, StorageChange};
 pub use xlog::CheckPoint;
 
 /// // access/rmgrlist.h

@@ -4,15 +4,17 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use super::plan::FileTask;
+use super::plan::{FileTask, ReadMode};
 use super::throttle::Throttle;
 use super::BackupError;
 use crate::progress::Progress;
 use crate::repo::frame::{Compression, FrameWriter};
 use crate::repo::layout;
+use crate::repo::manifest::BLCKSZ;
 use crate::repo::{ObjectWriter, Objects};
 
 /// Files at or below this size go into bundles.
@@ -29,9 +31,22 @@ pub struct StoredFile {
     pub mode: u32,
     pub mtime: i64,
     pub blake3: [u8; 32],
-    pub object: String,
+    /// None: an incremental entry with no changed block (nothing stored).
+    pub object: Option<String>,
     pub offset: u64,
     pub length: u64,
+    /// Incremental entries: the blocks the frame holds.
+    pub blocks: Option<Vec<[u32; 2]>>,
+}
+
+/// What `store_file` wrote for one file.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// The file's size (for block entries: as found when the copy began).
+    pub size: u64,
+    /// BLAKE3 of the frame's plain content.
+    pub blake3: [u8; 32],
+    pub blocks: Option<Vec<[u32; 2]>>,
 }
 
 #[derive(Debug, Default)]
@@ -50,6 +65,8 @@ pub struct CopyParams<'a> {
     pub jobs: usize,
     pub throttle: Option<&'a Throttle>,
     pub progress: &'a dyn Progress,
+    /// Bytes read from PGDATA (the incremental report's `bytes_read`).
+    pub bytes_read: &'a AtomicU64,
 }
 
 struct Shared<'a> {
@@ -105,7 +122,14 @@ fn worker(shared: &Shared<'_>) -> crate::Result<()> {
             }
             let i = shared.next_task.fetch_add(1, Ordering::Relaxed);
             let Some(task) = shared.tasks.get(i) else { break };
-            if task.size > BUNDLE_FILE_LIMIT {
+            if task.read == ReadMode::Blocks(Vec::new()) {
+                // Nothing changed: the entry points at the chain, no read, no object.
+                let stored =
+                    Stored { size: task.size, blake3: *blake3::hash(&[]).as_bytes(), blocks: Some(Vec::new()) };
+                record(&mut shared.out.lock().unwrap_or_else(|p| p.into_inner()), task, Some(stored), None, 0, 0);
+                continue;
+            }
+            if stored_bytes(task) > BUNDLE_FILE_LIMIT {
                 let mut own = new_object(shared)?;
                 let stored = store_file(task, &mut own, shared.params, &mut buf)?;
                 if stored.is_none() {
@@ -117,7 +141,7 @@ fn worker(shared: &Shared<'_>) -> crate::Result<()> {
                 let length = own.written();
                 let size = own.finish()?;
                 let mut out = shared.out.lock().unwrap_or_else(|p| p.into_inner());
-                record(&mut out, task, stored, object.clone(), 0, length);
+                record(&mut out, task, stored, Some(object.clone()), 0, length);
                 out.objects.push((object, size));
             } else {
                 if bundle.is_none() {
@@ -128,7 +152,8 @@ fn worker(shared: &Shared<'_>) -> crate::Result<()> {
                 let stored = store_file(task, sink, shared.params, &mut buf)?;
                 let length = sink.written() - offset;
                 let object = object_name(sink);
-                record(&mut shared.out.lock().unwrap_or_else(|p| p.into_inner()), task, stored, object, offset, length);
+                let out = &mut shared.out.lock().unwrap_or_else(|p| p.into_inner());
+                record(out, task, stored, Some(object), offset, length);
                 if sink.written() >= BUNDLE_TARGET {
                     finish_bundle(shared, bundle.take())?;
                 }
@@ -142,24 +167,33 @@ fn worker(shared: &Shared<'_>) -> crate::Result<()> {
     res
 }
 
+/// Bytes a task puts into its frame (what decides bundle or own object).
+fn stored_bytes(task: &FileTask) -> u64 {
+    match &task.read {
+        ReadMode::Blocks(b) => b.iter().map(|[a, e]| u64::from(e - a) * BLCKSZ).sum(),
+        _ => task.size,
+    }
+}
+
 fn record(
     out: &mut CopyOutcome,
     task: &FileTask,
-    stored: Option<(u64, [u8; 32])>,
-    object: String,
+    stored: Option<Stored>,
+    object: Option<String>,
     offset: u64,
     length: u64,
 ) {
     match stored {
-        Some((size, blake3)) => out.files.push(StoredFile {
+        Some(st) => out.files.push(StoredFile {
             rel: task.rel.clone(),
-            size,
+            size: st.size,
             mode: task.mode,
             mtime: task.mtime,
-            blake3,
+            blake3: st.blake3,
             object,
             offset,
             length,
+            blocks: st.blocks,
         }),
         None => out.vanished.push(task.rel.clone()),
     }
@@ -177,13 +211,14 @@ fn finish_bundle(shared: &Shared<'_>, bundle: Option<ObjectWriter>) -> crate::Re
     Ok(())
 }
 
-/// Stream one file into `sink` as a frame. None when the file vanished before it was opened.
+/// Stream one file (or its chosen blocks) into `sink` as a frame. None when the file vanished
+/// before it was opened.
 pub fn store_file(
     task: &FileTask,
     sink: &mut ObjectWriter,
     params: &CopyParams<'_>,
     buf: &mut [u8],
-) -> crate::Result<Option<(u64, [u8; 32])>> {
+) -> crate::Result<Option<Stored>> {
     let read_err = |e: io::Error| BackupError::Read { path: task.abs.display().to_string(), detail: e.to_string() };
     let mut f = match File::open(&task.abs) {
         Ok(f) => f,
@@ -191,21 +226,90 @@ pub fn store_file(
         Err(e) => return Err(read_err(e).into()),
     };
     let mut fw = FrameWriter::new(&mut *sink, params.compression).map_err(|e| write_err(params, &e))?;
-    loop {
-        let n = match f.read(buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(read_err(e).into()),
-        };
-        fw.write_all(&buf[..n]).map_err(|e| write_err(params, &e))?;
+    let account = |n: usize| {
         if let Some(t) = params.throttle {
             t.consume(n as u64);
         }
+        params.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
         params.progress.advance(n as u64);
+    };
+    let mut blocks = None;
+    match &task.read {
+        ReadMode::Whole => loop {
+            let n = match f.read(buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(read_err(e).into()),
+            };
+            fw.write_all(&buf[..n]).map_err(|e| write_err(params, &e))?;
+            account(n);
+        },
+        ReadMode::Blocks(ranges) => {
+            let bs = BLCKSZ as usize;
+            let mut page = vec![0u8; bs];
+            for [first, end] in ranges {
+                for blk in *first..*end {
+                    // A block cut off by a truncation after the backup started reads as zeros:
+                    // replay of this backup's WAL truncates again.
+                    let n = read_at_full(&f, &mut page, u64::from(blk) * bs as u64).map_err(read_err)?;
+                    page[n..].fill(0);
+                    fw.write_all(&page).map_err(|e| write_err(params, &e))?;
+                    account(n);
+                }
+            }
+            blocks = Some(ranges.clone());
+        }
+        ReadMode::PagesSince(since) => {
+            let bs = BLCKSZ as usize;
+            let mut kept: Vec<[u32; 2]> = Vec::new();
+            let mut page = vec![0u8; bs];
+            let mut blk = 0u32;
+            loop {
+                let n = read_at_full(&f, &mut page, u64::from(blk) * bs as u64).map_err(read_err)?;
+                if n == 0 {
+                    break;
+                }
+                account(n);
+                page[n..].fill(0);
+                if super::incremental::page_is_newer(&page, *since) {
+                    fw.write_all(&page).map_err(|e| write_err(params, &e))?;
+                    match kept.last_mut() {
+                        Some(r) if r[1] == blk => r[1] += 1,
+                        _ => kept.push([blk, blk + 1]),
+                    }
+                }
+                if n < bs {
+                    break;
+                }
+                blk += 1;
+            }
+            blocks = Some(kept);
+        }
     }
     let (_, summary) = fw.finish().map_err(|e| write_err(params, &e))?;
-    Ok(Some((summary.plain_size, summary.blake3)))
+    let size = match &task.read {
+        ReadMode::Blocks(_) => task.size,
+        ReadMode::PagesSince(_) => {
+            blocks.iter().flatten().map(|r| u64::from(r[1]) * BLCKSZ).max().unwrap_or(0).max(task.size)
+        }
+        ReadMode::Whole => summary.plain_size,
+    };
+    Ok(Some(Stored { size, blake3: summary.blake3, blocks }))
+}
+
+/// `pread` until `buf` is full or the file ends; the number of bytes read.
+fn read_at_full(f: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match f.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
 }
 
 fn write_err(params: &CopyParams<'_>, e: &io::Error) -> crate::Error {

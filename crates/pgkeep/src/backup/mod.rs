@@ -1,15 +1,19 @@
 //! One backup: a plan (what to copy, which tablespaces), then a run bracketed by the
 //! non-exclusive backup session, then WAL confirmation, then the manifest commit.
 
+pub mod changed;
 pub mod files;
 pub mod hooks;
 pub mod id;
+pub mod incremental;
 pub mod plan;
+pub mod relfile;
 pub mod run;
 pub mod snapshot;
 pub mod throttle;
 
-pub use run::{run, BackupOptions, BackupReport};
+pub use incremental::{BackupType, IncrementalBy};
+pub use run::{run, BackupOptions, BackupReport, ReadReport};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {

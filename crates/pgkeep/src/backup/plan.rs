@@ -11,6 +11,21 @@ pub struct FileTask {
     pub size: u64,
     pub mode: u32,
     pub mtime: i64,
+    /// What of the file is stored (incremental backups decide per file).
+    pub read: ReadMode,
+}
+
+/// How much of a file a backup reads and stores.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ReadMode {
+    /// The whole file (full backups; files an incremental cannot vouch for).
+    #[default]
+    Whole,
+    /// Only these `[first, end)` block ranges (changed blocks found in the WAL); empty: nothing.
+    Blocks(Vec<[u32; 2]>),
+    /// Every block, keeping those whose page LSN is at or after this one, and new (all-zero)
+    /// pages (`--incremental-by checksum`).
+    PagesSince(pgkeep_wal::Lsn),
 }
 
 #[derive(Debug)]
@@ -35,8 +50,14 @@ impl BackupPlan {
         for e in scan.entries {
             match e.kind {
                 Kind::File => {
-                    let t =
-                        FileTask { rel: e.rel.clone(), abs: e.abs.clone(), size: e.size, mode: e.mode, mtime: e.mtime };
+                    let t = FileTask {
+                        rel: e.rel.clone(),
+                        abs: e.abs.clone(),
+                        size: e.size,
+                        mode: e.mode,
+                        mtime: e.mtime,
+                        read: ReadMode::Whole,
+                    };
                     if e.rel == "global/pg_control" {
                         pg_control = Some(t);
                     } else {

@@ -6,7 +6,9 @@
 //! Any error before the manifest leaves no usable backup; dropping the session aborts the
 //! server-side backup.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,8 +16,10 @@ use chrono::{DateTime, Utc};
 use pgkeep_wal::{xlog_file_name, Lsn};
 use serde::Serialize;
 
+use super::changed::{self, WalRange};
 use super::files::{copy_files, store_file, CopyParams, StoredFile};
-use super::plan::BackupPlan;
+use super::incremental::{self, BackupType, IncrementalBy, Reference};
+use super::plan::{BackupPlan, ReadMode};
 use super::throttle::Throttle;
 use super::{id, BackupError};
 use crate::pg::session::parse_backup_label;
@@ -24,7 +28,9 @@ use crate::progress::Progress;
 use crate::repo::catalog::{self, BackupState};
 use crate::repo::frame::Compression;
 use crate::repo::lock::RepoLock;
-use crate::repo::manifest::{DataObject, Entry, EntryKind, Manifest, StartedMarker, Tablespace, MANIFEST_FORMAT};
+use crate::repo::manifest::{
+    DataObject, Entry, EntryKind, Manifest, StartedMarker, Tablespace, BLCKSZ, MANIFEST_FORMAT,
+};
 use crate::repo::{layout, Repository};
 
 #[derive(Debug, Clone)]
@@ -35,6 +41,9 @@ pub struct BackupOptions {
     pub archive_timeout: Duration,
     pub compress_level: i32,
     pub fast_checkpoint: bool,
+    /// `--type` (or `[backup] type`).
+    pub backup_type: BackupType,
+    pub incremental_by: IncrementalBy,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -55,9 +64,31 @@ pub struct BackupReport {
     pub stored_size: u64,
     pub tablespaces: Vec<Tablespace>,
     pub removed_incomplete: Vec<String>,
+    /// `full`, `incr` or `diff` (a `full` when an incremental found no backup to refer to).
+    #[serde(rename = "type")]
+    pub backup_type: String,
+    #[serde(flatten)]
+    pub reads: ReadReport,
     /// Snapshot backups: the snapshot set, spread, hooks, state.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<super::snapshot::run::SnapshotReport>,
+}
+
+/// What a files backup read from PGDATA, and (incremental) why files were read whole.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReadReport {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub incremental_by: Option<String>,
+    pub files_read_whole: u64,
+    /// Reason → number of files read whole for it (incremental backups).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub whole_file_reasons: BTreeMap<String, u64>,
+    /// What made the WAL walk uncertain, when it was (every relation file is then read whole).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wal_walk_detail: Option<String>,
+    pub bytes_read: u64,
 }
 
 /// Everything a backup needs, resolved by the command entry point.
@@ -84,6 +115,26 @@ pub fn run(inputs: BackupInputs<'_>) -> crate::Result<BackupReport> {
     let _lock = RepoLock::acquire(repo, "backup")?;
     let removed_incomplete = remove_stale(repo)?;
 
+    let reference = match inputs.options.backup_type {
+        BackupType::Full => None,
+        kind => {
+            let r = incremental::choose_reference(repo, kind)?;
+            if r.is_none() {
+                tracing::warn!("no complete files backup to base a {} backup on: taking a full backup", kind.as_str());
+            }
+            r
+        }
+    };
+    if let Some(r) = &reference {
+        if r.manifest.system_identifier != server.system_identifier.to_string() || r.manifest.pg_major != server.major {
+            return Err(BackupError::Other(format!(
+                "reference backup {} is of another cluster or major (system identifier {}, PostgreSQL {}); hint: take a full backup (`pgkeep backup --type full`)",
+                r.manifest.id, r.manifest.system_identifier, r.manifest.pg_major
+            ))
+            .into());
+        }
+    }
+
     let taken: Vec<String> = repo.storage().list_dirs(layout::BACKUP_PREFIX)?;
     let backup_id = id::new_id(Utc::now(), &taken);
     let marker = StartedMarker {
@@ -95,7 +146,8 @@ pub fn run(inputs: BackupInputs<'_>) -> crate::Result<BackupReport> {
     };
     repo.put_json(&layout::backup_started_key(&backup_id), &marker)?;
 
-    let result = take(repo, &server, client, &pgdata, &backup_id, inputs.options, progress.as_ref());
+    let what = What { id: &backup_id, opts: inputs.options, reference: reference.as_ref() };
+    let result = take(repo, &server, client, &pgdata, &what, progress.as_ref());
     match result {
         Ok(mut report) => {
             report.removed_incomplete = removed_incomplete;
@@ -181,15 +233,22 @@ pub(crate) fn remove_stale(repo: &Repository) -> crate::Result<Vec<String>> {
     Ok(removed)
 }
 
+/// The backup being taken: its id, options and (incremental) reference.
+struct What<'a> {
+    id: &'a str,
+    opts: &'a BackupOptions,
+    reference: Option<&'a Reference>,
+}
+
 fn take(
     repo: &Repository,
     server: &ServerInfo,
     client: PgClient,
     pgdata: &Path,
-    backup_id: &str,
-    opts: &BackupOptions,
+    what: &What<'_>,
     progress: &dyn Progress,
 ) -> crate::Result<BackupReport> {
+    let (backup_id, opts, reference) = (what.id, what.opts, what.reference);
     let rt = repo.runtime().clone();
     let label = opts.label.clone().unwrap_or_else(|| format!("pgkeep backup {backup_id}"));
     let tablespaces_sql = rt.block_on(ServerInfo::tablespaces(&client))?;
@@ -199,8 +258,15 @@ fn take(
     progress.finish_phase();
 
     // From here on, returning early drops `session`, which ends the server-side backup.
-    let plan = BackupPlan::build(pgdata)
+    let mut plan = BackupPlan::build(pgdata)
         .map_err(|e| BackupError::Read { path: pgdata.display().to_string(), detail: e.to_string() })?;
+    let mut reads = ReadReport::default();
+    if let Some(r) = reference {
+        progress.phase("changed blocks (WAL walk)", None);
+        reads = choose_reads(repo, server, pgdata, &mut plan, r, start.lsn, opts.incremental_by)?;
+        progress.finish_phase();
+    }
+    let bytes_read = AtomicU64::new(0);
     let throttle = opts.max_rate.map(Throttle::new);
     let compression = Compression::Zstd(opts.compress_level);
     let params = CopyParams {
@@ -210,6 +276,7 @@ fn take(
         jobs: opts.jobs,
         throttle: throttle.as_ref(),
         progress,
+        bytes_read: &bytes_read,
     };
     progress.phase("copy files", Some(plan.total_bytes));
     let mut outcome = copy_files(&params, &plan.files)?;
@@ -217,7 +284,7 @@ fn take(
     let control_key = layout::data_key(backup_id, "pg_control");
     let mut w = repo.storage().create_writer(&control_key)?;
     let mut buf = vec![0u8; 64 * 1024];
-    let (size, blake3) = store_file(&plan.pg_control, &mut w, &params, &mut buf)?.ok_or_else(|| BackupError::Read {
+    let control = store_file(&plan.pg_control, &mut w, &params, &mut buf)?.ok_or_else(|| BackupError::Read {
         path: plan.pg_control.abs.display().to_string(),
         detail: "vanished".into(),
     })?;
@@ -226,14 +293,17 @@ fn take(
     outcome.objects.push(("pg_control".into(), stored));
     outcome.files.push(StoredFile {
         rel: plan.pg_control.rel.clone(),
-        size,
+        size: control.size,
         mode: plan.pg_control.mode,
         mtime: plan.pg_control.mtime,
-        blake3,
-        object: "pg_control".into(),
+        blake3: control.blake3,
+        object: Some("pg_control".into()),
         offset: 0,
         length,
+        blocks: None,
     });
+    reads.bytes_read = bytes_read.load(Ordering::Relaxed);
+    reads.files_read_whole = 1 + plan.files.iter().filter(|f| f.read == ReadMode::Whole).count() as u64;
     progress.finish_phase();
 
     progress.phase("pg_backup_stop", None);
@@ -285,6 +355,9 @@ fn take(
         plan: &plan,
         outcome: &outcome,
         extra_stored: label_summary.framed_size + map_summary.map(|s| s.framed_size).unwrap_or(0),
+        reference,
+        kind: opts.backup_type,
+        incremental_by: opts.incremental_by,
     });
     repo.put_json(&layout::manifest_key(backup_id), &manifest)?;
 
@@ -305,7 +378,66 @@ fn take(
         stored_size: manifest.stored_size,
         tablespaces,
         removed_incomplete: Vec::new(),
+        backup_type: manifest.kind.clone(),
+        reads,
         snapshot: None,
+    })
+}
+
+/// An incremental's reads: changed blocks from the WAL walk (or page LSNs), whole files where
+/// it cannot vouch for them, with the reasons counted for the report.
+fn choose_reads(
+    repo: &Repository,
+    server: &ServerInfo,
+    pgdata: &Path,
+    plan: &mut BackupPlan,
+    r: &Reference,
+    start: Lsn,
+    by: IncrementalBy,
+) -> crate::Result<ReadReport> {
+    let control_path = pgdata.join("global/pg_control");
+    let control =
+        std::fs::read(&control_path).ok().and_then(|b| pgkeep_wal::parse_pg_control(&b).ok()).ok_or_else(|| {
+            BackupError::Read { path: control_path.display().to_string(), detail: "not a readable pg_control".into() }
+        })?;
+    if u64::from(control.blcksz) != BLCKSZ {
+        return Err(BackupError::Other(format!(
+            "the cluster's block size is {} bytes; incremental backups need {BLCKSZ}; hint: take full backups (`--type full`)",
+            control.blcksz
+        ))
+        .into());
+    }
+    let changes = (by == IncrementalBy::Wal).then(|| {
+        changed::walk(
+            repo,
+            &pgdata.join("pg_wal"),
+            &WalRange {
+                from: r.manifest.start_lsn,
+                from_timeline: r.manifest.timeline,
+                to: start,
+                to_timeline: server.timeline,
+                seg_size: server.wal_segment_size,
+                pg_major: server.major,
+                system_identifier: server.system_identifier,
+            },
+        )
+    });
+    let detail = changes.as_ref().and_then(|c| c.uncertain.as_ref()).map(|(why, d)| format!("{why}: {d}"));
+    if let Some(d) = &detail {
+        tracing::warn!(
+            "the WAL since backup {} cannot vouch for every block ({d}): relation files are read whole",
+            r.manifest.id
+        );
+    }
+    let whole_file_reasons =
+        incremental::assign(&mut plan.files, &r.manifest, by, changes.as_ref(), control.relseg_size);
+    Ok(ReadReport {
+        reference: Some(r.manifest.id.clone()),
+        incremental_by: Some(by.as_str().into()),
+        files_read_whole: 0,
+        whole_file_reasons,
+        wal_walk_detail: detail,
+        bytes_read: 0,
     })
 }
 
@@ -363,6 +495,9 @@ struct ManifestParts<'a> {
     plan: &'a BackupPlan,
     outcome: &'a super::files::CopyOutcome,
     extra_stored: u64,
+    reference: Option<&'a Reference>,
+    kind: BackupType,
+    incremental_by: IncrementalBy,
 }
 
 fn build_manifest(p: ManifestParts<'_>) -> Manifest {
@@ -386,6 +521,7 @@ fn build_manifest(p: ManifestParts<'_>) -> Manifest {
             offset: 0,
             length: 0,
             target: s.target.clone(),
+            blocks: None,
         });
     }
     for f in &p.outcome.files {
@@ -396,10 +532,11 @@ fn build_manifest(p: ManifestParts<'_>) -> Manifest {
             size: f.size,
             mtime: f.mtime,
             blake3: Some(hex::encode(f.blake3)),
-            object: index(&f.object),
+            object: f.object.as_deref().and_then(index),
             offset: f.offset,
             length: f.length,
             target: None,
+            blocks: f.blocks.clone(),
         });
     }
     entries.sort_by(|a, b| a.path.cmp(&b.path));
@@ -409,7 +546,10 @@ fn build_manifest(p: ManifestParts<'_>) -> Manifest {
         format: MANIFEST_FORMAT,
         id: p.id.to_string(),
         label: p.label.to_string(),
-        kind: "full".into(),
+        kind: if p.reference.is_some() { p.kind.as_str().into() } else { "full".into() },
+        reference: p.reference.map(|r| r.manifest.id.clone()),
+        chain: p.reference.map(|r| r.chain.clone()).unwrap_or_default(),
+        incremental_by: p.reference.map(|_| p.incremental_by.as_str().into()),
         driver: "files".into(),
         pgkeep_version: env!("CARGO_PKG_VERSION").into(),
         system_identifier: p.server.system_identifier.to_string(),

@@ -123,6 +123,8 @@ pub fn demo(
         archive_timeout: Duration::from_secs(60),
         compress_level: 1,
         fast_checkpoint: true,
+        backup_type: Default::default(),
+        incremental_by: Default::default(),
     };
     let b = backup::run(backup::run::BackupInputs {
         repo: &repo,

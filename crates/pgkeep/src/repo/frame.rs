@@ -367,8 +367,7 @@ fn copy_checked<R: Read, W: Write>(
     // payload cannot make a reader allocate without bound.
     limit: Option<u64>,
 ) -> Result<FrameSummary, FrameError> {
-    let (compression, payload_len, crc) = read_header(&mut r, framed_len, what)?;
-    let mut crc_reader = CrcReader { inner: &mut r, crc };
+    let (compression, payload_len, mut crc_reader) = open_payload(&mut r, framed_len, what)?;
     let mut payload = (&mut crc_reader).take(payload_len);
     let mut v = Verify { out, hasher: verify_hash.then(blake3::Hasher::new), n: 0, limit: limit.unwrap_or(u64::MAX) };
     match compression {
@@ -395,35 +394,34 @@ fn copy_checked<R: Read, W: Write>(
     let stored_crc = crc_reader.crc;
     let plain_n = v.n;
     let digest: Option<[u8; 32]> = v.hasher.map(|h| h.finalize().into());
-    let mut t = [0u8; TRAILER_LEN];
-    read_exact(&mut r, &mut t, what)?;
-    let t = check_trailer(&t, payload_len, plain_n, stored_crc, digest, what)?;
+    let t = check_trailer(&mut r, payload_len, plain_n, stored_crc, digest, what)?;
     Ok(FrameSummary { plain_size: plain_n, framed_size: framed_len, blake3: digest.unwrap_or(t.blake3) })
 }
 
-/// The header of a frame of `framed_len` bytes: its compression code, the payload length and
-/// the CRC-32C of the header (the start of the stored bytes' CRC).
-fn read_header<R: Read>(r: &mut R, framed_len: u64, what: &str) -> Result<(u8, u64, u32), FrameError> {
+/// Reads a frame's header: its compression code, payload length, and a reader of the rest
+/// that CRCs what passes through (starting from the header's CRC).
+fn open_payload<R: Read>(mut r: R, framed_len: u64, what: &str) -> Result<(u8, u64, CrcReader<R>), FrameError> {
     if framed_len < FRAME_OVERHEAD {
         return Err(FrameError::damaged(what, format!("truncated ({framed_len} bytes)")));
     }
     let mut h = [0u8; HEADER_LEN];
-    read_exact(r, &mut h, what)?;
+    read_exact(&mut r, &mut h, what)?;
     let compression = parse_header(&h, what)?;
-    Ok((compression, framed_len - FRAME_OVERHEAD, crc32c::crc32c(&h)))
+    Ok((compression, framed_len - FRAME_OVERHEAD, CrcReader { inner: r, crc: crc32c::crc32c(&h) }))
 }
 
-/// The trailer against what was read: payload length, plain size, CRC of the stored bytes and
-/// (when computed) the BLAKE3 of the content.
-fn check_trailer(
-    t: &[u8; TRAILER_LEN],
+/// Reads the trailer after a payload and checks it against what was decoded.
+fn check_trailer<R: Read>(
+    r: &mut R,
     payload_len: u64,
     plain_n: u64,
     stored_crc: u32,
     digest: Option<[u8; 32]>,
     what: &str,
 ) -> Result<Trailer, FrameError> {
-    let t = parse_trailer(t, what)?;
+    let mut t = [0u8; TRAILER_LEN];
+    read_exact(r, &mut t, what)?;
+    let t = parse_trailer(&t, what)?;
     if t.payload_size != payload_len {
         return Err(FrameError::damaged(what, "payload length does not match its trailer"));
     }
@@ -458,6 +456,100 @@ impl<R: Read> Read for CrcReader<R> {
     }
 }
 
+/// Pull-style decoding of one frame of `framed_len` bytes: `Read` yields the plain content,
+/// and the read that reaches its end checks the sizes, CRC and BLAKE3 and fails instead of
+/// returning 0 when any differs, so whoever reads a `FrameReader` to the end has checked
+/// every byte it got (several frames can then be merged block by block, as a chain restore
+/// does).
+pub struct FrameReader<R: Read> {
+    what: String,
+    body: Option<Body<R>>,
+    payload_len: u64,
+    hasher: blake3::Hasher,
+    n: u64,
+    summary: Option<FrameSummary>,
+}
+
+enum Body<R: Read> {
+    Plain(io::Take<CrcReader<R>>),
+    Zstd(Box<zstd::stream::read::Decoder<'static, io::BufReader<io::Take<CrcReader<R>>>>>),
+}
+
+impl<R: Read> FrameReader<R> {
+    pub fn new(r: R, framed_len: u64, what: &str) -> Result<FrameReader<R>, FrameError> {
+        let (compression, payload_len, crc_reader) = open_payload(r, framed_len, what)?;
+        let payload = crc_reader.take(payload_len);
+        let body = match compression {
+            0 => Body::Plain(payload),
+            _ => Body::Zstd(Box::new(
+                zstd::stream::read::Decoder::with_buffer(io::BufReader::with_capacity(128 * 1024, payload))
+                    .map_err(|e| io_or_damaged(e, what))?
+                    .single_frame(),
+            )),
+        };
+        Ok(FrameReader {
+            what: what.to_string(),
+            body: Some(body),
+            payload_len,
+            hasher: blake3::Hasher::new(),
+            n: 0,
+            summary: None,
+        })
+    }
+
+    /// Sizes and hash of the frame, once it was read to its end.
+    pub fn summary(&self) -> Option<FrameSummary> {
+        self.summary
+    }
+
+    fn finish(&mut self, body: Body<R>) -> Result<FrameSummary, FrameError> {
+        let what = self.what.as_str();
+        let payload = match body {
+            Body::Plain(p) => p,
+            Body::Zstd(dec) => {
+                let mut rest = dec.finish();
+                let mut extra = [0u8; 1];
+                if rest.read(&mut extra).map_err(|e| FrameError::Io { what: what.into(), source: e })? != 0 {
+                    return Err(FrameError::damaged(what, "payload has trailing bytes after its compressed stream"));
+                }
+                rest.into_inner()
+            }
+        };
+        if payload.limit() != 0 {
+            return Err(FrameError::damaged(what, "truncated payload"));
+        }
+        let mut crc_reader = payload.into_inner();
+        let digest: [u8; 32] = self.hasher.finalize().into();
+        check_trailer(&mut crc_reader.inner, self.payload_len, self.n, crc_reader.crc, Some(digest), what)?;
+        Ok(FrameSummary { plain_size: self.n, framed_size: self.payload_len + FRAME_OVERHEAD, blake3: digest })
+    }
+}
+
+impl<R: Read> Read for FrameReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() || self.summary.is_some() {
+            return Ok(0);
+        }
+        let damaged = |e: FrameError| io::Error::new(io::ErrorKind::InvalidData, e.to_string());
+        let Some(body) = self.body.as_mut() else {
+            return Err(damaged(FrameError::damaged(&self.what, "read after a failed check")));
+        };
+        let n = match body {
+            Body::Plain(p) => p.read(buf),
+            Body::Zstd(d) => d.read(buf),
+        }
+        .map_err(|e| damaged(io_or_damaged(e, &self.what)))?;
+        if n > 0 {
+            self.hasher.update(&buf[..n]);
+            self.n += n as u64;
+            return Ok(n);
+        }
+        let body = self.body.take().expect("checked above");
+        self.summary = Some(self.finish(body).map_err(damaged)?);
+        Ok(0)
+    }
+}
+
 fn read_exact<R: Read>(r: &mut R, buf: &mut [u8], what: &str) -> Result<(), FrameError> {
     r.read_exact(buf).map_err(|e| {
         if e.kind() == io::ErrorKind::UnexpectedEof {
@@ -478,105 +570,27 @@ fn io_or_damaged(e: io::Error, what: &str) -> FrameError {
     }
 }
 
-type Payload<R> = CrcReader<io::Take<R>>;
-
-enum Body<R: Read> {
-    Raw(Payload<R>),
-    Zstd(zstd::stream::read::Decoder<'static, io::BufReader<Payload<R>>>),
-}
-
-/// Pull-side twin of [`copy`] for readers that consume a frame's content at their own pace
-/// (delta restore compares it block by block with a file on disk). Sizes, CRC and BLAKE3 are
-/// checked when the content has been read to its end: a mismatch is an `InvalidData` error
-/// carrying the [`FrameError`], so nothing read is trusted before `read` returned 0.
-pub struct FrameReader<R: Read> {
-    body: Option<Body<R>>,
-    payload_len: u64,
-    hasher: blake3::Hasher,
-    n: u64,
-    what: String,
-    /// The BLAKE3 a manifest records for this content, checked besides the trailer's.
-    expected: Option<[u8; 32]>,
-}
-
-/// Open a frame of `framed_len` bytes from `r` for reading its plain content.
-pub fn reader<R: Read>(mut r: R, framed_len: u64, what: &str) -> Result<FrameReader<R>, FrameError> {
-    let (compression, payload_len, crc) = read_header(&mut r, framed_len, what)?;
-    let payload = CrcReader { inner: r.take(payload_len), crc };
-    let body = match compression {
-        0 => Body::Raw(payload),
-        _ => Body::Zstd(
-            zstd::stream::read::Decoder::with_buffer(io::BufReader::with_capacity(128 * 1024, payload))
-                .map_err(|e| io_or_damaged(e, what))?
-                .single_frame(),
-        ),
-    };
-    Ok(FrameReader {
-        body: Some(body),
-        payload_len,
-        hasher: blake3::Hasher::new(),
-        n: 0,
-        what: what.to_string(),
-        expected: None,
-    })
-}
-
-impl<R: Read> FrameReader<R> {
-    /// Also require the content's BLAKE3 to be `digest` (what the manifest recorded).
-    pub fn expecting(mut self, digest: [u8; 32]) -> Self {
-        self.expected = Some(digest);
-        self
-    }
-
-    /// At the end of the content: nothing left in the payload, the trailer matches.
-    fn finish(&mut self, body: Body<R>) -> Result<(), FrameError> {
-        let what = self.what.as_str();
-        let mut payload = match body {
-            Body::Raw(p) => p,
-            Body::Zstd(dec) => {
-                let mut rest = dec.finish();
-                let mut extra = [0u8; 1];
-                if rest.read(&mut extra).map_err(|e| FrameError::Io { what: what.into(), source: e })? != 0 {
-                    return Err(FrameError::damaged(what, "payload has trailing bytes after its compressed stream"));
-                }
-                rest.into_inner()
-            }
-        };
-        if payload.inner.limit() != 0 {
-            return Err(FrameError::damaged(what, "truncated payload"));
-        }
-        let mut t = [0u8; TRAILER_LEN];
-        read_exact(payload.inner.get_mut(), &mut t, what)?;
-        let digest: [u8; 32] = self.hasher.finalize().into();
-        check_trailer(&t, self.payload_len, self.n, payload.crc, Some(digest), what)?;
-        if self.expected.is_some_and(|e| e != digest) {
-            return Err(FrameError::damaged(what, "content does not match the checksum recorded in the manifest"));
-        }
-        Ok(())
-    }
-}
-
-impl<R: Read> Read for FrameReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let damaged = |e: FrameError| io::Error::new(io::ErrorKind::InvalidData, e);
-        let n = match self.body.as_mut() {
-            None => return Ok(0),
-            Some(Body::Raw(p)) => p.read(buf)?,
-            Some(Body::Zstd(d)) => d.read(buf).map_err(|e| damaged(io_or_damaged(e, &self.what)))?,
-        };
-        if n == 0 && !buf.is_empty() {
-            let body = self.body.take().expect("checked above");
-            self.finish(body).map_err(damaged)?;
-            return Ok(0);
-        }
-        self.hasher.update(&buf[..n]);
-        self.n += n as u64;
-        Ok(n)
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn frame_reader_yields_the_content_and_checks_it_at_the_end() {
+        let plain: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        for c in [Compression::None, Compression::Zstd(1)] {
+            let (framed, summary) = encode(&plain, c);
+            let mut r = FrameReader::new(&framed[..], framed.len() as u64, "t").unwrap();
+            let mut out = Vec::new();
+            r.read_to_end(&mut out).unwrap();
+            assert_eq!(out, plain);
+            assert_eq!(r.summary(), Some(summary));
+            // A flipped payload byte fails the read that reaches the end (or the decode).
+            let mut bad = framed.clone();
+            bad[HEADER_LEN + 40] ^= 1;
+            let res = FrameReader::new(&bad[..], bad.len() as u64, "t")
+                .and_then(|mut r| r.read_to_end(&mut Vec::new()).map_err(|e| FrameError::damaged("t", e.to_string())));
+            assert!(res.is_err(), "{c:?}");
+        }
+    }
+
     use super::*;
 
     #[test]
@@ -609,12 +623,12 @@ mod tests {
         for c in [Compression::None, Compression::Zstd(3)] {
             let (f, _) = encode(&data, c);
             let mut out = Vec::new();
-            reader(&f[..], f.len() as u64, "obj").unwrap().read_to_end(&mut out).unwrap();
+            FrameReader::new(&f[..], f.len() as u64, "obj").unwrap().read_to_end(&mut out).unwrap();
             assert_eq!(out, data);
             for i in (0..f.len()).step_by(7) {
                 let mut g = f.clone();
                 g[i] ^= 0x20;
-                let res = reader(&g[..], g.len() as u64, "obj").and_then(|mut r| {
+                let res = FrameReader::new(&g[..], g.len() as u64, "obj").and_then(|mut r| {
                     r.read_to_end(&mut Vec::new()).map_err(|e| FrameError::Io { what: "obj".into(), source: e })
                 });
                 assert!(res.is_err(), "flip at {i} of {} ({c:?}) went unnoticed", f.len());

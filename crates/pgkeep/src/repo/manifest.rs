@@ -8,13 +8,27 @@ use serde::{Deserialize, Serialize};
 
 pub const MANIFEST_FORMAT: u32 = 1;
 
+/// PostgreSQL's `BLCKSZ`: the unit of `Entry::blocks`. Incremental backups are refused on a
+/// cluster built with another block size.
+pub const BLCKSZ: u64 = 8192;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
     pub format: u32,
     pub id: String,
     pub label: String,
-    /// `full` (incremental kinds later).
+    /// `full`, `incr` (relative to the newest backup before it) or `diff` (relative to the
+    /// newest full).
     pub kind: String,
+    /// `incr`/`diff`: the backup this one stores the changed blocks against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    /// `incr`/`diff`: the backups a restore reads, from the full to `reference`, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chain: Vec<String>,
+    /// `incr`/`diff`: how changed blocks were found: `wal` or `checksum` (page LSNs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incremental_by: Option<String>,
     /// `files`, or the snapshot driver(s) used.
     pub driver: String,
     pub pgkeep_version: String,
@@ -101,6 +115,20 @@ pub struct Entry {
     /// Symlink target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// Incremental backups, relation files: the blocks this backup's frame holds, as
+    /// `[first, end)` ranges (ascending, disjoint), the frame being those blocks in order. The
+    /// file is then the previous backup of the chain's content with these blocks replaced,
+    /// cut or zero-extended to `size`; `[]` (no object) when nothing changed. Absent: the
+    /// frame holds the whole file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocks: Option<Vec<[u32; 2]>>,
+}
+
+impl Entry {
+    /// Number of blocks in `blocks` (0 for a whole-file entry).
+    pub fn block_count(&self) -> u64 {
+        self.blocks.iter().flatten().map(|[a, b]| u64::from(b.saturating_sub(*a))).sum()
+    }
 }
 
 /// Serde check for every stored `wal_segment_size` (manifests, pgkeep.info).
@@ -126,6 +154,10 @@ pub struct ManifestSummary {
     pub id: String,
     pub label: String,
     pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chain: Vec<String>,
     pub driver: String,
     pub system_identifier: String,
     pub pg_major: u32,
@@ -190,6 +222,7 @@ impl Manifest {
                 "is not a power of two between 1 MiB and 1 GiB",
             );
         }
+        self.validate_chain()?;
         for o in &self.objects {
             if o.name.contains('/') || !is_normal_relative(&o.name) {
                 return bad(format!("object {:?}", o.name), "is not a plain object name");
@@ -237,7 +270,31 @@ impl Manifest {
                 }
                 _ if tablespace == Some(true) => return bad(name(), "must be the tablespace's symbolic link"),
                 EntryKind::Dir => {}
+                EntryKind::File if e.blocks.as_ref().is_some_and(|b| b.is_empty()) && e.object.is_none() => {
+                    if e.length != 0 {
+                        return bad(name(), "has no changed blocks and no object but a stored length");
+                    }
+                }
                 EntryKind::File => {
+                    if let Some(blocks) = &e.blocks {
+                        if self.kind == "full" {
+                            return bad(name(), "has changed blocks in a full backup");
+                        }
+                        let size_blocks = e.size.div_ceil(BLCKSZ);
+                        let mut next = 0u32;
+                        for [first, end] in blocks {
+                            if first >= end || *first < next || u64::from(*end) > size_blocks {
+                                return bad(
+                                    name(),
+                                    &format!(
+                                        "has block range [{first}, {end}) out of order or beyond its size ({} blocks)",
+                                        size_blocks
+                                    ),
+                                );
+                            }
+                            next = *end;
+                        }
+                    }
                     let Some(object) = e.object.and_then(|i| self.objects.get(i as usize)) else {
                         return bad(name(), "names no data object of this backup");
                     };
@@ -260,6 +317,48 @@ impl Manifest {
     }
 }
 
+/// A backup id as stored: a plain name (the repository's own ids are `YYYYMMDD-HHMMSSF`).
+fn is_plain_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl Manifest {
+    /// `kind`, `reference` and `chain` agree: a full names no reference; an incremental's chain
+    /// ends with its reference, holds plain ids once each, and never itself.
+    fn validate_chain(&self) -> Result<(), ManifestProblem> {
+        let bad = |problem: String| Err(ManifestProblem { entry: format!("backup {}", self.id), problem });
+        match self.kind.as_str() {
+            "full" => {
+                if self.reference.is_some() || !self.chain.is_empty() {
+                    return bad("is a full backup but names a reference or chain".into());
+                }
+            }
+            "incr" | "diff" => {
+                let Some(reference) = &self.reference else {
+                    return bad(format!("is an {} backup without a reference", self.kind));
+                };
+                if self.chain.last() != Some(reference) {
+                    return bad(format!(
+                        "has a chain {:?} that does not end with its reference {reference}",
+                        self.chain
+                    ));
+                }
+                let mut seen = std::collections::BTreeSet::new();
+                for id in &self.chain {
+                    if !is_plain_id(id) || id == &self.id || !seen.insert(id) {
+                        return bad(format!("has a chain entry {id:?} that is not a distinct earlier backup id"));
+                    }
+                }
+                if self.kind == "diff" && self.chain.len() != 1 {
+                    return bad("is a diff backup whose chain is not just its full".into());
+                }
+            }
+            other => return bad(format!("has an unknown kind {other:?}")),
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,6 +375,7 @@ mod tests {
             offset: 0,
             length: 0,
             target: None,
+            blocks: None,
         };
         let mut file = entry("base/1/1259", EntryKind::File);
         (file.object, file.offset, file.length) = (Some(0), 10, 90);
@@ -327,5 +427,82 @@ mod tests {
         json["wal_segment_size"] = 0.into();
         let e = serde_json::from_value::<Manifest>(json).unwrap_err().to_string();
         assert!(e.contains("wal_segment_size 0"), "{e}");
+    }
+}
+
+/// A full files backup's manifest with no entries, started at 0/3000028 (unit tests).
+#[cfg(test)]
+pub(crate) fn test_manifest(id: &str) -> Manifest {
+    serde_json::from_value(serde_json::json!({
+        "format": 1, "id": id, "label": "", "kind": "full", "driver": "files",
+        "pgkeep_version": "0", "system_identifier": "1", "pg_version_num": 150000, "pg_major": 15,
+        "wal_segment_size": 16777216, "data_checksums": true, "timeline": 1, "stop_timeline": 1,
+        "start_lsn": "0/3000028", "stop_lsn": "0/3000100", "start_wal": "", "stop_wal": "",
+        "start_time": "2026-11-21T07:00:00Z", "stop_time": "2026-11-21T07:00:01Z",
+        "backup_window_seconds": 1.0, "backup_label_blake3": "", "tablespace_map_blake3": null,
+        "tablespaces": [], "size": 0, "stored_size": 0, "file_count": 0, "objects": [], "entries": [],
+    }))
+    .expect("test manifest")
+}
+
+#[cfg(test)]
+mod chain_tests {
+    use super::*;
+
+    fn incr() -> Manifest {
+        let mut m = test_manifest("20261121-070000F");
+        m.kind = "incr".into();
+        m.reference = Some("20261121-065522F".into());
+        m.chain = vec!["20261121-060000F".into(), "20261121-065522F".into()];
+        m.incremental_by = Some("wal".into());
+        m.objects = vec![DataObject { name: "000000".into(), size: 100 }];
+        m.entries = serde_json::from_value(serde_json::json!([
+            {"path": "base", "kind": "dir", "mode": 448},
+            {"path": "base/1/1259", "kind": "file", "mode": 384, "size": 81920, "object": 0,
+             "offset": 0, "length": 100, "blocks": [[0, 2], [5, 10]]},
+            {"path": "base/1/1260", "kind": "file", "mode": 384, "size": 8192, "blocks": []},
+        ]))
+        .unwrap();
+        m.entries.sort_by(|a, b| a.path.cmp(&b.path));
+        m
+    }
+
+    #[test]
+    fn an_incremental_manifest_is_valid_and_round_trips() {
+        let m = incr();
+        assert_eq!(m.validate(), Ok(()));
+        assert_eq!(m.entries[1].block_count(), 7);
+        let back: Manifest = serde_json::from_value(serde_json::to_value(&m).unwrap()).unwrap();
+        assert_eq!(back.chain, m.chain);
+        assert_eq!(back.entries[1].blocks, Some(vec![[0, 2], [5, 10]]));
+        // Summaries carry what `list` shows.
+        let s: ManifestSummary = serde_json::from_value(serde_json::to_value(&m).unwrap()).unwrap();
+        assert_eq!((s.kind.as_str(), s.reference.as_deref()), ("incr", Some("20261121-065522F")));
+    }
+
+    #[test]
+    fn blocks_and_chains_are_checked() {
+        let refused = |edit: &dyn Fn(&mut Manifest)| {
+            let mut m = incr();
+            edit(&mut m);
+            m.validate().expect_err("must be refused")
+        };
+        assert!(refused(&|m| m.entries[1].blocks = Some(vec![[5, 10], [0, 2]])).problem.contains("out of order"));
+        assert!(refused(&|m| m.entries[1].blocks = Some(vec![[0, 11]])).problem.contains("beyond its size"));
+        assert!(refused(&|m| m.entries[1].blocks = Some(vec![[3, 3]])).problem.contains("block range"));
+        assert!(refused(&|m| m.entries[2].length = 5).problem.contains("no changed blocks"));
+        assert!(refused(&|m| m.reference = None).problem.contains("without a reference"));
+        assert!(refused(&|m| m.chain.pop().map(|_| ()).unwrap_or(())).problem.contains("does not end"));
+        assert!(refused(&|m| m.chain[0] = "../x".into()).problem.contains("chain entry"));
+        assert!(refused(&|m| m.chain[0] = m.id.clone()).problem.contains("chain entry"));
+        assert!(refused(&|m| m.kind = "diff".into()).problem.contains("diff"));
+        assert!(refused(&|m| m.kind = "weekly".into()).problem.contains("unknown kind"));
+        assert!(refused(&|m| {
+            m.kind = "full".into();
+            m.reference = None;
+            m.chain.clear();
+        })
+        .problem
+        .contains("changed blocks in a full"));
     }
 }

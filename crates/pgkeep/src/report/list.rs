@@ -15,6 +15,10 @@ pub struct ListedBackup {
     pub id: String,
     pub state: BackupState,
     pub driver: Option<String>,
+    /// `full`, `incr` or `diff`.
+    pub kind: Option<String>,
+    /// `incr`/`diff`: the backup it stores changed blocks against.
+    pub reference: Option<String>,
     pub label: Option<String>,
     pub timeline: Option<u32>,
     pub start_lsn: Option<Lsn>,
@@ -78,6 +82,8 @@ pub fn list(repo: &Repository, policy: Option<&RetentionConfig>) -> crate::Resul
             id: e.id.clone(),
             state: e.state,
             driver: s.map(|m| m.driver.clone()).or_else(|| e.started.as_ref().map(|m| m.driver.clone())),
+            kind: s.map(|m| m.kind.clone()),
+            reference: s.and_then(|m| m.reference.clone()),
             label: s.map(|m| m.label.clone()),
             timeline: s.map(|m| m.timeline),
             start_lsn: s.map(|m| m.start_lsn),

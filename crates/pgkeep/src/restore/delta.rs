@@ -367,12 +367,16 @@ impl<'p> Delta<'p> {
             if md.permissions().mode() & 0o777 != mode {
                 fsutil::set_mode(&dest, mode).map_err(|x| fail(x.to_string()))?;
             }
-            if md.len() == e.size && e.blake3.as_deref().is_some_and(|b| hash_file(&dest).is_ok_and(|h| h == b)) {
+            // An incremental entry's BLAKE3 is of its stored blocks, not of the file.
+            if md.len() == e.size
+                && e.blocks.is_none()
+                && e.blake3.as_deref().is_some_and(|b| hash_file(&dest).is_ok_and(|h| h == b))
+            {
                 n.unchanged.fetch_add(1, Ordering::Relaxed);
                 return Ok(false);
             }
         }
-        let mut content = open_entry_content(repo, m, e).map_err(|x| fail(x.to_string()))?;
+        let mut content = open_entry_content(repo, &self.plan.chain, &e.path).map_err(|x| fail(x.to_string()))?;
         let file = OpenOptions::new()
             .read(true)
             .write(true)

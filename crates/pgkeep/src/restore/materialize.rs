@@ -82,7 +82,8 @@ pub struct FileStats {
     pub bytes: u64,
 }
 
-/// Restore every file with `jobs` workers; returns counts.
+/// Restore every file the backup holds whole with `jobs` workers; returns counts. Files held
+/// as changed blocks (incremental backups) are [`write_chain_files`]'s.
 pub fn write_files(
     repo: &Repository,
     m: &Manifest,
@@ -92,7 +93,7 @@ pub fn write_files(
 ) -> Result<FileStats, RestoreError> {
     // Group file entries by object, in offset order.
     let mut by_object: BTreeMap<u32, Vec<&Entry>> = BTreeMap::new();
-    for e in m.entries.iter().filter(|e| e.kind == EntryKind::File) {
+    for e in m.entries.iter().filter(|e| e.kind == EntryKind::File && e.blocks.is_none()) {
         let Some(obj) = e.object else {
             return Err(RestoreError::File {
                 id: m.id.clone(),
@@ -109,6 +110,16 @@ pub fn write_files(
     }
     work.sort_by_key(|(o, _)| std::cmp::Reverse(m.objects.get(*o as usize).map(|x| x.size).unwrap_or(0)));
 
+    in_parallel(&work, jobs, |(obj, entries)| restore_object(repo, m, map, *obj, entries, progress))
+}
+
+/// Run `task` over `work` on `jobs` threads, summing its (files, bytes); the first error
+/// stops the others from taking more work and is returned.
+fn in_parallel<T: Sync>(
+    work: &[T],
+    jobs: usize,
+    task: impl Fn(&T) -> Result<(u64, u64), RestoreError> + Sync,
+) -> Result<FileStats, RestoreError> {
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let first_error: Mutex<Option<RestoreError>> = Mutex::new(None);
@@ -118,8 +129,8 @@ pub fn write_files(
             s.spawn(|| {
                 while !failed.load(Ordering::Relaxed) {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some((obj, entries)) = work.get(i) else { break };
-                    match restore_object(repo, m, map, *obj, entries, progress) {
+                    let Some(item) = work.get(i) else { break };
+                    match task(item) {
                         Ok((n, b)) => {
                             let mut st = stats.lock().unwrap_or_else(|p| p.into_inner());
                             st.files += n;
@@ -127,10 +138,7 @@ pub fn write_files(
                         }
                         Err(e) => {
                             failed.store(true, Ordering::Relaxed);
-                            let mut fe = first_error.lock().unwrap_or_else(|p| p.into_inner());
-                            if fe.is_none() {
-                                *fe = Some(e);
-                            }
+                            first_error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
                         }
                     }
                 }
@@ -173,14 +181,7 @@ fn restore_object(
             io::copy(&mut (&mut reader).take(e.offset - pos), &mut io::sink())
                 .map_err(|x| fail(&e.path, x.to_string()))?;
         }
-        let dest = map.dest(&e.path);
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode((e.mode & 0o777) | 0o600)
-            .open(&dest)
-            .map_err(|x| fail(&e.path, format!("cannot create {}: {x}", dest.display())))?;
-        let mut w = BufWriter::with_capacity(256 * 1024, file);
+        let mut w = create_dest(map, e).map_err(|x| fail(&e.path, x))?;
         let what = format!("file {} (object {} of backup {})", e.path, object.name, m.id);
         let summary = frame::copy(&mut reader, e.length, &mut w, &what).map_err(|x| fail(&e.path, x.to_string()))?;
         if let Some(recorded) = &e.blake3 {
@@ -197,6 +198,18 @@ fn restore_object(
         progress.advance(summary.plain_size);
     }
     Ok((entries.len() as u64, bytes))
+}
+
+/// A restored file, created (never over an existing one) with the entry's mode, buffered.
+fn create_dest(map: &PathMap, e: &Entry) -> Result<BufWriter<fs::File>, String> {
+    let dest = map.dest(&e.path);
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode((e.mode & 0o777) | 0o600)
+        .open(&dest)
+        .map(|f| BufWriter::with_capacity(256 * 1024, f))
+        .map_err(|x| format!("cannot create {}: {x}", dest.display()))
 }
 
 /// Make every restored file and directory durable: `syncfs` on each file system involved (the
@@ -242,30 +255,292 @@ pub fn write_small(path: &Path, data: &[u8]) -> Result<(), RestoreError> {
     f.sync_all().map_err(|e| werr(path, e))
 }
 
-/// The plain content of file entry `e` of backup `m`, decoded as it is read. The frame's sizes
-/// and CRC, its BLAKE3 and the one the manifest records are checked when the reader reaches
-/// its end (an `InvalidData` error there), so callers trust nothing before `read` returned 0.
-/// The one place that knows where an entry's content lives.
-pub fn open_entry_content<'r>(
-    repo: &'r Repository,
-    m: &Manifest,
-    e: &Entry,
-) -> Result<Box<dyn Read + Send + 'r>, RestoreError> {
-    let fail = |detail: String| RestoreError::Content { id: m.id.clone(), path: e.path.clone(), detail };
-    let object = e
-        .object
-        .and_then(|o| m.objects.get(o as usize))
-        .ok_or_else(|| fail("manifest entry names no data object".into()))?;
-    let key = layout::data_key(&m.id, &object.name);
-    let end = e.offset.checked_add(e.length).ok_or_else(|| fail("entry lies outside its object".into()))?;
-    let raw = repo.storage().open_reader(&key, Some(e.offset..end)).map_err(|x| fail(x.to_string()))?;
-    let what = format!("file {} (object {} of backup {})", e.path, object.name, m.id);
-    let mut r = frame::reader(raw, e.length, &what).map_err(|x| fail(x.to_string()))?;
-    if let Some(recorded) = &e.blake3 {
-        let mut digest = [0u8; 32];
-        hex::decode_to_slice(recorded, &mut digest)
-            .map_err(|_| fail(format!("manifest records an invalid checksum {recorded:?}")))?;
-        r = r.expecting(digest);
+/// A backup with the backups its blocks rest on: the full first, the backup itself last (a
+/// full alone for a full).
+pub struct Chain {
+    pub manifests: Vec<Manifest>,
+    /// Per manifest: file path → entry index.
+    index: Vec<std::collections::HashMap<String, usize>>,
+}
+
+impl Chain {
+    /// The chain of `m`: each backup its `chain` names, read and checked (valid, same cluster,
+    /// and itself resting on the same backups as `m` says), so a file is never assembled from
+    /// another lineage's blocks.
+    pub fn load(repo: &Repository, m: Manifest) -> crate::Result<Chain> {
+        let bad = |problem: String| RestoreError::BadManifest { id: m.id.clone(), problem };
+        let mut manifests = Vec::with_capacity(m.chain.len() + 1);
+        for (i, id) in m.chain.iter().enumerate() {
+            let member = repo.manifest(id).map_err(|e| {
+                crate::Error::other(format!(
+                    "backup {} rests on backup {id}, which cannot be read: {e}; hint: restore another backup (`pgkeep list`)",
+                    m.id
+                ))
+            })?;
+            super::plan::check_manifest(id, &member)?;
+            if member.system_identifier != m.system_identifier || member.chain != m.chain[..i] {
+                return Err(bad(format!("chain member {id} is of another cluster or chain")).into());
+            }
+            manifests.push(member);
+        }
+        manifests.push(m);
+        Ok(Chain::of(manifests))
     }
-    Ok(Box::new(r))
+
+    /// A chain from manifests already read and checked, oldest first.
+    pub fn of(manifests: Vec<Manifest>) -> Chain {
+        let index = manifests
+            .iter()
+            .map(|m| {
+                m.entries
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, e)| e.kind == EntryKind::File)
+                    .map(|(i, e)| (e.path.clone(), i))
+                    .collect()
+            })
+            .collect();
+        Chain { manifests, index }
+    }
+
+    /// The backup being restored.
+    pub fn target(&self) -> &Manifest {
+        self.manifests.last().expect("a chain holds at least its backup")
+    }
+}
+
+/// One backup's frame for a file: the whole file (`blocks` None) or some blocks of it.
+struct Layer {
+    reader: Option<frame::FrameReader<Box<dyn Read + Send>>>,
+    blocks: Option<Vec<[u32; 2]>>,
+    cursor: usize,
+    size: u64,
+    blake3: Option<String>,
+    what: String,
+}
+
+impl Layer {
+    /// Whether this frame holds block `i` (called with increasing `i`).
+    fn has(&mut self, i: u32) -> bool {
+        let Some(ranges) = &self.blocks else { return false };
+        while ranges.get(self.cursor).is_some_and(|r| r[1] <= i) {
+            self.cursor += 1;
+        }
+        ranges.get(self.cursor).is_some_and(|r| r[0] <= i)
+    }
+
+    fn read_into(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        let what = &self.what;
+        let r = self.reader.as_mut().ok_or_else(|| io::Error::other(format!("{what}: no stored frame")))?;
+        r.read_exact(buf).map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => {
+                io::Error::new(io::ErrorKind::InvalidData, format!("{what}: holds fewer bytes than its entry lists"))
+            }
+            _ => e,
+        })
+    }
+
+    /// Read the frame to its end (which checks it) and compare with the manifest's hash.
+    fn finish(&mut self) -> io::Result<()> {
+        let Some(r) = self.reader.as_mut() else { return Ok(()) };
+        io::copy(r, &mut io::sink())?;
+        let got = r.summary().map(|s| hex::encode(s.blake3));
+        if let (Some(want), Some(got)) = (&self.blake3, got) {
+            if *want != got {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}: content does not match the checksum recorded in the manifest", self.what),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The plain content of one file of a chain's last backup, assembled block by block: each
+/// block from the newest backup whose frame holds it, zeros where a backup's size cut it off.
+/// Every frame it uses is read to its end, so each is checked (frame BLAKE3 and the manifest's
+/// hash) before `read` returns 0; an error instead means the content must not be used.
+pub struct EntryContent {
+    layers: Vec<Layer>,
+    size: u64,
+    next_block: u64,
+    block: Vec<u8>,
+    block_pos: usize,
+    block_len: usize,
+    scratch: Vec<u8>,
+    done: bool,
+}
+
+impl EntryContent {
+    /// The file's size in the backup.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn fill_block(&mut self) -> io::Result<bool> {
+        let bs = crate::repo::manifest::BLCKSZ;
+        if self.next_block * bs >= self.size {
+            if !self.done {
+                self.done = true;
+                for l in &mut self.layers {
+                    l.finish()?;
+                }
+            }
+            return Ok(false);
+        }
+        let i = self.next_block;
+        let blk = u32::try_from(i).map_err(|_| io::Error::other("block number out of range"))?;
+        // Newest first: the first frame holding the block wins; a backup whose size ends
+        // before it means zeros (the file was cut, then extended again).
+        let mut source = None;
+        for (j, l) in self.layers.iter_mut().enumerate().rev() {
+            if l.blocks.is_none() {
+                source = (i * bs < l.size).then_some(j);
+                break;
+            }
+            if l.has(blk) {
+                source = Some(j);
+                break;
+            }
+            if i * bs >= l.size {
+                break;
+            }
+        }
+        self.block.fill(0);
+        for (j, l) in self.layers.iter_mut().enumerate() {
+            let n = if l.blocks.is_none() {
+                l.size.saturating_sub(i * bs).min(bs) as usize
+            } else if l.has(blk) {
+                bs as usize
+            } else {
+                0
+            };
+            if n == 0 {
+                continue;
+            }
+            let into = if source == Some(j) { &mut self.block[..n] } else { &mut self.scratch[..n] };
+            l.read_into(into)?;
+        }
+        self.block_len = (self.size - i * bs).min(bs) as usize;
+        self.block_pos = 0;
+        self.next_block += 1;
+        Ok(true)
+    }
+}
+
+impl Read for EntryContent {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut n = 0;
+        while n < buf.len() {
+            if self.block_pos == self.block_len && !self.fill_block()? {
+                break;
+            }
+            let k = (self.block_len - self.block_pos).min(buf.len() - n);
+            buf[n..n + k].copy_from_slice(&self.block[self.block_pos..self.block_pos + k]);
+            self.block_pos += k;
+            n += k;
+        }
+        Ok(n)
+    }
+}
+
+/// The content of file `path` (a manifest path) as of `chain`'s last backup, for a backup of
+/// any kind: a reader yielding exactly `size()` bytes, checked as it is read (see
+/// [`EntryContent`]). Errors name the file and the backup.
+pub fn open_entry_content(repo: &Repository, chain: &Chain, path: &str) -> Result<EntryContent, RestoreError> {
+    let target = chain.target();
+    let fail = |detail: String| RestoreError::File {
+        id: target.id.clone(),
+        path: path.to_string(),
+        dir: String::new(),
+        detail,
+    };
+    let mut layers = Vec::new();
+    for (m, index) in chain.manifests.iter().zip(&chain.index).rev() {
+        let e = index
+            .get(path)
+            .and_then(|i| m.entries.get(*i))
+            .ok_or_else(|| fail(format!("backup {} of its chain has no file {path}", m.id)))?;
+        let what = format!("file {path} of backup {}", m.id);
+        let reader = match e.object.and_then(|o| m.objects.get(o as usize)) {
+            Some(object) => {
+                let key = layout::data_key(&m.id, &object.name);
+                let end = e.offset.saturating_add(e.length);
+                let raw = repo.storage().open_reader(&key, Some(e.offset..end)).map_err(|x| fail(x.to_string()))?;
+                Some(frame::FrameReader::new(raw, e.length, &what).map_err(|x| fail(x.to_string()))?)
+            }
+            None if e.blocks.as_ref().is_some_and(|b| b.is_empty()) => None,
+            None => return Err(fail(format!("backup {} names no data object for it", m.id))),
+        };
+        let whole = e.blocks.is_none();
+        layers.push(Layer {
+            reader,
+            blocks: e.blocks.clone(),
+            cursor: 0,
+            size: e.size,
+            blake3: e.blake3.clone(),
+            what,
+        });
+        if whole {
+            break;
+        }
+    }
+    if layers.last().is_some_and(|l| l.blocks.is_some()) {
+        return Err(fail("no backup of its chain holds the whole file".into()));
+    }
+    layers.reverse();
+    let bs = crate::repo::manifest::BLCKSZ as usize;
+    Ok(EntryContent {
+        size: layers.last().map(|l| l.size).unwrap_or(0),
+        layers,
+        next_block: 0,
+        block: vec![0; bs],
+        block_pos: 0,
+        block_len: 0,
+        scratch: vec![0; bs],
+        done: false,
+    })
+}
+
+/// Restore the files of `chain`'s last backup that it holds as changed blocks, each written
+/// once from its assembled content (`jobs` workers).
+pub fn write_chain_files(
+    repo: &Repository,
+    chain: &Chain,
+    map: &PathMap,
+    jobs: usize,
+    progress: &dyn Progress,
+) -> Result<FileStats, RestoreError> {
+    let m = chain.target();
+    let work: Vec<&Entry> = m.entries.iter().filter(|e| e.kind == EntryKind::File && e.blocks.is_some()).collect();
+    in_parallel(&work, jobs, |e| {
+        let n = write_assembled(repo, chain, map, e)?;
+        progress.advance(n);
+        Ok((1, n))
+    })
+}
+
+fn write_assembled(repo: &Repository, chain: &Chain, map: &PathMap, e: &Entry) -> Result<u64, RestoreError> {
+    let fail = |detail: String| RestoreError::File {
+        id: chain.target().id.clone(),
+        path: e.path.clone(),
+        dir: map.pgdata.display().to_string(),
+        detail,
+    };
+    let mut content = open_entry_content(repo, chain, &e.path)?;
+    let mut w = create_dest(map, e).map_err(fail)?;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = content.read(&mut buf).map_err(|x| fail(x.to_string()))?;
+        if n == 0 {
+            break;
+        }
+        w.write_all(&buf[..n]).map_err(|x| fail(x.to_string()))?;
+        total += n as u64;
+    }
+    // Durability: `sync_restored` (one syncfs) before pg_control is published.
+    w.into_inner().map_err(|x| fail(x.to_string()))?;
+    Ok(total)
 }

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::materialize::{self, PathMap};
+use super::materialize::{self, Chain, PathMap};
 use super::recovery::{self, ArchiveMode, RecoverySettings};
 use super::target::{self, RecoveryTarget, TargetAction};
 use super::RestoreError;
@@ -92,6 +92,8 @@ impl TimelineView {
 
 pub struct RestorePlan {
     pub manifest: Manifest,
+    /// The backups the manifest's changed blocks rest on, and itself (itself alone for a full).
+    pub chain: Chain,
     pub map: PathMap,
     pub settings: RecoverySettings,
     pub jobs: usize,
@@ -144,6 +146,7 @@ impl RestorePlan {
         let manifest = repo.manifest(&id)?;
         check_manifest(&id, &manifest)?;
         let label = fetch_label(repo, &manifest)?;
+        let chain = Chain::load(repo, manifest.clone())?;
         let timelines = TimelineView::of(repo, &manifest, opts.timeline.as_deref())?;
         let mut tablespaces = BTreeMap::new();
         for (oid, dir) in &opts.tablespace_map {
@@ -179,6 +182,7 @@ impl RestorePlan {
         };
         Ok(RestorePlan {
             manifest,
+            chain,
             map: PathMap { pgdata: to, tablespaces },
             settings,
             jobs: opts.jobs,
@@ -192,7 +196,10 @@ impl RestorePlan {
         let m = &self.manifest;
         materialize::create_structure(m, &self.map)?;
         progress.phase("restore files", Some(m.size));
-        let stats = materialize::write_files(repo, m, &self.map, self.jobs, progress.as_ref())?;
+        let mut stats = materialize::write_files(repo, m, &self.map, self.jobs, progress.as_ref())?;
+        let assembled = materialize::write_chain_files(repo, &self.chain, &self.map, self.jobs, progress.as_ref())?;
+        stats.files += assembled.files;
+        stats.bytes += assembled.bytes;
         progress.finish_phase();
 
         self.write_label_and_recovery(repo)?;

@@ -47,6 +47,9 @@ pub struct BackupSettings {
     /// Apply the `[retention]` policy after every successful backup.
     #[serde(default)]
     pub expire_after: bool,
+    /// What `pgkeep backup` takes without `--type`: "full" (default), "incr" or "diff".
+    #[serde(default, rename = "type")]
+    pub backup_type: Option<crate::backup::BackupType>,
 }
 
 /// A recovery window as written ("14d") and its length.

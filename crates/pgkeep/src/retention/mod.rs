@@ -24,6 +24,8 @@ pub enum RetentionError {
     KeepsNothing { complete: usize },
     #[error("backup {id} is the last backup the [retention] policy keeps; nothing was deleted; hint: add --force to delete it anyway")]
     LastKept { id: String },
+    #[error("backup {id} is the base of incremental backup(s) {dependents}, which cannot be restored without it; nothing was deleted; hint: expire those first, or add --force")]
+    ChainBase { id: String, dependents: String },
     #[error("backup {id} is pinned; nothing was deleted; hint: `pgkeep unpin {id}` first, or add --force")]
     Pinned { id: String },
     #[error("backup {id} is not pinned; hint: `pgkeep list` shows the pinned backups")]

@@ -33,6 +33,8 @@ pub struct BackupFacts {
     pub pinned: bool,
     /// Bytes its objects take in the repository.
     pub bytes: u64,
+    /// Incremental backups: the backups it rests on (its manifest's `chain`).
+    pub chain: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -44,7 +46,8 @@ pub struct WalObject {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct KeptBackup {
     pub id: String,
-    /// Which rules keep it: `full`, `recovery_window`, `verified`, `pinned`.
+    /// Which rules keep it: `full`, `recovery_window`, `verified`, `pinned`, and `chain` for a
+    /// backup a kept incremental rests on.
     pub kept_by: Vec<&'static str>,
 }
 
@@ -115,6 +118,15 @@ pub fn plan(
         kept_by.entry(b.id.as_str()).or_default().push("pinned");
     }
     kept_by.retain(|_, rules| !rules.is_empty());
+    // A chain is a unit: whatever a kept incremental rests on is kept with it.
+    let needed: BTreeSet<&str> = complete
+        .iter()
+        .filter(|b| kept_by.contains_key(b.id.as_str()))
+        .flat_map(|b| b.chain.iter().map(String::as_str))
+        .collect();
+    for b in complete.iter().filter(|b| needed.contains(b.id.as_str())) {
+        kept_by.entry(b.id.as_str()).or_default().push("chain");
+    }
     if kept_by.is_empty() && !complete.is_empty() {
         return Err(PlanError::KeepsNothing);
     }
@@ -219,7 +231,26 @@ mod tests {
             verified: None,
             pinned: false,
             bytes: 100,
+            chain: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_kept_incremental_keeps_its_chain() {
+        let mut backups: Vec<BackupFacts> = (1..=5).map(|n| b(n, 1)).collect();
+        // b01 full, b02 incr of it, b03 diff of b01, b04 incr of b03, b05 full.
+        backups[1].chain = vec!["b01".into()];
+        backups[2].chain = vec!["b01".into()];
+        backups[3].chain = vec!["b01".into(), "b03".into()];
+        let policy = RetentionConfig { full: Some(2), ..Default::default() };
+        let p = plan(&policy, &backups, &[], SEG, t(10)).unwrap();
+        let kept: Vec<(&str, &[&str])> = p.kept.iter().map(|k| (k.id.as_str(), k.kept_by.as_slice())).collect();
+        assert_eq!(
+            kept,
+            [("b01", &["chain"][..]), ("b03", &["chain"][..]), ("b04", &["full"][..]), ("b05", &["full"][..])]
+        );
+        let expired: Vec<&str> = p.backups.iter().map(|b| b.id.as_str()).collect();
+        assert_eq!(expired, ["b02"]);
     }
 
     fn seg(tli: u32, segno: u64) -> WalObject {

@@ -71,6 +71,7 @@ pub fn gather(repo: &Repository) -> crate::Result<(Vec<BackupFacts>, Vec<WalObje
             stop_time: s.map(|m| m.stop_time),
             verified: verified.map(|v| v.ok),
             bytes,
+            chain: s.map(|m| m.chain.clone()).unwrap_or_default(),
         });
     }
     let wal = repo
@@ -184,8 +185,13 @@ pub fn expire_one(
         if pins::pinned(repo)?.contains(id) {
             return Err(RetentionError::Pinned { id: id.to_string() }.into());
         }
+        let (backups, wal) = gather(repo)?;
+        let dependents: Vec<&str> =
+            backups.iter().filter(|b| b.chain.iter().any(|c| c == id)).map(|b| b.id.as_str()).collect();
+        if !dependents.is_empty() {
+            return Err(RetentionError::ChainBase { id: id.to_string(), dependents: dependents.join(", ") }.into());
+        }
         if let Some(p) = policy.filter(|p| p.has_backup_rule()) {
-            let (backups, wal) = gather(repo)?;
             if let Ok(plan) = make_plan(repo, p, &backups, &wal) {
                 if plan.kept.len() == 1 && plan.kept[0].id == id {
                     return Err(RetentionError::LastKept { id: id.to_string() }.into());

@@ -21,6 +21,7 @@ mod docs;
 mod encryption;
 #[cfg(feature = "gcs")]
 mod gcs;
+mod incremental;
 mod init;
 mod interrupted;
 mod json_docs;

@@ -495,6 +495,9 @@ pub fn backup(
             id: backup_id.clone(),
             label: label.clone(),
             kind: "full".into(),
+            reference: None,
+            chain: Vec::new(),
+            incremental_by: None,
             driver: driver_name(cfg),
             pgkeep_version: env!("CARGO_PKG_VERSION").into(),
             system_identifier: server.system_identifier.to_string(),
@@ -566,6 +569,8 @@ pub fn backup(
         stored_size: manifest.stored_size,
         tablespaces: manifest.tablespaces.clone(),
         removed_incomplete,
+        backup_type: "full".into(),
+        reads: Default::default(),
         snapshot: Some(SnapshotReport {
             state: if pending { "pending".into() } else { "complete".into() },
             snapshots: records,
