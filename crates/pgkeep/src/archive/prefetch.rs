@@ -42,7 +42,7 @@ pub(super) const END: &str = "end";
 const END_PAUSE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The segment the last call that missed asked for: the prefetcher follows recovery there.
-pub(super) const WANT: &str = "want";
+const WANT: &str = "want";
 
 /// The names a running prefetcher is fetching (JSON list), so a call for one of them waits for
 /// it instead of fetching it a second time.
@@ -280,9 +280,11 @@ impl Spooled<'_> {
         }
     }
 
-    /// The segment a call that found nothing in the spool asked for (recovery is there).
-    pub(super) fn wanted(&self) -> Option<(TimeLineID, u64)> {
+    /// The segment a call that found nothing in the spool asked for (recovery is there), once:
+    /// the prefetcher consumes it.
+    pub(super) fn take_wanted(&self) -> Option<(TimeLineID, u64)> {
         let name = std::fs::read_to_string(self.dir.file(WANT)).ok()?;
+        self.dir.remove(WANT);
         match pgkeep_wal::parse_wal_file_name(name.trim(), self.seg_size)? {
             WalFileName::Segment { tli, segno } => Some((tli, segno)),
             _ => None,

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use pgkeep_wal::TimeLineID;
 
-use super::prefetch::{Spooled, END, FETCHING, WANT};
+use super::prefetch::{Spooled, END, FETCHING};
 use crate::repo::Repository;
 
 /// How long the prefetcher stays with a full window while recovery takes nothing (the target
@@ -42,12 +42,12 @@ pub(super) fn run(
         sp.dir.try_lock()
     });
     let Some(_lock) = lock else { return Ok(0) };
-    // The call that started us is on `tli`: a miss recorded on another timeline is stale.
-    if sp.wanted().is_some_and(|(t, _)| t != tli) {
-        sp.dir.remove(WANT);
-    }
+    // The call that started us may have left its miss in `want`; one on another timeline is stale.
+    let after = match sp.take_wanted() {
+        Some((t, s)) if t == tli => after.max(s),
+        _ => after,
+    };
     let mut state = State { pos: after, next: after + 1, commit_next: after + 1, ..State::default() };
-    state.follow(sp, tli);
     let window = sp.window(tli, state.pos, queue);
     sp.clean(&window);
     // Opening the repository takes round trips: a call for one of these meanwhile waits for us.
@@ -60,7 +60,7 @@ pub(super) fn run(
             if state.follow(sp, tli) {
                 idle_since = Instant::now();
             }
-            if state.left_timeline {
+            if state.left {
                 break;
             }
             if !state.ended {
@@ -130,7 +130,9 @@ struct State {
     /// Committed and not yet taken by recovery.
     spooled: BTreeSet<u64>,
     ended: bool,
-    left_timeline: bool,
+    /// Recovery went where this prefetcher does not follow: another timeline, or back (a
+    /// restarted server replays from its last restartpoint). The next call starts a new one.
+    left: bool,
     kept: usize,
     published: Vec<String>,
 }
@@ -139,9 +141,9 @@ impl State {
     /// Move `pos` to where recovery is; true when it moved. Segments it passed are dropped.
     fn follow(&mut self, sp: &Spooled, tli: TimeLineID) -> bool {
         let taken = self.spooled.iter().copied().filter(|s| !sp.dir.file(&sp.name(tli, *s)).exists()).max();
-        let wanted = match sp.wanted() {
-            Some((t, _)) if t != tli => {
-                self.left_timeline = true;
+        let wanted = match sp.take_wanted() {
+            Some((t, s)) if t != tli || s <= self.pos => {
+                self.left = true;
                 None
             }
             Some((_, s)) => Some(s),
