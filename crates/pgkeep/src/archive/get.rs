@@ -153,14 +153,17 @@ impl Staged {
         Ok(staged)
     }
 
-    pub fn commit(self) -> std::io::Result<()> {
-        std::fs::rename(&self.tmp, &self.dest)
-        // On success the temp name is gone; on failure Drop removes it.
+    pub fn commit(mut self) -> std::io::Result<()> {
+        std::fs::rename(&self.tmp, &self.dest)?;
+        self.tmp = std::path::PathBuf::new();
+        Ok(())
     }
 }
 
 impl Drop for Staged {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.tmp);
+        if !self.tmp.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
     }
 }
