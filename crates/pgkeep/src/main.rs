@@ -13,11 +13,13 @@ fn main() -> ExitCode {
     // restore_command contract: PostgreSQL ends recovery on a status up to 125 ("not in the
     // archive"), so every failure of archive-get that is not "no such file", from a bad command
     // line to a panic, must exit 126 and stop recovery instead.
-    let mut archive_get = names_archive_get(std::env::args_os().skip(1));
+    // Built once: restore_command runs this binary once per segment, so start-up counts.
+    let command = Cli::command();
+    let mut archive_get = names_archive_get(&command, std::env::args_os().skip(1));
     if archive_get {
         fatal_panics();
     }
-    let parsed = Cli::command().try_get_matches().and_then(|m| Ok((Cli::from_arg_matches(&m)?, m)));
+    let parsed = command.try_get_matches().and_then(|m| Ok((Cli::from_arg_matches(&m)?, m)));
     let (mut cli, matches) = match parsed {
         Ok(p) => p,
         Err(e) if archive_get && e.use_stderr() => {
@@ -76,8 +78,7 @@ fn filter(level: &str) -> String {
 
 /// Whether the raw arguments name the archive-get subcommand (before clap has parsed them, so
 /// that a parse error can be mapped too): the first subcommand name among them decides.
-fn names_archive_get(args: impl Iterator<Item = std::ffi::OsString>) -> bool {
-    let cmd = Cli::command();
+fn names_archive_get(cmd: &clap::Command, args: impl Iterator<Item = std::ffi::OsString>) -> bool {
     for a in args {
         let Some(a) = a.to_str() else { continue };
         if a == "archive-get" {

@@ -6,7 +6,9 @@
 //!    (≤ 0.2×). Every command runs through `sh -c`, as PostgreSQL runs archive_command.
 //! 2. PITR replay of at least `--segments` archived segments from S3 (moto) behind the testkit's
 //!    fault proxy adding `--latency-ms` to every request: the same restore with
-//!    `archive_get_queue = 8` and with `= 0` (target ≥ 4× faster with the queue).
+//!    `archive_get_queue = 8` and with `= 0` (target ≥ 4× faster with the queue), and the same
+//!    recovery with `restore_command = cp` from a local directory holding the same segments: how
+//!    fast PostgreSQL replays them when fetching is free, which bounds what any queue can gain.
 //!
 //!   cargo build --release -p pgkeep -p pgkeep-bench && target/release/wal-transport [--rounds 15] [--segments 64] [--latency-ms 100]
 
@@ -115,15 +117,16 @@ fn per_call(pgkeep: &Path, rounds: usize) {
         get.push(timed(&mut sh(&script, &work), "get").wall);
         let _ = std::fs::remove_file(get_dir.join(&seg));
         cp.push(timed(&mut sh(&format!("cp \"{w}/{seg}\" \"{}/{seg}\"", get_dir.display()), &work), "cp").wall);
-        // Fill the spool with `seg` (a call for its predecessor), then time the call it serves.
+        // Fill the spool with `seg` (the prefetcher after its predecessor), then time the call it serves.
         let get_q = |name: &str| {
             format!("\"{exe}\" --config \"{}\" --repo \"{r}\" archive-get {name} pg_wal/RECOVERYXLOG", queued.display())
         };
         // PostgreSQL removes RECOVERYXLOG before running restore_command, so neither contender
         // replaces a file (ext4 flushes a file renamed or truncated over an existing one).
         let recoveryxlog = pgdata.join("pg_wal/RECOVERYXLOG");
-        timed(&mut sh(&get_q(&prev), &pgdata), "prefetching get");
-        let _ = std::fs::remove_file(&recoveryxlog);
+        // The prefetcher a call would start detached, run in the foreground: it spools `seg`,
+        // finds the end of the archive after it, marks it and leaves.
+        timed(&mut sh(&format!("{} --prefetch-only", get_q(&prev)), &pgdata), "prefetcher");
         hit.push(timed(&mut sh(&get_q(&seg), &pgdata), "get from the spool").wall);
         let restored = std::fs::read(&recoveryxlog).expect("restored");
         assert!(restored == std::fs::read(&seg_path).expect("seg"), "the spool served other bytes");
@@ -178,8 +181,12 @@ fn replay(pgkeep: &Path, segments: u64, latency_ms: u64) {
     let queue0 = write_config("queue0.toml", "archive_get_queue = 0");
     let url = store.url("db");
     let vars: Vec<String> = store.env().iter().map(|(k, v)| format!("{k}='{v}'")).collect();
+    // Every segment also goes to a plain directory: the peer that shows how fast PostgreSQL
+    // replays these segments when fetching costs only a local `cp`.
+    let plain = env.owned_dir("plain-archive");
     let archive = format!(
-        "{} \"{}\" --config \"{}\" --repo \"{url}\" archive-push \"%p\"",
+        "cp \"%p\" \"{}/%f\" && {} \"{}\" --config \"{}\" --repo \"{url}\" archive-push \"%p\"",
+        plain.display(),
         vars.join(" "),
         env.pgkeep.display(),
         push_cfg.display()
@@ -218,7 +225,12 @@ fn replay(pgkeep: &Path, segments: u64, latency_ms: u64) {
     proxy.set_latency(Duration::from_millis(latency_ms));
     println!("PITR replay of {segments}+ segments from S3 with {latency_ms} ms per request:");
     let mut times = Vec::new();
-    for (label, cfg) in [("archive_get_queue = 0", &queue0), ("archive_get_queue = 8", &queue8)] {
+    let runs = [
+        ("archive_get_queue = 0", &queue0, false),
+        ("archive_get_queue = 8", &queue8, false),
+        ("restore_command = cp from a local directory", &queue0, true),
+    ];
+    for (label, cfg, local_cp) in runs {
         let dir = env.owned_dir(&format!("restore-{}", times.len())).join("data");
         let t = Instant::now();
         let to = dir.to_str().expect("utf-8");
@@ -226,6 +238,13 @@ fn replay(pgkeep: &Path, segments: u64, latency_ms: u64) {
             &mut pgk(cfg, &["restore", "--target-lsn", &target, "--target-action", "promote", "--to", to]),
             "restore",
         );
+        if local_cp {
+            // The last setting in postgresql.auto.conf wins.
+            let conf = dir.join("postgresql.auto.conf");
+            let mut text = std::fs::read_to_string(&conf).expect("postgresql.auto.conf");
+            text.push_str(&format!("restore_command = 'cp \"{}/%f\" \"%p\"'\n", plain.display()));
+            std::fs::write(&conf, text).expect("postgresql.auto.conf");
+        }
         let restored = t.elapsed();
         let requests = proxy.requests();
         let mut c = env.cluster_on(&format!("r{}", times.len()), &dir);
@@ -248,6 +267,11 @@ fn replay(pgkeep: &Path, segments: u64, latency_ms: u64) {
         c.stop();
     }
     println!("  ratio {:.2}x faster with the queue (target >= 4)", ratio(times[0], times[1]));
+    println!(
+        "  queue 8 takes {:.2}x the local-cp replay; the most any queue could gain here: {:.2}x",
+        ratio(times[1], times[2]),
+        ratio(times[0], times[2])
+    );
 }
 
 fn wait_archived(pg: &TestCluster, store: &S3Store, last: &str) {

@@ -3,13 +3,13 @@
 //! early, so the binary maps every error to an exit status PostgreSQL treats as fatal.
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use pgkeep_wal::WalFileName;
 use serde::Serialize;
 
 use super::ArchiveError;
-use crate::fsutil;
 use crate::repo::frame;
 use crate::repo::{layout, RepoInfo, Repository, StorageError};
 
@@ -40,18 +40,36 @@ pub enum GetOutcome {
 }
 
 pub fn get(repo: &Repository, name: &str, dest: &Path) -> crate::Result<GetOutcome> {
-    let Some(plain) = fetch_checked(repo, name)? else {
+    let write_err = |e: std::io::Error| ArchiveError::Write { dest: dest.display().to_string(), detail: e.to_string() };
+    // A destination that exists and is not a regular file (a device, a FIFO, a symlink) is
+    // written through in place, and only after every check: renaming over it would replace
+    // the node, and what it feeds must never see unchecked bytes.
+    if std::fs::symlink_metadata(dest).is_ok_and(|m| !m.file_type().is_file()) {
+        let Some((plain, ())) = fetch_checked_with(repo, name, |_| ())? else {
+            return Ok(GetOutcome::NotFound { file: name.to_string() });
+        };
+        let mut f = std::fs::OpenOptions::new().write(true).truncate(true).open(dest).map_err(write_err)?;
+        f.write_all(&plain).map_err(write_err)?;
+        return Ok(GetOutcome::Restored { file: name.to_string(), size: plain.len() as u64, prefetched: false });
+    }
+    // The temp file is written while the checks run; it is renamed into place only after they passed.
+    let Some((plain, staged)) = fetch_checked_with(repo, name, |plain| Staged::write(dest, plain))? else {
         return Ok(GetOutcome::NotFound { file: name.to_string() });
     };
-    write_dest(dest, &plain)
-        .map_err(|e| ArchiveError::Write { dest: dest.display().to_string(), detail: e.to_string() })?;
+    staged.and_then(Staged::commit).map_err(write_err)?;
     Ok(GetOutcome::Restored { file: name.to_string(), size: plain.len() as u64, prefetched: false })
 }
 
 /// Fetch an archived file and check it fully: frame sizes and CRCs, the content's BLAKE3, and
 /// for WAL every page header and record (as archive-push did before storing it: a copy damaged
 /// or swapped since must stop recovery, not feed it). `None`: the archive has no such file.
-pub fn fetch_checked(repo: &Repository, name: &str) -> crate::Result<Option<Vec<u8>>> {
+/// `stage` (e.g. writing the bytes to a temp file) runs on a thread of its own beside the
+/// checks; its result is returned only when every check passed, else dropped.
+pub fn fetch_checked_with<R: Send>(
+    repo: &Repository,
+    name: &str,
+    stage: impl FnOnce(&[u8]) -> R + Send,
+) -> crate::Result<Option<(Vec<u8>, R)>> {
     let info = repo.info();
     let Some(kind) = pgkeep_wal::parse_wal_file_name(name, info.wal_segment_size) else {
         return Err(ArchiveError::UnknownRequest { name: name.to_string() }.into());
@@ -69,19 +87,23 @@ pub fn fetch_checked(repo: &Repository, name: &str) -> crate::Result<Option<Vec<
     let what = format!("archived {name}");
     let trailer = frame::trailer_of(&framed, &what).map_err(|e| damaged(e.to_string()))?;
     let plain = frame::decode_crc_only(&framed, &what).map_err(|e| damaged(e.to_string()))?;
-    // The hash and the record checks are independent passes over the decoded bytes: one core each.
-    let (hashed, valid) = std::thread::scope(|s| {
+    drop(framed);
+    // The hash, the record checks and the staging are independent passes over the decoded
+    // bytes: they overlap on the cores there are.
+    let (hashed, valid, staged) = std::thread::scope(|s| {
         let hasher = s.spawn(|| blake3::hash(&plain));
+        let stager = s.spawn(|| stage(&plain));
         let valid = validate(info, kind, &plain);
-        (hasher.join(), valid)
+        (hasher.join(), valid, stager.join())
     });
-    let hashed = hashed.map_err(|_| crate::Error::other("archive-get: the hashing thread panicked"))?;
+    let panicked = |_| crate::Error::other("archive-get: a checking thread panicked");
+    let (hashed, staged) = (hashed.map_err(panicked)?, staged.map_err(panicked)?);
     if *hashed.as_bytes() != trailer.blake3 {
         let detail = "checksum mismatch (BLAKE3 of the content differs from the one recorded)".to_string();
         return Err(damaged(frame::FrameError::Damaged { what, detail }.to_string()).into());
     }
     valid.map_err(damaged)?;
-    Ok(Some(plain))
+    Ok(Some((plain, staged)))
 }
 
 /// The checks archive-push made before storing the file, repeated on the way out.
@@ -107,15 +129,41 @@ fn occupied(repo: &Repository, key: &str) -> bool {
 /// Write the restored file atomically (temp name beside it, rename), so a killed or failing
 /// archive-get never leaves a partial file under the name PostgreSQL reads. Not fsynced:
 /// PostgreSQL does not need it (after a crash it asks for the segment again), and the flush
-/// was most of archive-get's cost. A destination that exists and is not a regular file (a
-/// device, a FIFO, a symlink) is written through in place: renaming over it would replace
-/// the node.
+/// was most of archive-get's cost.
 pub fn write_dest(dest: &Path, data: &[u8]) -> std::io::Result<()> {
-    let special = std::fs::symlink_metadata(dest).is_ok_and(|m| !m.file_type().is_file());
-    if special {
-        let mut f = std::fs::OpenOptions::new().write(true).truncate(true).open(dest)?;
-        return f.write_all(data);
+    Staged::write(dest, data)?.commit()
+}
+
+/// A file written under a temp name beside its destination, renamed into place by `commit`
+/// and removed when dropped uncommitted (a failed check, an error).
+pub struct Staged {
+    tmp: std::path::PathBuf,
+    dest: std::path::PathBuf,
+}
+
+impl Staged {
+    pub fn write(dest: &Path, data: &[u8]) -> std::io::Result<Staged> {
+        let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let dir = dest.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let staged = Staged { tmp: dir.join(format!(".{name}.pgkeep-tmp")), dest: dest.to_path_buf() };
+        // 0o666 under the server's umask: the mode a plain create gives (PostgreSQL's 0077 → 0600).
+        let mut f =
+            std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o666).open(&staged.tmp)?;
+        f.write_all(data)?;
+        Ok(staged)
     }
-    // 0o666 under the server's umask: the mode a plain create gives (PostgreSQL's 0077 → 0600).
-    fsutil::write_replace(dest, data, 0o666, false)
+
+    pub fn commit(mut self) -> std::io::Result<()> {
+        std::fs::rename(&self.tmp, &self.dest)?;
+        self.tmp = std::path::PathBuf::new();
+        Ok(())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.tmp.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
 }

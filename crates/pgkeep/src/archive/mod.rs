@@ -3,6 +3,7 @@
 pub mod async_push;
 pub mod get;
 pub mod prefetch;
+mod prefetcher;
 pub mod push;
 pub mod spool;
 

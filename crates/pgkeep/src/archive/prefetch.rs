@@ -1,12 +1,12 @@
-//! `archive_get_queue`: archive-get fetches the requested segment and the next ones of its
-//! timeline in parallel, each checked in full (frame, BLAKE3, every record) before it enters
-//! the spool; PostgreSQL's later calls are served by a rename, without opening the repository.
-//! Recovery asks for one segment at a time, so this turns N round trips into one.
+//! `archive_get_queue`: a detached prefetcher process fetches the segments after the one
+//! recovery asked for, each checked in full (frame, BLAKE3, every record) before it enters the
+//! spool; PostgreSQL's later calls are served by a rename, without opening the repository.
+//! A call returns as soon as its own segment is in place: fetching overlaps replay.
 //!
 //! The spool is keyed by repository, data directory and system identifier (pg_control), so
 //! another restore never sees it. A spooled segment is used only while it is exactly the file
-//! that was checked (inode, size, change time, CRC-32C) and while no timeline history fetched
-//! since makes it wrong (its timeline ended before it). Prefetch stops at the first segment the
+//! that was checked (inode, size, change time) and while no timeline history fetched since
+//! makes it wrong (its timeline ended before it). Prefetch stops at the first segment the
 //! archive does not have and never changes the answer for the requested one.
 
 use std::os::unix::fs::MetadataExt;
@@ -16,7 +16,7 @@ use std::path::Path;
 use pgkeep_wal::{Lsn, TimeLineID, WalFileName};
 use serde::{Deserialize, Serialize};
 
-use super::get::{fetch_checked, get, write_dest, GetOutcome};
+use super::get::{fetch_checked_with, get, write_dest, GetOutcome};
 use super::spool::{self, SpoolDir, Transport, RECORD_SUFFIX, TMP_PREFIX};
 use crate::repo::{RepoLocation, Repository};
 
@@ -30,14 +30,26 @@ struct SpoolRecord {
     ino: u64,
     ctime: i64,
     ctime_nsec: i64,
-    crc32c: u32,
 }
 
 /// Timeline ends learnt from the history files recovery fetched: (timeline, end LSN).
 const TIMELINES: &str = "timelines";
 
 /// Marks (by its mtime) that a prefetcher found the end of the archive.
-const END: &str = "end";
+pub(super) const END: &str = "end";
+
+/// How long after a prefetcher found the end of the archive no other one is started.
+const END_PAUSE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The segment the last call that missed asked for: the prefetcher follows recovery there.
+const WANT: &str = "want";
+
+/// The names a running prefetcher is fetching (JSON list), so a call for one of them waits for
+/// it instead of fetching it a second time.
+pub(super) const FETCHING: &str = "fetching";
+
+/// The longest a call waits for a running prefetcher to deliver its segment.
+const AWAIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub fn get_prefetching(
     t: &Transport,
@@ -73,33 +85,29 @@ pub fn get_prefetching(
     let spooled = Spooled { dir: &dir, repository: location.to_string(), seg_size };
     match pgkeep_wal::parse_wal_file_name(name, seg_size) {
         Some(WalFileName::Segment { tli, segno }) if prefetch_only => {
-            let Some(_lock) = dir.try_lock() else {
-                return Ok(GetOutcome::Prefetched { after: name.to_string(), segments: 0 });
-            };
-            let window = spooled.window(tli, segno, t.get_queue);
-            spooled.clean(&window);
-            let segments = spooled.prefetch(&open()?, &window);
+            let segments = super::prefetcher::run(&spooled, &open, tli, segno, t.get_queue)?;
             Ok(GetOutcome::Prefetched { after: name.to_string(), segments })
         }
         Some(WalFileName::Segment { tli, segno }) => {
-            if let Some(out) = spooled.serve(name, tli, segno, dest) {
-                spooled.top_up(tli, segno, t.get_queue);
+            let served =
+                spooled.serve(name, tli, segno, dest).or_else(|| spooled.await_prefetcher(name, tli, segno, dest));
+            if let Some(out) = served {
+                spooled.ensure_prefetcher(tli, segno, t.get_queue);
                 return Ok(out);
             }
-            // A prefetcher may be fetching this very segment: wait for it, then look again.
-            let lock = dir.lock()?;
-            if let Some(out) = spooled.serve(name, tli, segno, dest) {
-                drop(lock);
-                spooled.top_up(tli, segno, t.get_queue);
-                return Ok(out);
+            // Recovery is ahead of the prefetcher (or none runs): tell it where recovery is,
+            // fetch this segment alone and return as soon as it is in place.
+            let _ = spooled.dir.write(WANT, name.as_bytes());
+            let out = get(&open()?, name, dest)?;
+            if matches!(out, GetOutcome::Restored { .. }) {
+                spooled.ensure_prefetcher(tli, segno, t.get_queue);
             }
-            spooled.fetch_with_queue(&open()?, name, tli, segno, t.get_queue, dest)
+            Ok(out)
         }
         Some(WalFileName::History { .. }) => {
             let repo = open()?;
             let out = get(&repo, name, dest)?;
             if matches!(out, GetOutcome::Restored { .. }) {
-                let _lock = dir.lock()?;
                 spooled.learn_history(dest);
             }
             Ok(out)
@@ -108,8 +116,8 @@ pub fn get_prefetching(
     }
 }
 
-struct Spooled<'a> {
-    dir: &'a SpoolDir,
+pub(super) struct Spooled<'a> {
+    pub(super) dir: &'a SpoolDir,
     repository: String,
     seg_size: u32,
 }
@@ -117,6 +125,10 @@ struct Spooled<'a> {
 impl Spooled<'_> {
     /// Serve `name` from the spool when it holds exactly the checked file and no known timeline
     /// switch makes it wrong; anything else is discarded (the caller fetches it directly).
+    /// The record proves the file is the one the prefetcher checked: only pgkeep writes the
+    /// spool, under temp names first, and any later write, truncation or replacement changes
+    /// the inode or the change time, which a user cannot set. So the bytes are not hashed
+    /// again: on a hit that would cost more than the rename it guards.
     fn serve(&self, name: &str, tli: TimeLineID, segno: u64, dest: &Path) -> Option<GetOutcome> {
         let rec_name = format!("{name}{RECORD_SUFFIX}");
         let rec: SpoolRecord = self.dir.read_json(&rec_name)?;
@@ -126,8 +138,7 @@ impl Spooled<'_> {
             && !self.beyond_switch(tli, segno)
             && std::fs::metadata(&path).is_ok_and(|m| {
                 (m.len(), m.ino(), m.ctime(), m.ctime_nsec()) == (rec.size, rec.ino, rec.ctime, rec.ctime_nsec)
-            })
-            && file_crc(&path).is_ok_and(|c| c == rec.crc32c);
+            });
         self.dir.remove(&rec_name);
         if !usable {
             tracing::info!(
@@ -152,80 +163,39 @@ impl Spooled<'_> {
         }
     }
 
-    /// Fetch `name` and the next `queue` segments of its timeline in parallel; write `name` to
-    /// `dest` and spool the others in order up to the first one the archive lacks.
-    fn fetch_with_queue(
-        &self,
-        repo: &Repository,
-        name: &str,
-        tli: TimeLineID,
-        segno: u64,
-        queue: usize,
-        dest: &Path,
-    ) -> crate::Result<GetOutcome> {
-        let ahead = self.window(tli, segno, queue);
-        self.clean(&ahead);
-        let own = std::thread::scope(|s| {
-            s.spawn(|| self.prefetch(repo, &ahead));
-            fetch_checked(repo, name)
-        });
-        let Some(plain) = own? else { return Ok(GetOutcome::NotFound { file: name.to_string() }) };
-        write_dest(dest, &plain)
-            .map_err(|e| super::ArchiveError::Write { dest: dest.display().to_string(), detail: e.to_string() })?;
-        Ok(GetOutcome::Restored { file: name.to_string(), size: plain.len() as u64, prefetched: false })
-    }
-
-    /// The segments after `segno` that recovery will ask for next: up to `queue`, none past a
-    /// known end of the timeline.
-    fn window(&self, tli: TimeLineID, segno: u64, queue: usize) -> Vec<String> {
-        (segno + 1..=segno + queue as u64)
-            .take_while(|s| !self.beyond_switch(tli, *s))
-            .map(|s| pgkeep_wal::xlog_file_name(tli, s, self.seg_size))
-            .collect()
-    }
-
-    /// Fetch the window's missing segments in parallel and commit them in order; after the
-    /// first one missing or failing nothing is kept (recovery ends or switches there).
-    fn prefetch(&self, repo: &Repository, window: &[String]) -> usize {
-        let fetched: Vec<(&str, Option<u32>)> = std::thread::scope(|s| {
-            let workers: Vec<_> = window
-                .iter()
-                .filter(|n| !self.dir.file(n).exists())
-                .map(|n| (n.as_str(), s.spawn(move || self.fetch_to_temp(repo, n))))
-                .collect();
-            workers.into_iter().map(|(n, w)| (n, w.join().unwrap_or(None))).collect()
-        });
-        let mut gap = false;
-        let mut kept = 0;
-        for (n, crc) in fetched {
-            gap |= crc.is_none();
-            if gap || crc.is_some_and(|c| self.commit(n, c).is_err()) {
-                self.dir.remove(&format!("{TMP_PREFIX}{n}"));
-                self.dir.remove(n);
-            } else {
-                kept += 1;
+    /// A running prefetcher that is fetching `name` right now will have it in place sooner
+    /// than a fetch of our own: wait for it while it runs and still lists `name` as in flight.
+    fn await_prefetcher(&self, name: &str, tli: TimeLineID, segno: u64, dest: &Path) -> Option<GetOutcome> {
+        let deadline = std::time::Instant::now() + AWAIT_LIMIT;
+        loop {
+            let fetching: Vec<String> = self.dir.read_json(FETCHING).unwrap_or_default();
+            if !fetching.iter().any(|n| n == name) || !self.dir.busy() || std::time::Instant::now() > deadline {
+                // It committed it, dropped it or left: one last look.
+                return self.serve(name, tli, segno, dest);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            if let Some(out) = self.serve(name, tli, segno, dest) {
+                return Some(out);
             }
         }
-        if gap {
-            // Tells hits not to start another prefetcher for a while: the archive ends here.
-            let _ = self.dir.write(END, b"");
-        }
-        kept
     }
 
-    /// After a hit: when fewer than half the window is spooled, a prefetcher process tops it
-    /// up while PostgreSQL replays what it has, unless one is running or the archive ended
-    /// within the window moments ago.
-    fn top_up(&self, tli: TimeLineID, segno: u64, queue: usize) {
-        let window = self.window(tli, segno, queue);
-        let have = window.iter().filter(|n| self.dir.file(n).exists()).count();
-        let recently_ended = std::fs::metadata(self.dir.file(END))
-            .and_then(|m| m.modified())
-            .is_ok_and(|t| t.elapsed().is_ok_and(|e| e < std::time::Duration::from_secs(10)));
-        if window.is_empty() || have * 2 > window.len() || recently_ended || self.dir.busy() {
+    /// After a segment is in place: make sure a prefetcher runs (detached, so PostgreSQL replays
+    /// while it fetches), unless one runs already, the window is full, or a prefetcher found
+    /// the end of the archive moments ago.
+    fn ensure_prefetcher(&self, tli: TimeLineID, segno: u64, queue: usize) {
+        if self.dir.busy() {
             return;
         }
-        // The same command line plus --prefetch-only, detached: PostgreSQL does not wait for it.
+        let recently_ended = std::fs::metadata(self.dir.file(END))
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|e| e < END_PAUSE));
+        let window = self.window(tli, segno, queue);
+        if recently_ended || window.iter().all(|n| self.dir.file(n).exists()) {
+            return;
+        }
+        // The same command line plus --prefetch-only, in its own process group, output
+        // discarded: the server waits for this process, not for the prefetcher.
         let Ok(exe) = std::env::current_exe() else { return };
         let spawned = std::process::Command::new(exe)
             .args(std::env::args_os().skip(1))
@@ -240,25 +210,43 @@ impl Spooled<'_> {
         }
     }
 
-    /// Fetch and check one segment into the spool's temp name; its CRC-32C, or None when the
-    /// archive lacks it or it fails any check (then PostgreSQL's own call reports it).
-    fn fetch_to_temp(&self, repo: &Repository, name: &str) -> Option<u32> {
-        let res = fetch_checked(repo, name).and_then(|plain| {
-            let Some(plain) = plain else { return Ok(None) };
-            self.dir
-                .write_raw(&format!("{TMP_PREFIX}{name}"), &plain)
-                .map_err(|e| crate::Error::other(e.to_string()))?;
-            Ok(Some(crc32c::crc32c(&plain)))
+    /// The segments after `segno` that recovery will ask for next: up to `queue`, none past a
+    /// known end of the timeline.
+    pub(super) fn window(&self, tli: TimeLineID, segno: u64, queue: usize) -> Vec<String> {
+        (segno + 1..=segno + queue as u64)
+            .take_while(|s| !self.beyond_switch(tli, *s))
+            .map(|s| self.name(tli, s))
+            .collect()
+    }
+
+    pub(super) fn name(&self, tli: TimeLineID, segno: u64) -> String {
+        pgkeep_wal::xlog_file_name(tli, segno, self.seg_size)
+    }
+
+    /// Fetch and check one segment into the spool's temp name; false when the archive lacks it
+    /// or it fails any check (then PostgreSQL's own call reports it).
+    pub(super) fn fetch_to_temp(&self, repo: &Repository, name: &str) -> bool {
+        // The temp is written while the checks run; it is committed only after they passed.
+        let tmp = format!("{TMP_PREFIX}{name}");
+        let res = fetch_checked_with(repo, name, |plain| self.dir.write_raw(&tmp, plain)).and_then(|fetched| {
+            let Some((_, written)) = fetched else { return Ok(false) };
+            written.map_err(|e| crate::Error::other(e.to_string()))?;
+            Ok(true)
         });
         res.unwrap_or_else(|e| {
             tracing::info!("not prefetching {name}: {e}");
-            None
+            false
         })
+    }
+
+    /// Whether `name` is spooled with its record (what `serve` looks at first).
+    pub(super) fn is_spooled(&self, name: &str) -> bool {
+        self.dir.file(&format!("{name}{RECORD_SUFFIX}")).exists() && self.dir.file(name).exists()
     }
 
     /// Move a checked temp into place and record exactly that file (the rename changes its
     /// change time, so the record is taken after it).
-    fn commit(&self, name: &str, crc32c: u32) -> std::io::Result<()> {
+    pub(super) fn commit(&self, name: &str) -> std::io::Result<()> {
         std::fs::rename(self.dir.file(&format!("{TMP_PREFIX}{name}")), self.dir.file(name))?;
         let m = std::fs::metadata(self.dir.file(name))?;
         let rec = SpoolRecord {
@@ -268,33 +256,53 @@ impl Spooled<'_> {
             ino: m.ino(),
             ctime: m.ctime(),
             ctime_nsec: m.ctime_nsec(),
-            crc32c,
         };
         self.dir.write_json(&format!("{name}{RECORD_SUFFIX}"), &rec)
     }
 
+    /// A segment, its record and its temp.
+    pub(super) fn discard(&self, name: &str) {
+        self.dir.remove(&format!("{name}{RECORD_SUFFIX}"));
+        self.dir.remove(&format!("{TMP_PREFIX}{name}"));
+        self.dir.remove(name);
+    }
+
     /// Keep only the segments of the coming window: older ones were served or skipped, others
-    /// belong to a timeline recovery left; temps are a killed prefetcher's (we hold the lock).
-    fn clean(&self, window: &[String]) {
+    /// belong to a timeline recovery left; temps are a killed prefetcher's (the caller holds
+    /// the lock, so no live writer owns them).
+    pub(super) fn clean(&self, window: &[String]) {
         for n in self.dir.names() {
             let seg = n.strip_suffix(RECORD_SUFFIX).unwrap_or(&n);
-            if n == TIMELINES || n == END || window.iter().any(|w| w == seg) {
+            if [TIMELINES, END, WANT, FETCHING].contains(&seg) || window.iter().any(|w| w == seg) {
                 continue;
             }
             self.dir.remove(&n);
         }
     }
 
+    /// The segment a call that found nothing in the spool asked for (recovery is there), once:
+    /// the prefetcher consumes it.
+    pub(super) fn take_wanted(&self) -> Option<(TimeLineID, u64)> {
+        let name = std::fs::read_to_string(self.dir.file(WANT)).ok()?;
+        self.dir.remove(WANT);
+        match pgkeep_wal::parse_wal_file_name(name.trim(), self.seg_size)? {
+            WalFileName::Segment { tli, segno } => Some((tli, segno)),
+            _ => None,
+        }
+    }
+
     /// Whether a timeline history fetched during this recovery says `tli` ended before this
     /// segment starts.
-    fn beyond_switch(&self, tli: TimeLineID, segno: u64) -> bool {
+    pub(super) fn beyond_switch(&self, tli: TimeLineID, segno: u64) -> bool {
         let ends: Vec<(TimeLineID, u64)> = self.dir.read_json(TIMELINES).unwrap_or_default();
         let start = segno.saturating_mul(self.seg_size as u64);
         ends.iter().any(|(t, end)| *t == tli && start >= *end)
     }
 
     /// Remember where the timelines of a fetched history file end and drop the spooled
-    /// segments that lie beyond.
+    /// segments that lie beyond. Not under the prefetcher's lock (it may run for long): the
+    /// file is replaced atomically, and serving checks it again, so a segment a running
+    /// prefetcher commits beyond the switch is never used.
     fn learn_history(&self, file: &Path) {
         let Some(entries) =
             std::fs::read_to_string(file).ok().and_then(|t| pgkeep_wal::parse_timeline_history(&t).ok())
@@ -313,7 +321,11 @@ impl Spooled<'_> {
                 "cannot record timeline switches in {}: {e}; dropping the prefetched segments",
                 self.dir.path.display()
             );
-            self.clean(&[]);
+            for n in self.dir.names() {
+                if !n.starts_with(TMP_PREFIX) {
+                    self.dir.remove(&n);
+                }
+            }
             return;
         }
         for n in self.dir.names() {
@@ -325,12 +337,4 @@ impl Spooled<'_> {
             }
         }
     }
-}
-
-/// CRC-32C of a spooled file (16 GB/s here: the check costs far less than the copy it replaces).
-fn file_crc(path: &Path) -> std::io::Result<u32> {
-    let f = std::fs::File::open(path)?;
-    // SAFETY: read-only mapping of a spool file only pgkeep writes, under temp names first.
-    let m = unsafe { memmap2::MmapOptions::new().populate().map(&f)? };
-    Ok(crc32c::crc32c(&m))
 }

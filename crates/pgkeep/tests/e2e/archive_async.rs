@@ -256,6 +256,117 @@ fn spool_file(spool: &Path, seg: &str) -> PathBuf {
     std::fs::read_dir(spool).unwrap().flatten().map(|d| d.path().join(seg)).find(|p| p.exists()).expect("spooled")
 }
 
+/// Polls until a prefetcher marked the end of the archive and left (its in-flight list is gone).
+fn wait_prefetcher_ended(spool: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let names = || -> Vec<String> {
+        spool_entries(spool).iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect()
+    };
+    let ended = |names: Vec<String>| names.iter().any(|n| n == "end") && !names.iter().any(|n| n == "fetching");
+    while !ended(names()) {
+        assert!(Instant::now() < deadline, "the prefetcher did not reach the end of the archive: {:?}", names());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A cluster archiving into a local repository with `n` switched segments, and a config with
+/// `archive_get_queue = 8` and its own spool.
+fn archived_segments(env: &TestEnv, n: usize) -> (TestCluster, PathBuf, Vec<String>) {
+    let repo = env.path("repo");
+    let mut pg = env.cluster("src", ClusterOptions::archiving_to(&repo));
+    pg.start();
+    cluster_cmd(env, &repo, &pg).arg("init").ok();
+    pg.sql("CREATE TABLE t (id int, pad text)");
+    let mut segs = Vec::new();
+    for _ in 0..n {
+        pg.sql("INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 20000) g");
+        segs.push(pg.switch_and_wait_archived(&repo));
+    }
+    (pg, repo, segs)
+}
+
+/// restore_command returns as soon as its own segment is in place: the prefetcher it starts is
+/// detached, and fills the window after the call returned.
+#[test]
+fn a_restore_command_returns_before_its_prefetch_finished() {
+    let env = env();
+    let (pg, repo, segs) = archived_segments(&env, 10);
+    let pgdata = restoring_pgdata(&env, &pg);
+    let spool = env.owned_dir("spool");
+    let cfg = config(&env, "get.toml", &format!("archive_get_queue = 8\nspool_dir = \"{}\"\n", spool.display()));
+    let r = get_cmd(&env, &cfg, &repo, &pgdata, &segs[0]).json();
+    assert_eq!(r["prefetched"], false, "{r}");
+    let at_return = spooled(&spool);
+    // Eight segments fetched and checked in full take far longer than this look.
+    assert!(at_return.len() < 8, "the call waited for its prefetch: {at_return:?} already spooled");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while spooled(&spool) != segs[1..9].to_vec() {
+        assert!(Instant::now() < deadline, "the prefetcher did not fill the window: {:?}", spooled(&spool));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let direct = config(&env, "direct.toml", "archive_get_queue = 0\n");
+    for s in &segs[1..9] {
+        let r = get_cmd(&env, &cfg, &repo, &pgdata, s).json();
+        assert_eq!(r["prefetched"], true, "{s}: {r}");
+        let reference = env.path("reference");
+        env.pgkeep(["--config"]).arg(&direct).arg("--repo").arg(&repo).args_get(s, &reference).ok();
+        let restored = pgdata.join("pg_wal/RECOVERYXLOG");
+        assert_eq!(std::fs::read(&restored).unwrap(), std::fs::read(&reference).unwrap(), "{s}");
+        std::fs::remove_file(&restored).unwrap();
+    }
+}
+
+/// SIGKILL of the prefetcher at random moments: whatever it left in the spool (temps, a segment
+/// renamed but not recorded), every later call restores exactly the archived bytes.
+#[test]
+fn a_killed_prefetcher_leaves_nothing_that_is_served() {
+    let env = env();
+    let (pg, repo, segs) = archived_segments(&env, 6);
+    let pgdata = restoring_pgdata(&env, &pg);
+    let direct = config(&env, "direct.toml", "archive_get_queue = 0\n");
+    let reference: Vec<Vec<u8>> = segs
+        .iter()
+        .map(|s| {
+            let p = env.path("reference");
+            env.pgkeep(["--config"]).arg(&direct).arg("--repo").arg(&repo).args_get(s, &p).ok();
+            std::fs::read(&p).unwrap()
+        })
+        .collect();
+    let mut seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
+    eprintln!("seed {seed}");
+    let mut leftovers = 0;
+    for round in 0..10 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        // Each round its own spool, so a prefetcher started by an earlier round's calls
+        // cannot tidy up after this round's kill.
+        let spool = env.owned_dir(&format!("spool-{round}"));
+        let cfg = config(&env, "get.toml", &format!("archive_get_queue = 8\nspool_dir = \"{}\"\n", spool.display()));
+        let mut prefetcher = get_cmd(&env, &cfg, &repo, &pgdata, &segs[0]).arg("--prefetch-only");
+        let mut child = prefetcher
+            .command()
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(seed % 120));
+        child.kill().unwrap(); // SIGKILL, by the child's own id
+        child.wait().unwrap();
+        let names: Vec<String> =
+            spool_entries(&spool).iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+        leftovers += names.iter().filter(|n| n.starts_with(".tmp-")).count();
+        for (s, want) in segs[1..].iter().zip(&reference[1..]) {
+            let r = get_cmd(&env, &cfg, &repo, &pgdata, s).json();
+            assert_eq!(r["outcome"], "restored", "round {round}, {s}: {r}");
+            let restored = pgdata.join("pg_wal/RECOVERYXLOG");
+            assert!(std::fs::read(&restored).unwrap() == *want, "round {round}: {s} restored other bytes ({names:?})");
+            std::fs::remove_file(&restored).unwrap();
+        }
+    }
+    eprintln!("{leftovers} temp files left by killed prefetchers");
+}
+
 #[test]
 fn prefetch_serves_from_the_spool_and_drops_changed_files_and_switched_timelines() {
     let env = env();
@@ -280,10 +391,12 @@ fn prefetch_serves_from_the_spool_and_drops_changed_files_and_switched_timelines
     };
     let recoveryxlog = pgdata.join("pg_wal/RECOVERYXLOG");
 
-    // The first call fetches segs[0] and prefetches the rest, stopping where the archive ends.
+    // The first call fetches segs[0]; a prefetcher it starts spools the rest, stopping where
+    // the archive ends.
     let r = get_cmd(&env, &cfg, &repo, &pgdata, &segs[0]).json();
     assert_eq!(r["prefetched"], false, "{r}");
     assert_eq!(std::fs::read(&recoveryxlog).unwrap(), reference(&segs[0]));
+    wait_prefetcher_ended(&spool);
     assert_eq!(spooled(&spool), segs[1..].to_vec(), "the next segments, up to the first missing one");
     let owner = pgkeep::fsutil::owner_of(&pgdata).unwrap().0;
     assert_eq!(pgkeep::fsutil::owner_of(&spool_file(&spool, &segs[1])).unwrap().0, owner, "spool file owner");
