@@ -159,6 +159,17 @@ fn snapshot_coverage_check_names_the_uncovered_path() {
     assert!(listed(s).is_empty());
     assert!(!s.repo.join("backup").exists() || std::fs::read_dir(s.repo.join("backup")).unwrap().next().is_none());
 
+    // An incremental is a files-driver backup: with snapshot volumes configured it is refused
+    // in one line, before any snapshot command runs.
+    s.configure(
+        &(volume("data", &w.data, &w.log, "") + &volume("wal", &w.wal, &w.log, "") + &volume("ts", &w.ts, &w.log, "")),
+    );
+    let out = s.pgkeep(["backup", "--type", "incr"]).fails();
+    let line = out.one_error_line();
+    assert!(line.contains("--type incr applies to the files driver") && line.contains("hint:"), "{line}");
+    assert_eq!(std::fs::read_to_string(&w.log).unwrap(), "");
+    assert!(listed(s).is_empty());
+
     // `--driver files` still takes a file copy with the same config.
     let b = s.pgkeep(["backup", "--driver", "files"]).json();
     assert_eq!(b["driver"], "files");
