@@ -2,9 +2,12 @@
 //! tools as the server's OS user, finding the release binary. Benchmarks print ratios against
 //! peers measured in the same run; they are never timed tests.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+
+use pgkeep::pg::instance::run_as;
+use pgkeep_testkit::{ClusterOptions, TestCluster, TestEnv};
 
 /// Wall time and peak resident set size of one child process.
 #[derive(Debug, Clone, Copy)]
@@ -64,4 +67,71 @@ pub fn mib_per_s(bytes: u64, d: Duration) -> f64 {
 pub fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
     let args: Vec<String> = std::env::args().collect();
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// A benchmark's cluster, archiving into a local pgkeep repository that `init` has made, with
+/// settings that keep checkpoints out of the timings. Field order matters for Drop: the
+/// cluster stops before the environment's directory goes.
+pub struct LocalBench {
+    pub pg: TestCluster,
+    pub repo: PathBuf,
+    pub env: TestEnv,
+}
+
+impl LocalBench {
+    /// A started cluster named `name` and an initialised repository, with the release binary.
+    pub fn start(name: &str) -> Self {
+        let pgkeep = pgkeep_release_binary();
+        let env = TestEnv::new(pgkeep.to_str().expect("utf-8 path"));
+        let repo = env.path("pgkeep-repo");
+        let mut pg = env.cluster(
+            name,
+            ClusterOptions::archiving_to(&repo)
+                .with("shared_buffers", "256MB")
+                .with("max_wal_size", "8GB")
+                .with("checkpoint_timeout", "30min"),
+        );
+        pg.start();
+        let mut init = Command::new(&env.pgkeep);
+        init.arg("init").arg("--repo").arg(&repo).arg("--pg").arg(pg.conninfo()).arg("--pgdata").arg(pg.pgdata());
+        timed(&mut init, "pgkeep init");
+        LocalBench { pg, repo, env }
+    }
+
+    /// `cmd` run as the server's OS user, from `/`.
+    pub fn as_owner(&self, mut cmd: Command) -> Command {
+        run_as(&mut cmd, self.env.owner.as_ref());
+        cmd.current_dir("/");
+        cmd
+    }
+
+    /// `pgkeep --quiet` on this repository, cluster and data directory, as the server's user.
+    pub fn pgkeep(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.env.pgkeep);
+        c.arg("--quiet")
+            .arg("--repo")
+            .arg(&self.repo)
+            .arg("--pg")
+            .arg(self.pg.conninfo())
+            .arg("--pgdata")
+            .arg(self.pg.pgdata())
+            .args(args);
+        self.as_owner(c)
+    }
+
+    /// A pgBackRest configuration for this cluster: zst level 1, process-max 2, fast start, no
+    /// archive check (pgBackRest's archiving is not set up), logs and locks under `dir`,
+    /// `extra_global` lines added to `[global]`.
+    pub fn pgbackrest_conf(&self, dir: &Path, stanza: &str, repo_path: &Path, extra_global: &str) -> String {
+        format!(
+            "[global]\nrepo1-path={}\n{extra_global}lock-path={}/lock\nlog-path={}/log\nlog-level-console=warn\nlog-level-file=off\ncompress-type=zst\ncompress-level=1\nprocess-max=2\narchive-check=n\nstart-fast=y\n\n[{stanza}]\npg1-path={}\npg1-socket-path={}\npg1-port={}\npg1-user={}\n",
+            repo_path.display(),
+            dir.display(),
+            dir.display(),
+            self.pg.pgdata().display(),
+            self.pg.inst.socket_dir.display(),
+            self.pg.inst.port,
+            self.pg.inst.superuser
+        )
+    }
 }

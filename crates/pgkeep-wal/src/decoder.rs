@@ -258,6 +258,26 @@ impl WalDecoder {
         self.buf.extend_from_slice(&bytes[..bytes.len().min(room)]);
     }
 
+    /// Appends bytes that begin at `at`. Bytes already fed are not fed again, and `at` may lie
+    /// past the end of what was fed when the decoder needs nothing before it (the rest of a
+    /// segment after an `XLOG_SWITCH`, which a reader need not fetch). Returns false, feeding
+    /// nothing, when the skipped bytes are still needed.
+    pub fn feed_at(&mut self, at: Lsn, bytes: &[u8]) -> bool {
+        let fed = self.fed_until().0;
+        if at.0 > fed {
+            if self.reader.min_needed() < at.0 {
+                return false;
+            }
+            self.buf.clear();
+            self.buf_start = at.0;
+            self.feed(bytes);
+        } else {
+            let skip = usize::try_from(fed - at.0).unwrap_or(usize::MAX).min(bytes.len());
+            self.feed(&bytes[skip..]);
+        }
+        true
+    }
+
     fn compact(&mut self) {
         let need = self.reader.min_needed();
         let drop = usize::try_from(need.saturating_sub(self.buf_start)).unwrap_or(usize::MAX).min(self.buf.len());

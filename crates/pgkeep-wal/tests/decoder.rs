@@ -228,3 +228,38 @@ fn partial_synthetic_segment_with_cut_record() {
     assert!(end.zero_filled);
     assert_eq!(s.records, 1);
 }
+
+#[test]
+fn feed_at_skips_the_rest_of_a_switched_segment_and_refuses_a_needed_gap() {
+    let (all, start) = all_timeline1();
+    let whole = decode_chunked(&all, start, |_| 1 << 16);
+    let mut dec = WalDecoder::new(start, SEG).unwrap();
+    let mut got = Vec::new();
+    let (mut pos, mut skipped) = (0usize, 0usize);
+    while pos < all.len() {
+        let at = start.0 + pos as u64;
+        // After a switch the decoder needs nothing more of this segment: go to the next one.
+        let seg_end = (at / u64::from(SEG) + 1) * u64::from(SEG);
+        if dec.next_lsn().0 >= seg_end && at < seg_end {
+            skipped += (seg_end - at) as usize;
+            pos = (seg_end - start.0) as usize;
+            continue;
+        }
+        let n = (1usize << 16).min(all.len() - pos);
+        assert!(dec.feed_at(Lsn(at), &all[pos..pos + n]));
+        pos += n;
+        while let Some(r) = dec.next_record().unwrap() {
+            got.push((r.lsn, r.raw().to_vec()));
+        }
+    }
+    assert!(skipped > 0, "the fixtures hold a segment that ends in a switch");
+    assert_eq!(got, whole, "skipping what follows a switch loses no record");
+
+    // Bytes fed twice are taken once; a gap the decoder still needs is refused.
+    let mut dec = WalDecoder::new(start, SEG).unwrap();
+    assert!(dec.feed_at(start, &all[..1 << 16]));
+    assert!(dec.feed_at(start, &all[..1 << 17]));
+    assert_eq!(dec.fed_until(), Lsn(start.0 + (1 << 17)));
+    assert!(!dec.feed_at(Lsn(start.0 + (1 << 20)), &all[1 << 20..(1 << 20) + 8192]));
+    assert_eq!(dec.fed_until(), Lsn(start.0 + (1 << 17)), "a refused feed feeds nothing");
+}

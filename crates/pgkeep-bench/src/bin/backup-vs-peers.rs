@@ -13,47 +13,17 @@
 use std::path::Path;
 use std::process::Command;
 
-use pgkeep::pg::instance::run_as;
-use pgkeep_bench::{arg, best, mib_per_s, pgkeep_release_binary, timed, Run};
-use pgkeep_testkit::{ClusterOptions, TestEnv};
+use pgkeep_bench::{arg, best, mib_per_s, timed, LocalBench, Run};
 
 fn main() {
     let scale: u32 = arg("--scale", 50);
     let random_mb: u64 = arg("--random-mb", 300);
     let runs: usize = arg("--runs", 2);
     let segments: usize = arg("--segments", 8);
-    let pgkeep = pgkeep_release_binary();
-    let env = TestEnv::new(pgkeep.to_str().expect("utf-8 path"));
-    let owner = env.owner.clone();
-    let as_owner = |mut c: Command| {
-        run_as(&mut c, owner.as_ref());
-        c.current_dir("/");
-        c
-    };
-    let repo = env.path("pgkeep-repo");
-    let mut pg = env.cluster(
-        "bench",
-        ClusterOptions::archiving_to(&repo)
-            .with("shared_buffers", "256MB")
-            .with("max_wal_size", "8GB")
-            .with("checkpoint_timeout", "30min"),
-    );
-    pg.start();
-    let pgk = |args: &[&str]| {
-        let mut c = Command::new(&env.pgkeep);
-        c.arg("--quiet")
-            .arg("--repo")
-            .arg(&repo)
-            .arg("--pg")
-            .arg(pg.conninfo())
-            .arg("--pgdata")
-            .arg(pg.pgdata())
-            .args(args);
-        as_owner(c)
-    };
-    let mut init = Command::new(&env.pgkeep);
-    init.arg("init").arg("--repo").arg(&repo).arg("--pg").arg(pg.conninfo()).arg("--pgdata").arg(pg.pgdata());
-    timed(&mut init, "pgkeep init");
+    let bench = LocalBench::start("bench");
+    let (env, pg, repo) = (&bench.env, &bench.pg, &bench.repo);
+    let as_owner = |c: Command| bench.as_owner(c);
+    let pgk = |args: &[&str]| bench.pgkeep(args);
 
     eprintln!("loading pgbench scale {scale} and {random_mb} MB of random bytes …");
     pg.pgbench(&["-i", "-s", &scale.to_string(), "-q"]);
@@ -70,18 +40,7 @@ fn main() {
         Command::new("pgbackrest").arg("version").output().map(|o| o.status.success()).unwrap_or(false);
     let pbr_dir = env.owned_dir("pgbackrest");
     let pbr_conf = pbr_dir.join("pgbackrest.conf");
-    let write_conf = |stanza: &str, repo_path: &Path| -> String {
-        format!(
-            "[global]\nrepo1-path={}\nlock-path={}/lock\nlog-path={}/log\nlog-level-console=warn\nlog-level-file=off\ncompress-type=zst\ncompress-level=1\nprocess-max=2\narchive-check=n\nstart-fast=y\n\n[{stanza}]\npg1-path={}\npg1-socket-path={}\npg1-port={}\npg1-user={}\n",
-            repo_path.display(),
-            pbr_dir.display(),
-            pbr_dir.display(),
-            pg.pgdata().display(),
-            pg.inst.socket_dir.display(),
-            pg.inst.port,
-            pg.inst.superuser
-        )
-    };
+    let write_conf = |stanza: &str, repo_path: &Path| bench.pgbackrest_conf(&pbr_dir, stanza, repo_path, "");
     let pbr = |args: &[&str]| {
         let mut c = Command::new("pgbackrest");
         c.arg(format!("--config={}", pbr_conf.display())).args(args);
@@ -110,7 +69,7 @@ fn main() {
         }
         r_pgkeep.push(timed(&mut pgk(&["backup"]), "pgkeep backup"));
     }
-    let list = Command::new(&env.pgkeep).arg("--repo").arg(&repo).arg("list").arg("--json").output().unwrap();
+    let list = Command::new(&env.pgkeep).arg("--repo").arg(repo).arg("list").arg("--json").output().unwrap();
     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&list.stdout) {
         stored = v.as_array().and_then(|a| a.last()).and_then(|b| b["stored_size"].as_u64()).unwrap_or(0);
     }
@@ -140,7 +99,7 @@ fn main() {
     names.truncate(segments);
     for n in &names {
         let mut c = Command::new(&env.pgkeep);
-        c.arg("--repo").arg(&repo).arg("archive-get").arg(n).arg(segs_dir.join(n));
+        c.arg("--repo").arg(repo).arg("archive-get").arg(n).arg(segs_dir.join(n));
         timed(&mut c, "archive-get");
     }
     env.chown(&segs_dir);

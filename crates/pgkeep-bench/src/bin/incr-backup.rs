@@ -16,47 +16,17 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use pgkeep::pg::instance::run_as;
-use pgkeep_bench::{arg, best, pgkeep_release_binary, timed, Run};
-use pgkeep_testkit::{ClusterOptions, TestCluster, TestEnv};
+use pgkeep_bench::{arg, best, timed, LocalBench, Run};
+use pgkeep_testkit::TestCluster;
 
 fn main() {
     let scale: u32 = arg("--scale", 150);
     // Rows of one 61-row group in `every` of pgbench_accounts are updated per change: with the
     // new row versions and index entries that is ≈ 1 % of the database's blocks at 500.
     let every: u32 = arg("--every", 500);
-    let pgkeep = pgkeep_release_binary();
-    let env = TestEnv::new(pgkeep.to_str().expect("utf-8 path"));
-    let owner = env.owner.clone();
-    let as_owner = |mut c: Command| {
-        run_as(&mut c, owner.as_ref());
-        c.current_dir("/");
-        c
-    };
-    let repo = env.path("pgkeep-repo");
-    let mut pg = env.cluster(
-        "bench",
-        ClusterOptions::archiving_to(&repo)
-            .with("shared_buffers", "256MB")
-            .with("max_wal_size", "8GB")
-            .with("checkpoint_timeout", "30min"),
-    );
-    pg.start();
-    let pgk = |args: &[&str]| {
-        let mut c = Command::new(&env.pgkeep);
-        c.arg("--quiet")
-            .arg("--repo")
-            .arg(&repo)
-            .arg("--pg")
-            .arg(pg.conninfo())
-            .arg("--pgdata")
-            .arg(pg.pgdata())
-            .args(args);
-        as_owner(c)
-    };
-    let mut init = Command::new(&env.pgkeep);
-    init.arg("init").arg("--repo").arg(&repo).arg("--pg").arg(pg.conninfo()).arg("--pgdata").arg(pg.pgdata());
-    timed(&mut init, "pgkeep init");
+    let bench = LocalBench::start("bench");
+    let (env, pg) = (&bench.env, &bench.pg);
+    let pgk = |args: &[&str]| bench.pgkeep(args);
 
     eprintln!("loading pgbench scale {scale} …");
     pg.pgbench(&["-i", "-s", &scale.to_string(), "-q"]);
@@ -66,25 +36,13 @@ fn main() {
 
     let pbr_dir = env.owned_dir("pgbackrest");
     let pbr_conf = pbr_dir.join("pgbackrest.conf");
-    std::fs::write(
-        &pbr_conf,
-        format!(
-            "[global]\nrepo1-path={}\nrepo1-bundle=y\nrepo1-block=y\nbeta=y\nlock-path={}/lock\nlog-path={}/log\nlog-level-console=warn\nlog-level-file=off\ncompress-type=zst\ncompress-level=1\nprocess-max=2\narchive-check=n\nstart-fast=y\n\n[bench]\npg1-path={}\npg1-socket-path={}\npg1-port={}\npg1-user={}\n",
-            pbr_dir.join("repo").display(),
-            pbr_dir.display(),
-            pbr_dir.display(),
-            pg.pgdata().display(),
-            pg.inst.socket_dir.display(),
-            pg.inst.port,
-            pg.inst.superuser
-        ),
-    )
-    .unwrap();
+    let extra = "repo1-bundle=y\nrepo1-block=y\nbeta=y\n";
+    std::fs::write(&pbr_conf, bench.pgbackrest_conf(&pbr_dir, "bench", &pbr_dir.join("repo"), extra)).unwrap();
     env.chown(&pbr_dir);
     let pbr = |args: &[&str]| {
         let mut c = Command::new("pgbackrest");
         c.arg(format!("--config={}", pbr_conf.display())).arg("--stanza=bench").args(args);
-        as_owner(c)
+        bench.as_owner(c)
     };
     timed(&mut pbr(&["stanza-create"]), "pgbackrest stanza-create");
 
@@ -94,8 +52,8 @@ fn main() {
     let (full, full_report) = backup_json(&pgk(&["--json", "backup", "--type", "full"]), "pgkeep full backup");
     let full_start = full_report["start_lsn"].as_str().unwrap_or("0/0").to_string();
 
-    change_one_percent(&pg, 1, every);
-    let changed = changed_bytes(&pg, &full_start);
+    change_one_percent(pg, 1, every);
+    let changed = changed_bytes(pg, &full_start);
     let pbr_incr = timed(&mut pbr(&["--type=incr", "backup"]), "pgbackrest incr backup");
     let (incr, incr_report) = backup_json(&pgk(&["--json", "backup", "--type", "incr"]), "pgkeep incr backup");
     assert_eq!(incr_report["reference"], full_report["id"], "the incr refers to the full");
@@ -103,7 +61,7 @@ fn main() {
     // A chain of 5: three more incrementals, each after another 1 % change.
     let mut last = incr_report["id"].as_str().unwrap_or_default().to_string();
     for round in 2..=4 {
-        change_one_percent(&pg, round, every);
+        change_one_percent(pg, round, every);
         let (_, r) = backup_json(&pgk(&["--json", "backup", "--type", "incr"]), "pgkeep incr backup (chain)");
         last = r["id"].as_str().unwrap_or_default().to_string();
     }
@@ -139,6 +97,8 @@ fn main() {
         incr_report["files_read_whole"]
     );
     println!("backup incr  pgBackRest  {:7.2} s", pbr_incr.wall.as_secs_f64());
+    println!("phases (s)   pgkeep full: {}", phases(&full_report));
+    println!("             pgkeep incr: {}", phases(&incr_report));
     let (rf, rc) = (best(&r_full), best(&r_chain));
     println!("restore full             {:7.2} s", rf.wall.as_secs_f64());
     println!("restore chain of 5       {:7.2} s (peak RSS {} MiB)", rc.wall.as_secs_f64(), rc.max_rss_kib / 1024);
@@ -155,6 +115,15 @@ fn main() {
         pbr_incr.wall.as_secs_f64() / incr.as_secs_f64()
     );
     println!("  restore chain of 5 / full:        {:5.2}x (target <= 1.25x)", ratio(rc, rf));
+}
+
+/// The report's `phases` as `name seconds` pairs.
+fn phases(report: &serde_json::Value) -> String {
+    let list = report["phases"].as_array().cloned().unwrap_or_default();
+    let each = list
+        .iter()
+        .map(|p| format!("{} {:.3}", p["phase"].as_str().unwrap_or("?"), p["seconds"].as_f64().unwrap_or(0.0)));
+    each.collect::<Vec<_>>().join(", ")
 }
 
 fn ratio(a: Run, b: Run) -> f64 {

@@ -69,9 +69,37 @@ pub struct BackupReport {
     pub backup_type: String,
     #[serde(flatten)]
     pub reads: ReadReport,
+    /// Wall time of each phase, in order (files driver; empty for snapshot backups).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub phases: Vec<PhaseTime>,
     /// Snapshot backups: the snapshot set, spread, hooks, state.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<super::snapshot::run::SnapshotReport>,
+}
+
+/// One phase of a backup and its wall time: where a slow backup spent its time.
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseTime {
+    pub phase: &'static str,
+    pub seconds: f64,
+}
+
+/// Times consecutive phases: each `end` closes the phase begun at the previous one.
+struct PhaseClock {
+    last: Instant,
+    phases: Vec<PhaseTime>,
+}
+
+impl PhaseClock {
+    fn since(began: Instant) -> Self {
+        PhaseClock { last: began, phases: Vec::new() }
+    }
+
+    fn end(&mut self, phase: &'static str) {
+        let now = Instant::now();
+        self.phases.push(PhaseTime { phase, seconds: (now - self.last).as_secs_f64() });
+        self.last = now;
+    }
 }
 
 /// What a files backup read from PGDATA, and (incremental) why files were read whole.
@@ -146,7 +174,7 @@ pub fn run(inputs: BackupInputs<'_>) -> crate::Result<BackupReport> {
     };
     repo.put_json(&layout::backup_started_key(&backup_id), &marker)?;
 
-    let what = What { id: &backup_id, opts: inputs.options, reference: reference.as_ref() };
+    let what = What { id: &backup_id, opts: inputs.options, reference: reference.as_ref(), began };
     let result = take(repo, &server, client, &pgdata, &what, progress.as_ref());
     match result {
         Ok(mut report) => {
@@ -238,6 +266,8 @@ struct What<'a> {
     id: &'a str,
     opts: &'a BackupOptions,
     reference: Option<&'a Reference>,
+    /// When the command began (the `prepare` phase ends where `take` begins).
+    began: Instant,
 }
 
 fn take(
@@ -248,23 +278,53 @@ fn take(
     what: &What<'_>,
     progress: &dyn Progress,
 ) -> crate::Result<BackupReport> {
+    let mut clock = PhaseClock::since(what.began);
+    clock.end("prepare");
     let (backup_id, opts, reference) = (what.id, what.opts, what.reference);
     let rt = repo.runtime().clone();
     let label = opts.label.clone().unwrap_or_else(|| format!("pgkeep backup {backup_id}"));
     let tablespaces_sql = rt.block_on(ServerInfo::tablespaces(&client))?;
     progress.phase("checkpoint (pg_backup_start)", None);
-    let (session, start) = rt.block_on(BackupSession::start(client, server.major, &label, opts.fast_checkpoint))?;
+    // The WAL walk of an incremental starts now, on the segments already archived, so that it
+    // overlaps the checkpoint; it learns where to stop when pg_backup_start returns.
+    let walk_end = changed::WalEnd::unknown();
+    let walk_range = reference.filter(|_| opts.incremental_by == IncrementalBy::Wal).map(|r| WalRange {
+        from: r.manifest.start_lsn,
+        from_timeline: r.manifest.timeline,
+        to_timeline: server.timeline,
+        seg_size: server.wal_segment_size,
+        pg_major: server.major,
+        system_identifier: server.system_identifier,
+    });
+    let wal_dir = pgdata.join("pg_wal");
+    let (session, start, plan, changes) = std::thread::scope(|sc| -> crate::Result<_> {
+        let walker = walk_range.as_ref().map(|range| sc.spawn(|| changed::walk(repo, &wal_dir, range, &walk_end)));
+        let started = rt.block_on(BackupSession::start(client, server.major, &label, opts.fast_checkpoint));
+        match &started {
+            Ok((_, start)) => walk_end.set(start.lsn),
+            Err(_) => walk_end.abandon(),
+        }
+        let (session, start) = started?;
+        progress.finish_phase();
+        clock.end("checkpoint");
+        // From here on, returning early drops `session`, which ends the server-side backup.
+        let plan = BackupPlan::build(pgdata)
+            .map_err(|e| BackupError::Read { path: pgdata.display().to_string(), detail: e.to_string() })?;
+        clock.end("list_files");
+        let changes = walker.map(|w| {
+            progress.phase("changed blocks (WAL walk)", None);
+            let changes = w.join().expect("the WAL walk does not panic");
+            progress.finish_phase();
+            clock.end("wal_walk");
+            changes
+        });
+        Ok((session, start, plan, changes))
+    })?;
     let window_start = Instant::now();
-    progress.finish_phase();
-
-    // From here on, returning early drops `session`, which ends the server-side backup.
-    let mut plan = BackupPlan::build(pgdata)
-        .map_err(|e| BackupError::Read { path: pgdata.display().to_string(), detail: e.to_string() })?;
+    let mut plan = plan;
     let mut reads = ReadReport::default();
     if let Some(r) = reference {
-        progress.phase("changed blocks (WAL walk)", None);
-        reads = choose_reads(repo, server, pgdata, &mut plan, r, start.lsn, opts.incremental_by)?;
-        progress.finish_phase();
+        reads = choose_reads(pgdata, &mut plan, r, changes, opts.incremental_by)?;
     }
     let bytes_read = AtomicU64::new(0);
     let throttle = opts.max_rate.map(Throttle::new);
@@ -305,6 +365,7 @@ fn take(
     reads.bytes_read = bytes_read.load(Ordering::Relaxed);
     reads.files_read_whole = 1 + plan.files.iter().filter(|f| f.read == ReadMode::Whole).count() as u64;
     progress.finish_phase();
+    clock.end("copy");
 
     progress.phase("pg_backup_stop", None);
     let window = window_start.elapsed().as_secs_f64();
@@ -314,6 +375,7 @@ fn take(
     // reads them back, which is the guarantee invariant 1 needs.
     let stop = rt.block_on(session.stop(false, opts.archive_timeout))?;
     progress.finish_phase();
+    clock.end("stop");
 
     let label_summary = repo.put_framed(&layout::backup_label_key(backup_id), stop.backup_label.as_bytes())?;
     let map_summary = match &stop.tablespace_map {
@@ -329,10 +391,6 @@ fn take(
     let stop_timeline = server.timeline;
     let stop_segno = Lsn(stop.lsn.0.saturating_sub(1)).segment_number(seg);
     let stop_wal = xlog_file_name(stop_timeline, stop_segno, seg);
-
-    progress.phase("confirm WAL in archive", None);
-    confirm_wal(repo, backup_id, timeline, start_segno, stop_segno, seg, opts.archive_timeout)?;
-    progress.finish_phase();
 
     let tablespaces: Vec<Tablespace> =
         tablespaces_sql.into_iter().map(|(oid, name, location)| Tablespace { oid, name, location }).collect();
@@ -359,7 +417,16 @@ fn take(
         kind: opts.backup_type,
         incremental_by: opts.incremental_by,
     });
-    repo.put_json(&layout::manifest_key(backup_id), &manifest)?;
+    // Built while the archiver is still storing the last segment; written only once every
+    // segment is confirmed (the manifest commits the backup).
+    let manifest_json = serde_json::to_vec_pretty(&manifest).map_err(|e| crate::Error::other(e.to_string()))?;
+    progress.phase("confirm WAL in archive", None);
+    confirm_wal(repo, backup_id, timeline, start_segno, stop_segno, seg, opts.archive_timeout)?;
+    progress.finish_phase();
+    clock.end("confirm_wal");
+
+    repo.put_framed(&layout::manifest_key(backup_id), &manifest_json)?;
+    clock.end("manifest");
 
     Ok(BackupReport {
         id: backup_id.to_string(),
@@ -380,6 +447,7 @@ fn take(
         removed_incomplete: Vec::new(),
         backup_type: manifest.kind.clone(),
         reads,
+        phases: clock.phases,
         snapshot: None,
     })
 }
@@ -387,12 +455,10 @@ fn take(
 /// An incremental's reads: changed blocks from the WAL walk (or page LSNs), whole files where
 /// it cannot vouch for them, with the reasons counted for the report.
 fn choose_reads(
-    repo: &Repository,
-    server: &ServerInfo,
     pgdata: &Path,
     plan: &mut BackupPlan,
     r: &Reference,
-    start: Lsn,
+    changes: Option<changed::ChangeSet>,
     by: IncrementalBy,
 ) -> crate::Result<ReadReport> {
     let control_path = pgdata.join("global/pg_control");
@@ -407,21 +473,6 @@ fn choose_reads(
         ))
         .into());
     }
-    let changes = (by == IncrementalBy::Wal).then(|| {
-        changed::walk(
-            repo,
-            &pgdata.join("pg_wal"),
-            &WalRange {
-                from: r.manifest.start_lsn,
-                from_timeline: r.manifest.timeline,
-                to: start,
-                to_timeline: server.timeline,
-                seg_size: server.wal_segment_size,
-                pg_major: server.major,
-                system_identifier: server.system_identifier,
-            },
-        )
-    });
     let detail = changes.as_ref().and_then(|c| c.uncertain.as_ref()).map(|(why, d)| format!("{why}: {d}"));
     if let Some(d) = &detail {
         tracing::warn!(
@@ -456,6 +507,9 @@ pub fn confirm_wal(
     for segno in start_segno..=stop_segno {
         let name = xlog_file_name(timeline, segno, seg_size);
         let key = layout::wal_key(&name);
+        // The archiver usually stores the last segment within tens of milliseconds of
+        // pg_backup_stop: look often at first, then every 20 ms.
+        let mut pause = Duration::from_millis(2);
         loop {
             if repo.storage().head(&key)?.is_some() {
                 break;
@@ -465,7 +519,8 @@ pub fn confirm_wal(
                     BackupError::WalMissing { id: backup_id.into(), segment: name, secs: timeout.as_secs() }.into()
                 );
             }
-            std::thread::sleep(Duration::from_millis(10));
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(20));
         }
         repo.get_framed(&key).map_err(|e| BackupError::WalDamaged {
             id: backup_id.into(),

@@ -228,6 +228,44 @@ fn start_copy(s: &Setup, name: &str, dir: &Path) -> TestCluster {
     restored
 }
 
+/// The walk begins before pg_backup_start, on what is archived, and learns where to stop when
+/// the checkpoint is done. With an archiver a second behind, the segments of the change are
+/// not archived when the walk begins: it waits, then reads them from pg_wal. The incremental
+/// vouches for every block (no whole-file fallback) and restores equal to the source, with no
+/// write after the backup for replay to paper over a missed block.
+#[test]
+fn incremental_walk_overlaps_the_checkpoint_and_reads_unarchived_wal_from_pg_wal() {
+    let s = Setup::new();
+    s.pg.pgbench(&["-i", "-s", "2", "-q"]);
+    backup(&s, "full");
+    let slow = format!("sleep 1 && {}", s.env.archive_command(&s.repo));
+    s.pg.sql(&format!("ALTER SYSTEM SET archive_command = '{}'", slow.replace('\'', "''")));
+    s.pg.sql("SELECT pg_reload_conf()");
+    // ≥ 2 segments of WAL (full-page images after the full's checkpoint), still .ready.
+    s.pg.sql("UPDATE pgbench_accounts SET abalance = abalance + 7");
+    s.pg.sql("UPDATE pgbench_accounts SET filler = 'x' WHERE aid % 3 = 0");
+    let pending = s.pg.int("SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'");
+    assert!(pending >= 1, "segments of the change wait for the archiver ({pending} .ready)");
+    let expected = fingerprint(&s.pg);
+
+    let i = backup(&s, "incr");
+    assert!(i.get("wal_walk_detail").is_none(), "the walk vouched for every block: {i:#}");
+    assert!(i["whole_file_reasons"].get("wal gap").is_none(), "{i:#}");
+    let (read, size) = (i["bytes_read"].as_u64().unwrap(), i["size"].as_u64().unwrap());
+    assert!(read < size, "changed blocks only: read {read} of {size}");
+    let phases: Vec<&str> = i["phases"].as_array().unwrap().iter().map(|p| p["phase"].as_str().unwrap()).collect();
+    assert_eq!(
+        phases,
+        ["prepare", "checkpoint", "list_files", "wal_walk", "copy", "stop", "confirm_wal", "manifest"],
+        "{i:#}"
+    );
+
+    let dir = s.env.path("restored");
+    s.restore(&dir, &["--backup", i["id"].as_str().unwrap(), "--target-action", "promote"]);
+    let restored = start_copy(&s, "restored", &dir);
+    assert_eq!(fingerprint(&restored), expected, "the restored copy differs from the source");
+}
+
 /// A WAL segment between the reference and the new backup deleted from a copy of the
 /// repository: the incremental reads every relation file whole, says why, and restores equal
 /// to the source.

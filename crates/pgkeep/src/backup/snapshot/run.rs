@@ -571,6 +571,7 @@ pub fn backup(
         removed_incomplete,
         backup_type: "full".into(),
         reads: Default::default(),
+        phases: Vec::new(),
         snapshot: Some(SnapshotReport {
             state: if pending { "pending".into() } else { "complete".into() },
             snapshots: records,
