@@ -16,7 +16,7 @@ use std::path::Path;
 use pgkeep_wal::{Lsn, TimeLineID, WalFileName};
 use serde::{Deserialize, Serialize};
 
-use super::get::{fetch_checked_with, get, write_dest, GetOutcome};
+use super::get::{fetch_checked_into, get, write_dest, GetOutcome, Sink};
 use super::spool::{self, SpoolDir, Transport, RECORD_SUFFIX, TMP_PREFIX};
 use crate::repo::{RepoLocation, Repository};
 
@@ -228,11 +228,11 @@ impl Spooled<'_> {
     pub(super) fn fetch_to_temp(&self, repo: &Repository, name: &str) -> bool {
         // The temp is written while the checks run; it is committed only after they passed.
         let tmp = format!("{TMP_PREFIX}{name}");
-        let res = fetch_checked_with(repo, name, |plain| self.dir.write_raw(&tmp, plain)).and_then(|fetched| {
-            let Some((_, written)) = fetched else { return Ok(false) };
-            written.map_err(|e| crate::Error::other(e.to_string()))?;
-            Ok(true)
-        });
+        let res = self
+            .dir
+            .create_file(&tmp)
+            .map_err(|e| crate::Error::other(e.to_string()))
+            .and_then(|f| Ok(fetch_checked_into(repo, name, Sink::File(f), &self.dir.file(&tmp))?.is_some()));
         res.unwrap_or_else(|e| {
             tracing::info!("not prefetching {name}: {e}");
             false
