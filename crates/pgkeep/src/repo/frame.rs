@@ -605,6 +605,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_unhashed_reader_checks_sizes_and_crc_and_leaves_the_blake3_to_its_caller() {
+        let plain: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
+        for c in [Compression::None, Compression::Zstd(1)] {
+            let (framed, summary) = encode(&plain, c);
+            let mut r = FrameReader::unhashed(&framed[..], framed.len() as u64, "t").unwrap();
+            let mut out = Vec::new();
+            r.read_to_end(&mut out).unwrap();
+            assert_eq!(out, plain);
+            assert_eq!(r.summary().map(|s| s.blake3), Some(summary.blake3), "the trailer's hash");
+            let mut bad = framed.clone();
+            bad[HEADER_LEN + 40] ^= 1;
+            let mut r = FrameReader::unhashed(&bad[..], bad.len() as u64, "t").unwrap();
+            assert!(r.read_to_end(&mut Vec::new()).is_err(), "a flipped stored byte fails the CRC ({c:?})");
+            // A trailer recording another hash (its own CRC made to match) passes here: the
+            // caller compares the hash of what it read with `summary().blake3`.
+            let mut forged = framed.clone();
+            let t = forged.len() - TRAILER_LEN;
+            forged[t + 16] ^= 1;
+            let crc = crc32c::crc32c(&forged[t..t + 52]);
+            forged[t + 52..t + 56].copy_from_slice(&crc.to_le_bytes());
+            let mut r = FrameReader::unhashed(&forged[..], forged.len() as u64, "t").unwrap();
+            r.read_to_end(&mut Vec::new()).unwrap();
+            assert_ne!(r.summary().unwrap().blake3, *blake3::hash(&plain).as_bytes());
+        }
+    }
+
+    #[test]
     fn round_trip_both_compressions() {
         let data: Vec<u8> = (0..200_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
         for c in [Compression::None, Compression::Zstd(1)] {
