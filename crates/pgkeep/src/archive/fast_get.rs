@@ -118,3 +118,47 @@ impl FastGet {
         serve_spooled(&t, &location, cfg.pgdata.as_deref(), &self.name, &self.dest)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn recognise(line: &str) -> Option<FastGet> {
+        FastGet::recognise(line.split_whitespace().map(OsString::from))
+    }
+
+    // Every option given, so no environment variable is consulted.
+    const ALL: &str = "--config=/c --repo /r --pgdata /d --encryption-key-file /k --pg x --pg-bin /b";
+
+    #[test]
+    fn only_plain_archive_get_calls_are_recognised() {
+        let g = recognise(&format!("{ALL} archive-get 000000010000000000000003 pg_wal/RECOVERYXLOG")).unwrap();
+        assert_eq!((g.name.as_str(), g.dest.as_path()), ("000000010000000000000003", Path::new("pg_wal/RECOVERYXLOG")));
+        assert_eq!(g.global.config.as_deref(), Some(Path::new("/c")));
+        assert_eq!(g.global.repo.as_deref(), Some("/r"));
+        assert!(!g.quiet());
+        // Options after the subcommand are global too; -q is understood.
+        let g = recognise(&format!("archive-get -q A B {ALL}")).unwrap();
+        assert!(g.quiet());
+        assert_eq!((g.name.as_str(), g.global.pg.as_deref()), ("A", Some("x")));
+        for other in [
+            format!("{ALL} archive-get A"),
+            format!("{ALL} archive-get A B C"),
+            format!("{ALL} archive-push A"),
+            format!("{ALL} archive-get A B --prefetch-only"),
+            format!("{ALL} --json archive-get A B"),
+            format!("{ALL} -v archive-get A B"),
+            format!("{ALL} -qv archive-get A B"),
+            format!("{ALL} --help archive-get A B"),
+            format!("{ALL} --repo /other archive-get A B"),
+            format!("{ALL} -q -q archive-get A B"),
+            format!("{ALL} archive-get -- A B"),
+            "--config=/c --repo --pgdata /d archive-get A B".to_string(),
+            format!("A {ALL} archive-get B"),
+        ] {
+            assert!(recognise(&other).is_none(), "{other}");
+        }
+    }
+}
