@@ -122,8 +122,12 @@ pub fn fetch_checked_into(
         Sink::Memory(plain) => validate(info, kind, plain),
         Sink::File(_) if size == 0 => validate(info, kind, &[]),
         Sink::File(f) => {
-            let map = unsafe { memmap2::MmapOptions::new().populate().map(f) }.map_err(write_failed)?;
-            validate(info, kind, &map)
+            // SAFETY: the temp is this process's own file under a name only pgkeep uses, not
+            // written by anyone while mapped; a file system that cannot map it is read instead.
+            match unsafe { memmap2::MmapOptions::new().populate().map(f) } {
+                Ok(map) => validate(info, kind, &map),
+                Err(_) => validate(info, kind, &read_back(f).map_err(write_failed)?),
+            }
         }
     };
     checked.map_err(damaged)?;
@@ -200,6 +204,15 @@ fn stream(framed: &[u8], what: &str, limit: u64, mut sink: Sink) -> (Streamed, S
         }
     });
     (streamed, sink)
+}
+
+/// The whole file from its start.
+fn read_back(mut f: &std::fs::File) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Seek};
+    f.seek(std::io::SeekFrom::Start(0))?;
+    let mut out = Vec::new();
+    f.read_to_end(&mut out)?;
+    Ok(out)
 }
 
 /// Fill `buf` unless the reader ends first; the count read.
