@@ -10,6 +10,9 @@ use pgkeep::cli::Cli;
 use pgkeep::progress::Progress;
 
 fn main() -> ExitCode {
+    if let Some(code) = spool_hit() {
+        return code;
+    }
     // restore_command contract: PostgreSQL ends recovery on a status up to 125 ("not in the
     // archive"), so every failure of archive-get that is not "no such file", from a bad command
     // line to a panic, must exit 126 and stop recovery instead.
@@ -64,6 +67,27 @@ fn main() -> ExitCode {
             ExitCode::from(e.downcast_ref::<pgkeep::Error>().map(pgkeep::Error::exit_code).unwrap_or(1))
         }
     }
+}
+
+/// restore_command served from the prefetch spool before anything else is set up (see
+/// archive/fast_get.rs); None when the full path must run.
+fn spool_hit() -> Option<ExitCode> {
+    let call = pgkeep::archive::fast_get::FastGet::recognise(std::env::args_os().skip(1))?;
+    fatal_panics();
+    let Some(outcome) = call.serve() else {
+        // The full path installs it again once clap has confirmed the subcommand.
+        let _ = std::panic::take_hook();
+        return None;
+    };
+    if call.quiet() {
+        return Some(ExitCode::SUCCESS);
+    }
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{}", pgkeep::render::get(&outcome)).and_then(|()| out.flush()) {
+        eprintln!("pgkeep: error: cannot write the report to standard output: {e}");
+        return Some(ExitCode::from(pgkeep::archive::FATAL_EXIT));
+    }
+    Some(ExitCode::SUCCESS)
 }
 
 /// The default log filter. The AWS SDK warns once per credential provider that found nothing

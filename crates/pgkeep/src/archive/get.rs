@@ -45,31 +45,51 @@ pub fn get(repo: &Repository, name: &str, dest: &Path) -> crate::Result<GetOutco
     // written through in place, and only after every check: renaming over it would replace
     // the node, and what it feeds must never see unchecked bytes.
     if std::fs::symlink_metadata(dest).is_ok_and(|m| !m.file_type().is_file()) {
-        let Some((plain, ())) = fetch_checked_with(repo, name, |_| ())? else {
+        let Some((size, Sink::Memory(plain))) = fetch_checked_into(repo, name, Sink::Memory(Vec::new()), dest)? else {
             return Ok(GetOutcome::NotFound { file: name.to_string() });
         };
         let mut f = std::fs::OpenOptions::new().write(true).truncate(true).open(dest).map_err(write_err)?;
         f.write_all(&plain).map_err(write_err)?;
-        return Ok(GetOutcome::Restored { file: name.to_string(), size: plain.len() as u64, prefetched: false });
+        return Ok(GetOutcome::Restored { file: name.to_string(), size, prefetched: false });
     }
-    // The temp file is written while the checks run; it is renamed into place only after they passed.
-    let Some((plain, staged)) = fetch_checked_with(repo, name, |plain| Staged::write(dest, plain))? else {
+    // The temp file is written while the checks run; it is renamed into place only after they
+    // passed, and removed (dropped) when any failed.
+    let (staged, file) = Staged::create(dest).map_err(write_err)?;
+    let Some((size, _)) = fetch_checked_into(repo, name, Sink::File(file), dest)? else {
         return Ok(GetOutcome::NotFound { file: name.to_string() });
     };
-    staged.and_then(Staged::commit).map_err(write_err)?;
-    Ok(GetOutcome::Restored { file: name.to_string(), size: plain.len() as u64, prefetched: false })
+    staged.commit().map_err(write_err)?;
+    Ok(GetOutcome::Restored { file: name.to_string(), size, prefetched: false })
 }
 
-/// Fetch an archived file and check it fully: frame sizes and CRCs, the content's BLAKE3, and
-/// for WAL every page header and record (as archive-push did before storing it: a copy damaged
-/// or swapped since must stop recovery, not feed it). `None`: the archive has no such file.
-/// `stage` (e.g. writing the bytes to a temp file) runs on a thread of its own beside the
-/// checks; its result is returned only when every check passed, else dropped.
-pub fn fetch_checked_with<R: Send>(
+/// Where [`fetch_checked_into`] puts the content while checking it: a file (a temp name that
+/// is renamed only after the checks passed) or memory (a destination that must not see a byte
+/// before then).
+pub enum Sink {
+    File(std::fs::File),
+    Memory(Vec<u8>),
+}
+
+/// Decoded bytes move between the decoding and the hashing/writing thread in chunks this
+/// large, in at most this many recycled buffers: small enough to stay in cache, so no 16 MiB
+/// buffer is ever allocated and faulted in page by page (that was a third of a fetch's CPU).
+const CHUNK: usize = 256 * 1024;
+const BUFFERS: usize = 4;
+
+/// Fetch an archived file into `sink` and check it fully: frame sizes and CRCs, the content's
+/// BLAKE3, and for WAL every page header and record (as archive-push did before storing it: a
+/// copy damaged or swapped since must stop recovery, not feed it). `None`: the archive has no
+/// such file. The content's size and the sink are returned only when every check passed; a
+/// file sink may hold any prefix of the content otherwise.
+/// `dest` names the sink's file in errors.
+pub fn fetch_checked_into(
     repo: &Repository,
     name: &str,
-    stage: impl FnOnce(&[u8]) -> R + Send,
-) -> crate::Result<Option<(Vec<u8>, R)>> {
+    sink: Sink,
+    dest: &Path,
+) -> crate::Result<Option<(u64, Sink)>> {
+    let write_failed =
+        |e: std::io::Error| ArchiveError::Write { dest: dest.display().to_string(), detail: e.to_string() };
     let info = repo.info();
     let Some(kind) = pgkeep_wal::parse_wal_file_name(name, info.wal_segment_size) else {
         return Err(ArchiveError::UnknownRequest { name: name.to_string() }.into());
@@ -86,24 +106,127 @@ pub fn fetch_checked_with<R: Send>(
     };
     let what = format!("archived {name}");
     let trailer = frame::trailer_of(&framed, &what).map_err(|e| damaged(e.to_string()))?;
-    let plain = frame::decode_crc_only(&framed, &what).map_err(|e| damaged(e.to_string()))?;
+    let (streamed, sink) = stream(&framed, &what, trailer.plain_size, sink);
     drop(framed);
-    // The hash, the record checks and the staging are independent passes over the decoded
-    // bytes: they overlap on the cores there are.
-    let (hashed, valid, staged) = std::thread::scope(|s| {
-        let hasher = s.spawn(|| blake3::hash(&plain));
-        let stager = s.spawn(|| stage(&plain));
-        let valid = validate(info, kind, &plain);
-        (hasher.join(), valid, stager.join())
-    });
-    let panicked = |_| crate::Error::other("archive-get: a checking thread panicked");
-    let (hashed, staged) = (hashed.map_err(panicked)?, staged.map_err(panicked)?);
-    if *hashed.as_bytes() != trailer.blake3 {
-        let detail = "checksum mismatch (BLAKE3 of the content differs from the one recorded)".to_string();
-        return Err(damaged(frame::FrameError::Damaged { what, detail }.to_string()).into());
+    let size = match streamed {
+        Streamed::Damaged(detail) => return Err(damaged(detail).into()),
+        Streamed::Hashed(digest) if digest != trailer.blake3 => {
+            let detail = "checksum mismatch (BLAKE3 of the content differs from the one recorded)".to_string();
+            return Err(damaged(frame::FrameError::Damaged { what, detail }.to_string()).into());
+        }
+        Streamed::Hashed(_) => trailer.plain_size,
+        Streamed::WriteFailed(e) => return Err(write_failed(e).into()),
+    };
+    // The record checks read back what was written: page-cache pages, mapped at once.
+    let checked = match &sink {
+        Sink::Memory(plain) => validate(info, kind, plain),
+        Sink::File(_) if size == 0 => validate(info, kind, &[]),
+        Sink::File(f) => {
+            // SAFETY: the temp is this process's own file under a name only pgkeep uses, not
+            // written by anyone while mapped; a file system that cannot map it is read instead.
+            match unsafe { memmap2::MmapOptions::new().populate().map(f) } {
+                Ok(map) => validate(info, kind, &map),
+                Err(_) => validate(info, kind, &read_back(f).map_err(write_failed)?),
+            }
+        }
+    };
+    checked.map_err(damaged)?;
+    Ok(Some((size, sink)))
+}
+
+enum Streamed {
+    /// Decoded to its end with sizes and CRC as recorded; the BLAKE3 of what was decoded.
+    Hashed([u8; 32]),
+    Damaged(String),
+    WriteFailed(std::io::Error),
+}
+
+/// Decode `framed` on this thread while another hashes and writes the chunks: the two
+/// overlap on the cores there are. Stops at `limit` bytes (the trailer's size), so a forged
+/// payload cannot fill the disk.
+fn stream(framed: &[u8], what: &str, limit: u64, mut sink: Sink) -> (Streamed, Sink) {
+    let mut reader = match frame::FrameReader::unhashed(framed, framed.len() as u64, what) {
+        Ok(r) => r,
+        Err(e) => return (Streamed::Damaged(e.to_string()), sink),
+    };
+    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(BUFFERS);
+    let (free_tx, free_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(BUFFERS);
+    for _ in 0..BUFFERS {
+        let _ = free_tx.send(Vec::new());
     }
-    valid.map_err(damaged)?;
-    Ok(Some((plain, staged)))
+    let streamed = std::thread::scope(|s| {
+        let sink = &mut sink;
+        let writer = s.spawn(move || {
+            let mut hasher = blake3::Hasher::new();
+            let mut failed = None;
+            for buf in full_rx {
+                hasher.update(&buf);
+                if failed.is_none() {
+                    failed = match sink {
+                        Sink::File(f) => f.write_all(&buf).err(),
+                        Sink::Memory(v) => {
+                            v.extend_from_slice(&buf);
+                            None
+                        }
+                    };
+                }
+                // The decoder may have stopped already: then the buffer is not needed.
+                let _ = free_tx.send(buf);
+            }
+            (<[u8; 32]>::from(hasher.finalize()), failed)
+        });
+        let mut decoded = 0u64;
+        let outcome = loop {
+            let Ok(mut buf) = free_rx.recv() else { break Err("the writing thread stopped".to_string()) };
+            buf.resize(CHUNK, 0);
+            match read_full(&mut reader, &mut buf) {
+                Ok(0) => break Ok(()),
+                Ok(n) => {
+                    decoded += n as u64;
+                    if decoded > limit {
+                        break Err(format!("{what} decodes to more bytes than its trailer records"));
+                    }
+                    buf.truncate(n);
+                    if full_tx.send(buf).is_err() {
+                        break Err("the writing thread stopped".to_string());
+                    }
+                }
+                Err(e) => break Err(e.to_string()),
+            }
+        };
+        drop(full_tx);
+        let written = writer.join();
+        match (outcome, written) {
+            (Err(detail), _) => Streamed::Damaged(detail),
+            (Ok(()), Err(_)) => Streamed::Damaged("the writing thread panicked".to_string()),
+            (Ok(()), Ok((_, Some(e)))) => Streamed::WriteFailed(e),
+            (Ok(()), Ok((digest, None))) => Streamed::Hashed(digest),
+        }
+    });
+    (streamed, sink)
+}
+
+/// The whole file from its start.
+fn read_back(mut f: &std::fs::File) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Seek};
+    f.seek(std::io::SeekFrom::Start(0))?;
+    let mut out = Vec::new();
+    f.read_to_end(&mut out)?;
+    Ok(out)
+}
+
+/// Fill `buf` unless the reader ends first; the count read.
+fn read_full(r: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 /// The checks archive-push made before storing the file, repeated on the way out.
@@ -143,14 +266,25 @@ pub struct Staged {
 
 impl Staged {
     pub fn write(dest: &Path, data: &[u8]) -> std::io::Result<Staged> {
+        let (staged, mut f) = Staged::create(dest)?;
+        f.write_all(data)?;
+        Ok(staged)
+    }
+
+    /// The empty temp file, open for writing and reading back.
+    pub fn create(dest: &Path) -> std::io::Result<(Staged, std::fs::File)> {
         let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let dir = dest.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let staged = Staged { tmp: dir.join(format!(".{name}.pgkeep-tmp")), dest: dest.to_path_buf() };
         // 0o666 under the server's umask: the mode a plain create gives (PostgreSQL's 0077 → 0600).
-        let mut f =
-            std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o666).open(&staged.tmp)?;
-        f.write_all(data)?;
-        Ok(staged)
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o666)
+            .open(&staged.tmp)?;
+        Ok((staged, f))
     }
 
     pub fn commit(mut self) -> std::io::Result<()> {

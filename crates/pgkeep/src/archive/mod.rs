@@ -1,6 +1,7 @@
 //! The WAL archive: `archive-push` (validate, store once, never replace) and `archive-get`.
 
 pub mod async_push;
+pub mod fast_get;
 pub mod get;
 pub mod prefetch;
 mod prefetcher;

@@ -16,7 +16,7 @@ use std::path::Path;
 use pgkeep_wal::{Lsn, TimeLineID, WalFileName};
 use serde::{Deserialize, Serialize};
 
-use super::get::{fetch_checked_with, get, write_dest, GetOutcome};
+use super::get::{fetch_checked_into, get, write_dest, GetOutcome, Sink};
 use super::spool::{self, SpoolDir, Transport, RECORD_SUFFIX, TMP_PREFIX};
 use crate::repo::{RepoLocation, Repository};
 
@@ -60,22 +60,9 @@ pub fn get_prefetching(
     dest: &Path,
     prefetch_only: bool,
 ) -> crate::Result<GetOutcome> {
-    let pgdata = pgdata.map(crate::fsutil::absolute).or_else(|| spool::pgdata_of_wal_path(dest));
-    let control = pgdata.as_deref().and_then(|d| {
-        let bytes = std::fs::read(d.join("global/pg_control")).ok()?;
-        pgkeep_wal::parse_pg_control(&bytes).ok()
-    });
-    let (Some(pgdata), Some(control)) = (pgdata, control) else { return get(&open()?, name, dest) };
-    if t.get_queue == 0 {
-        return get(&open()?, name, dest);
-    }
-    let seg_size = control.xlog_seg_size;
-    let dir = t.spool_root(&pgdata).and_then(|root| {
-        let key = spool::spool_key(&[&location.to_string(), &pgdata.to_string_lossy()], control.system_identifier);
-        SpoolDir::open(&root, &format!("get-{key}"), &pgdata)
-    });
-    let dir = match dir {
-        Ok(d) => d,
+    let (dir, seg_size) = match spool_of(t, location, pgdata, dest) {
+        Ok(Some(found)) => found,
+        Ok(None) => return get(&open()?, name, dest),
         Err(e) => {
             // Prefetch only saves time: recovery goes on without it (the line says how to fix it).
             tracing::warn!("fetching without prefetch: {e}");
@@ -114,6 +101,49 @@ pub fn get_prefetching(
         }
         _ => get(&open()?, name, dest),
     }
+}
+
+/// The spool of the cluster being restored and its segment size; None without a queue or
+/// without a data directory with a readable pg_control (a manual call elsewhere).
+fn spool_of(
+    t: &Transport,
+    location: &RepoLocation,
+    pgdata: Option<&Path>,
+    dest: &Path,
+) -> Result<Option<(SpoolDir, u32)>, super::ArchiveError> {
+    if t.get_queue == 0 {
+        return Ok(None);
+    }
+    let pgdata = pgdata.map(crate::fsutil::absolute).or_else(|| spool::pgdata_of_wal_path(dest));
+    let control = pgdata.as_deref().and_then(|d| {
+        let bytes = std::fs::read(d.join("global/pg_control")).ok()?;
+        pgkeep_wal::parse_pg_control(&bytes).ok()
+    });
+    let (Some(pgdata), Some(control)) = (pgdata, control) else { return Ok(None) };
+    let root = t.spool_root(&pgdata)?;
+    let key = spool::spool_key(&[&location.to_string(), &pgdata.to_string_lossy()], control.system_identifier);
+    let dir = SpoolDir::open(&root, &format!("get-{key}"), &pgdata)?;
+    Ok(Some((dir, control.xlog_seg_size)))
+}
+
+/// Only a spool hit, for the binary's start-up fast path: the segment `name` as
+/// [`get_prefetching`] would serve it from the spool (same record checks, same refill of the
+/// queue), or None, and then the caller takes the full path.
+pub fn serve_spooled(
+    t: &Transport,
+    location: &RepoLocation,
+    pgdata: Option<&Path>,
+    name: &str,
+    dest: &Path,
+) -> Option<GetOutcome> {
+    let (dir, seg_size) = spool_of(t, location, pgdata, dest).ok()??;
+    let Some(WalFileName::Segment { tli, segno }) = pgkeep_wal::parse_wal_file_name(name, seg_size) else {
+        return None;
+    };
+    let spooled = Spooled { dir: &dir, repository: location.to_string(), seg_size };
+    let out = spooled.serve(name, tli, segno, dest)?;
+    spooled.ensure_prefetcher(tli, segno, t.get_queue);
+    Some(out)
 }
 
 pub(super) struct Spooled<'a> {
@@ -228,11 +258,11 @@ impl Spooled<'_> {
     pub(super) fn fetch_to_temp(&self, repo: &Repository, name: &str) -> bool {
         // The temp is written while the checks run; it is committed only after they passed.
         let tmp = format!("{TMP_PREFIX}{name}");
-        let res = fetch_checked_with(repo, name, |plain| self.dir.write_raw(&tmp, plain)).and_then(|fetched| {
-            let Some((_, written)) = fetched else { return Ok(false) };
-            written.map_err(|e| crate::Error::other(e.to_string()))?;
-            Ok(true)
-        });
+        let res = self
+            .dir
+            .create_file(&tmp)
+            .map_err(|e| crate::Error::other(e.to_string()))
+            .and_then(|f| Ok(fetch_checked_into(repo, name, Sink::File(f), &self.dir.file(&tmp))?.is_some()));
         res.unwrap_or_else(|e| {
             tracing::info!("not prefetching {name}: {e}");
             false

@@ -146,10 +146,15 @@ impl SpoolDir {
 
     /// Create or overwrite `name` in place, owned by the server's OS user.
     pub fn write_raw(&self, name: &str, data: &[u8]) -> io::Result<()> {
+        self.create_file(name)?.write_all(data)
+    }
+
+    /// Create or truncate `name`, owned by the server's OS user, open for writing and reading back.
+    pub fn create_file(&self, name: &str) -> io::Result<File> {
         let p = self.file(name);
-        let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&p)?;
-        f.write_all(data)?;
-        self.own(&p)
+        let f = OpenOptions::new().read(true).write(true).create(true).truncate(true).mode(0o600).open(&p)?;
+        self.own(&p)?;
+        Ok(f)
     }
 
     pub fn write_json<T: Serialize>(&self, name: &str, v: &T) -> io::Result<()> {

@@ -465,7 +465,9 @@ pub struct FrameReader<R: Read> {
     what: String,
     body: Option<Body<R>>,
     payload_len: u64,
-    hasher: blake3::Hasher,
+    /// None: the caller hashes what it reads (e.g. on another core) and compares with the
+    /// trailer's BLAKE3 itself; sizes and CRC are still checked here.
+    hasher: Option<blake3::Hasher>,
     n: u64,
     summary: Option<FrameSummary>,
 }
@@ -477,6 +479,16 @@ enum Body<R: Read> {
 
 impl<R: Read> FrameReader<R> {
     pub fn new(r: R, framed_len: u64, what: &str) -> Result<FrameReader<R>, FrameError> {
+        Self::open(r, framed_len, what, Some(blake3::Hasher::new()))
+    }
+
+    /// A reader that checks sizes and CRC but leaves the BLAKE3 to its caller: the summary
+    /// then carries the trailer's hash, which the caller must compare with its own.
+    pub fn unhashed(r: R, framed_len: u64, what: &str) -> Result<FrameReader<R>, FrameError> {
+        Self::open(r, framed_len, what, None)
+    }
+
+    fn open(r: R, framed_len: u64, what: &str, hasher: Option<blake3::Hasher>) -> Result<FrameReader<R>, FrameError> {
         let (compression, payload_len, crc_reader) = open_payload(r, framed_len, what)?;
         let payload = crc_reader.take(payload_len);
         let body = match compression {
@@ -487,14 +499,7 @@ impl<R: Read> FrameReader<R> {
                     .single_frame(),
             )),
         };
-        Ok(FrameReader {
-            what: what.to_string(),
-            body: Some(body),
-            payload_len,
-            hasher: blake3::Hasher::new(),
-            n: 0,
-            summary: None,
-        })
+        Ok(FrameReader { what: what.to_string(), body: Some(body), payload_len, hasher, n: 0, summary: None })
     }
 
     /// Sizes and hash of the frame, once it was read to its end.
@@ -519,9 +524,13 @@ impl<R: Read> FrameReader<R> {
             return Err(FrameError::damaged(what, "truncated payload"));
         }
         let mut crc_reader = payload.into_inner();
-        let digest: [u8; 32] = self.hasher.finalize().into();
-        check_trailer(&mut crc_reader.inner, self.payload_len, self.n, crc_reader.crc, Some(digest), what)?;
-        Ok(FrameSummary { plain_size: self.n, framed_size: self.payload_len + FRAME_OVERHEAD, blake3: digest })
+        let digest: Option<[u8; 32]> = self.hasher.take().map(|h| h.finalize().into());
+        let t = check_trailer(&mut crc_reader.inner, self.payload_len, self.n, crc_reader.crc, digest, what)?;
+        Ok(FrameSummary {
+            plain_size: self.n,
+            framed_size: self.payload_len + FRAME_OVERHEAD,
+            blake3: digest.unwrap_or(t.blake3),
+        })
     }
 }
 
@@ -540,7 +549,9 @@ impl<R: Read> Read for FrameReader<R> {
         }
         .map_err(|e| damaged(io_or_damaged(e, &self.what)))?;
         if n > 0 {
-            self.hasher.update(&buf[..n]);
+            if let Some(h) = &mut self.hasher {
+                h.update(&buf[..n]);
+            }
             self.n += n as u64;
             return Ok(n);
         }
@@ -592,6 +603,33 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn an_unhashed_reader_checks_sizes_and_crc_and_leaves_the_blake3_to_its_caller() {
+        let plain: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
+        for c in [Compression::None, Compression::Zstd(1)] {
+            let (framed, summary) = encode(&plain, c);
+            let mut r = FrameReader::unhashed(&framed[..], framed.len() as u64, "t").unwrap();
+            let mut out = Vec::new();
+            r.read_to_end(&mut out).unwrap();
+            assert_eq!(out, plain);
+            assert_eq!(r.summary().map(|s| s.blake3), Some(summary.blake3), "the trailer's hash");
+            let mut bad = framed.clone();
+            bad[HEADER_LEN + 40] ^= 1;
+            let mut r = FrameReader::unhashed(&bad[..], bad.len() as u64, "t").unwrap();
+            assert!(r.read_to_end(&mut Vec::new()).is_err(), "a flipped stored byte fails the CRC ({c:?})");
+            // A trailer recording another hash (its own CRC made to match) passes here: the
+            // caller compares the hash of what it read with `summary().blake3`.
+            let mut forged = framed.clone();
+            let t = forged.len() - TRAILER_LEN;
+            forged[t + 16] ^= 1;
+            let crc = crc32c::crc32c(&forged[t..t + 52]);
+            forged[t + 52..t + 56].copy_from_slice(&crc.to_le_bytes());
+            let mut r = FrameReader::unhashed(&forged[..], forged.len() as u64, "t").unwrap();
+            r.read_to_end(&mut Vec::new()).unwrap();
+            assert_ne!(r.summary().unwrap().blake3, *blake3::hash(&plain).as_bytes());
+        }
+    }
 
     #[test]
     fn round_trip_both_compressions() {

@@ -192,3 +192,61 @@ fn walk_names(dir: &Path) -> Vec<String> {
     }
     out
 }
+
+/// archive-get streams the decoded segment into a temp file while it checks it: whatever check
+/// fails (the stored bytes' CRC, the content's BLAKE3, the WAL records of a segment framed
+/// correctly around damaged content), exit 126, the name PostgreSQL asked for keeps what it
+/// held (nothing, or an older file), and no temp is left.
+#[test]
+fn archive_get_streaming_refuses_every_damage_and_leaves_no_file_under_the_requested_name() {
+    use pgkeep::repo::frame;
+    let s = Setup::new();
+    s.pg.sql("CREATE TABLE t AS SELECT g, md5(g::text) FROM generate_series(1, 200000) g");
+    let seg = s.pg.switch_and_wait_archived(&s.repo);
+    let good = std::fs::read(fetch(&s, &seg, &s.env.path("work"))).unwrap();
+    let obj = s.repo.join(pgkeep::repo::layout::wal_key(&seg));
+    let stored = std::fs::read(&obj).unwrap();
+    let t = stored.len() - frame::TRAILER_LEN;
+    let reseal = |b: &mut Vec<u8>| {
+        let crc = crc32c::crc32c(&b[t..t + 52]);
+        b[t + 52..t + 56].copy_from_slice(&crc.to_le_bytes());
+    };
+    // A flipped bit late in the compressed payload: most chunks are written before it shows.
+    let mut late_flip = stored.clone();
+    late_flip[t - 100] ^= 0x10;
+    // The BLAKE3 in the trailer differs (the trailer's own CRC made to match).
+    let mut wrong_hash = stored.clone();
+    wrong_hash[t + 16] ^= 0x01;
+    reseal(&mut wrong_hash);
+    // A correct frame around content with a damaged record: only the WAL checks see it.
+    let mut bad_wal = good.clone();
+    bad_wal[3 * 8192 + 100] ^= 0xFF;
+    let (bad_wal, _) = frame::encode(&bad_wal, frame::Compression::Zstd(3));
+
+    let out = s.env.path("out");
+    std::fs::create_dir_all(&out).unwrap();
+    for (case, bytes) in [("late flip", &late_flip), ("wrong BLAKE3", &wrong_hash), ("damaged record", &bad_wal)] {
+        std::fs::write(&obj, bytes).unwrap();
+        for prior in [None, Some(b"an older file".as_slice())] {
+            let dest = out.join("RECOVERYXLOG");
+            let _ = std::fs::remove_file(&dest);
+            if let Some(p) = prior {
+                std::fs::write(&dest, p).unwrap();
+            }
+            let o = s.pgkeep(["archive-get", &seg]).arg(&dest).run();
+            assert_eq!(o.code, Some(126), "{case}: damage must stop recovery: {}", o.stderr);
+            let line = o.one_error_line();
+            assert!(line.contains(&seg) && line.contains("hint:"), "{case}: {line}");
+            assert_eq!(std::fs::read(&dest).ok().as_deref(), prior, "{case}: the requested name is untouched");
+            let names: Vec<String> = std::fs::read_dir(&out)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n != "RECOVERYXLOG")
+                .collect();
+            assert!(names.is_empty(), "{case}: no temp is left: {names:?}");
+        }
+    }
+    // The stored copy restored: fetched whole and byte for byte.
+    std::fs::write(&obj, &stored).unwrap();
+    assert_eq!(std::fs::read(fetch(&s, &seg, &s.env.path("again"))).unwrap(), good);
+}

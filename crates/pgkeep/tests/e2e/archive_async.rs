@@ -285,15 +285,39 @@ fn archived_segments(env: &TestEnv, n: usize) -> (TestCluster, PathBuf, Vec<Stri
     (pg, repo, segs)
 }
 
+/// `archived_segments` plus a data directory being restored, its spool and a config with
+/// `archive_get_queue = 8` using that spool.
+struct Queued {
+    pg: TestCluster,
+    repo: PathBuf,
+    segs: Vec<String>,
+    pgdata: PathBuf,
+    spool: PathBuf,
+    cfg: PathBuf,
+}
+
+fn queued_restore(env: &TestEnv, n: usize) -> Queued {
+    let (pg, repo, segs) = archived_segments(env, n);
+    let pgdata = restoring_pgdata(env, &pg);
+    let spool = env.owned_dir("spool");
+    let cfg = config(env, "get.toml", &format!("archive_get_queue = 8\nspool_dir = \"{}\"\n", spool.display()));
+    Queued { pg, repo, segs, pgdata, spool, cfg }
+}
+
+/// `seg` fetched without any queue: what every other way of getting it must yield.
+fn direct_fetch(env: &TestEnv, repo: &Path, seg: &str) -> Vec<u8> {
+    let direct = config(env, "direct.toml", "archive_get_queue = 0\n");
+    let p = env.path("reference");
+    env.pgkeep(["--config"]).arg(&direct).arg("--repo").arg(repo).args_get(seg, &p).ok();
+    std::fs::read(&p).unwrap()
+}
+
 /// restore_command returns as soon as its own segment is in place: the prefetcher it starts is
 /// detached, and fills the window after the call returned.
 #[test]
 fn a_restore_command_returns_before_its_prefetch_finished() {
     let env = env();
-    let (pg, repo, segs) = archived_segments(&env, 10);
-    let pgdata = restoring_pgdata(&env, &pg);
-    let spool = env.owned_dir("spool");
-    let cfg = config(&env, "get.toml", &format!("archive_get_queue = 8\nspool_dir = \"{}\"\n", spool.display()));
+    let Queued { pg: _pg, repo, segs, pgdata, spool, cfg } = queued_restore(&env, 10);
     let r = get_cmd(&env, &cfg, &repo, &pgdata, &segs[0]).json();
     assert_eq!(r["prefetched"], false, "{r}");
     let at_return = spooled(&spool);
@@ -383,12 +407,7 @@ fn prefetch_serves_from_the_spool_and_drops_changed_files_and_switched_timelines
     let pgdata = restoring_pgdata(&env, &pg);
     let spool = env.owned_dir("spool");
     let cfg = config(&env, "get.toml", &format!("archive_get_queue = 8\nspool_dir = \"{}\"\n", spool.display()));
-    let direct = config(&env, "direct.toml", "archive_get_queue = 0\n");
-    let reference = |seg: &str| -> Vec<u8> {
-        let p = env.path("reference");
-        env.pgkeep(["--config"]).arg(&direct).arg("--repo").arg(&repo).args_get(seg, &p).ok();
-        std::fs::read(&p).unwrap()
-    };
+    let reference = |seg: &str| direct_fetch(&env, &repo, seg);
     let recoveryxlog = pgdata.join("pg_wal/RECOVERYXLOG");
 
     // The first call fetches segs[0]; a prefetcher it starts spools the rest, stopping where
@@ -545,4 +564,49 @@ fn a_restore_replays_through_the_prefetch_queue() {
     let served = log.matches("from the prefetch spool").count();
     assert!(served >= 8, "most segments should come from the spool, {served} did:\n{log}");
     assert!(s.env.path("pitr").join("pgkeep-spool").is_dir(), "the default spool is beside PGDATA");
+}
+
+/// A spool hit is served before clap, logging and the runtime are set up (archive/fast_get.rs,
+/// the call forms restore_command uses: no --json): the checked bytes, the same report, nothing
+/// printed with -q, and a call naming another repository never gets this one's spooled segment.
+#[test]
+fn the_start_up_fast_path_serves_spool_hits_of_its_own_repository_only() {
+    let env = env();
+    let Queued { pg: _pg, repo, segs, pgdata, spool, cfg } = queued_restore(&env, 5);
+    let reference = |seg: &str| direct_fetch(&env, &repo, seg);
+    // Another repository holding the same segments but the last.
+    let other = env.path("other-repo");
+    assert!(std::process::Command::new("cp").arg("-a").arg(&repo).arg(&other).status().unwrap().success());
+    std::fs::remove_file(other.join(pgkeep::repo::layout::wal_key(&segs[4]))).unwrap();
+    let get = |pre: &[&str], repo: &Path, seg: &str| {
+        let mut c = env.pgkeep(pre).arg("--config").arg(&cfg).arg(format!("--repo={}", repo.display()));
+        c = c.arg("archive-get").arg(seg).arg("pg_wal/RECOVERYXLOG");
+        c.command().current_dir(&pgdata);
+        c
+    };
+    let recoveryxlog = pgdata.join("pg_wal/RECOVERYXLOG");
+
+    let out = get(&[], &repo, &segs[0]).ok();
+    assert!(!out.stdout.contains("prefetch spool"), "{}", out.stdout);
+    wait_prefetcher_ended(&spool);
+    assert_eq!(spooled(&spool), segs[1..].to_vec());
+
+    std::fs::remove_file(&recoveryxlog).unwrap();
+    let out = get(&[], &repo, &segs[1]).ok();
+    assert_eq!(out.stdout.trim(), format!("restored {} (16.0 MiB) from the prefetch spool", segs[1]));
+    assert_eq!(std::fs::read(&recoveryxlog).unwrap(), reference(&segs[1]));
+    assert!(!spooled(&spool).contains(&segs[1]), "served by a rename out of the spool");
+
+    std::fs::remove_file(&recoveryxlog).unwrap();
+    let out = get(&["-q"], &repo, &segs[2]).ok();
+    assert_eq!(out.stdout, "", "-q prints nothing");
+    assert_eq!(std::fs::read(&recoveryxlog).unwrap(), reference(&segs[2]));
+    assert!(!spooled(&spool).contains(&segs[2]));
+
+    // segs[4] waits in this repository's spool; the other repository does not hold it.
+    std::fs::remove_file(&recoveryxlog).unwrap();
+    let out = get(&[], &other, &segs[4]).run();
+    assert_eq!(out.code, Some(1), "not in the other repository, whatever this one's spool holds: {}", out.stderr);
+    assert!(!recoveryxlog.exists());
+    assert!(spooled(&spool).contains(&segs[4]), "this repository's spool is untouched");
 }
