@@ -156,7 +156,16 @@ mod client {
             }
         }
         let retry = remote::retry_config(s.max_retries, s.retry_timeout);
-        let mut b = AmazonS3Builder::new().with_bucket_name(&loc.bucket).with_region(&region).with_retry(retry.clone());
+        // Over TLS the payload is not hashed into the signature (UNSIGNED-PAYLOAD, as AWS SDKs
+        // do over HTTPS): TLS already authenticates every byte, every frame carries its own
+        // checksums, and SigV4's SHA-256 would be a second full pass over all data sent. Plain
+        // HTTP (an emulator, a private network) keeps the signed payload.
+        let tls = endpoint.as_deref().is_none_or(|e| !e.starts_with("http://"));
+        let mut b = AmazonS3Builder::new()
+            .with_bucket_name(&loc.bucket)
+            .with_region(&region)
+            .with_retry(retry.clone())
+            .with_unsigned_payload(tls);
         match endpoint {
             Some(ep) => {
                 if s.force_path_style == Some(false) {
