@@ -5,6 +5,8 @@
 //! with a CA made here, because pgBackRest speaks S3 over TLS only; pgkeep goes through the
 //! same TLS hop (its `[s3] ca_file`), so both pay the same transport. pgBackRest 2.45 does not
 //! match IP addresses in a certificate, so it runs with `repo1-storage-verify-tls=n`. Measured:
+//! Both tools use zstd level 1 and [`PROCESSES`] workers (pgBackRest `process-max`, pgkeep
+//! `--jobs` for backup and restore, `archive_push_jobs`).
 //! - full backup MiB/s (pgbench at --scale plus --random-mb MB of random bytes), best of --runs;
 //! - restore MiB/s of that backup (materialisation only, no recovery);
 //! - archive-push segments/s of --segments real 16 MiB segments with --latency-ms per request,
@@ -38,6 +40,8 @@ use pgkeep_testkit::{ClusterOptions, FaultProxy, MotoServer, TestCluster, TestEn
 const BUCKET: &str = "bench";
 const ACCESS_KEY: &str = "AKIAPGKEEPBENCH00001";
 const SECRET_KEY: &str = "pgkeepBenchSecret0000000000000000000000";
+/// Workers of either tool: pgBackRest's process-max, pgkeep's --jobs (and archive_push_jobs).
+const PROCESSES: usize = 4;
 /// Issue 9, acceptance 7: peak RSS of a backup to S3.
 const RSS_TARGET_MB: u64 = 200;
 
@@ -73,7 +77,7 @@ fn main() {
     // Each run gets its own spool: the cluster's archiver and the push measurement must not share one.
     let pgkeep_text = |spool_name: &str| {
         format!(
-            "archive_async = true\narchive_push_jobs = 4\narchive_get_queue = 8\nspool_dir = \"{}\"\n\n[s3]\nendpoint = \"https://127.0.0.1:{}\"\nregion = \"us-east-1\"\nca_file = \"{}\"\nforce_path_style = true\n",
+            "archive_async = true\narchive_push_jobs = {PROCESSES}\narchive_get_queue = 8\nspool_dir = \"{}\"\n\n[s3]\nendpoint = \"https://127.0.0.1:{}\"\nregion = \"us-east-1\"\nca_file = \"{}\"\nforce_path_style = true\n",
             spool.join(spool_name).display(),
             tls.port,
             tls.ca.display()
@@ -108,7 +112,7 @@ fn main() {
     let pg = pg;
     let pbr_text = |pg1_path: &Path, repo_path: &str, run: &str| {
         format!(
-            "[global]\nrepo1-type=s3\nrepo1-path={repo_path}\nrepo1-s3-bucket={BUCKET}\nrepo1-s3-endpoint=127.0.0.1\nrepo1-storage-port={}\nrepo1-s3-region=us-east-1\nrepo1-s3-key={ACCESS_KEY}\nrepo1-s3-key-secret={SECRET_KEY}\nrepo1-s3-uri-style=path\nrepo1-storage-verify-tls=n\nlock-path={d}/lock-{run}\nlog-path={d}/log\nspool-path={d}/spool-{run}\nlog-level-console=warn\nlog-level-file=off\ncompress-type=zst\ncompress-level=1\nprocess-max=4\narchive-async=y\narchive-check=n\nstart-fast=y\n\n[bench]\npg1-path={}\npg1-socket-path={}\npg1-port={}\npg1-user={}\n",
+            "[global]\nrepo1-type=s3\nrepo1-path={repo_path}\nrepo1-s3-bucket={BUCKET}\nrepo1-s3-endpoint=127.0.0.1\nrepo1-storage-port={}\nrepo1-s3-region=us-east-1\nrepo1-s3-key={ACCESS_KEY}\nrepo1-s3-key-secret={SECRET_KEY}\nrepo1-s3-uri-style=path\nrepo1-storage-verify-tls=n\nlock-path={d}/lock-{run}\nlog-path={d}/log\nspool-path={d}/spool-{run}\nlog-level-console=warn\nlog-level-file=off\ncompress-type=zst\ncompress-level=1\nprocess-max={PROCESSES}\narchive-async=y\narchive-check=n\nstart-fast=y\n\n[bench]\npg1-path={}\npg1-socket-path={}\npg1-port={}\npg1-user={}\n",
             tls.port,
             pg1_path.display(),
             pg.inst.socket_dir.display(),
@@ -153,16 +157,17 @@ fn main() {
     pg.sql("CHECKPOINT");
     let db_bytes = pg.int("SELECT sum(pg_database_size(oid))::bigint FROM pg_database") as u64;
 
+    let jobs = PROCESSES.to_string();
     // Backups, alternating which tool goes first so neither always meets a cache the other warmed.
     let (mut b_pgkeep, mut b_pbr) = (Vec::new(), Vec::new());
-    timed(&mut pgk(&["backup"]), "pgkeep backup (warm-up)");
+    timed(&mut pgk(&["backup", "--jobs", &jobs]), "pgkeep backup (warm-up)");
     for i in 0..runs {
         eprintln!("backup round {} of {runs} …", i + 1);
         if i % 2 == 0 {
             b_pbr.push(timed(&mut pbr(&pbr_conf, &["--type=full", "backup"]), "pgbackrest backup"));
-            b_pgkeep.push(timed(&mut pgk(&["backup"]), "pgkeep backup"));
+            b_pgkeep.push(timed(&mut pgk(&["backup", "--jobs", &jobs]), "pgkeep backup"));
         } else {
-            b_pgkeep.push(timed(&mut pgk(&["backup"]), "pgkeep backup"));
+            b_pgkeep.push(timed(&mut pgk(&["backup", "--jobs", &jobs]), "pgkeep backup"));
             b_pbr.push(timed(&mut pbr(&pbr_conf, &["--type=full", "backup"]), "pgbackrest backup"));
         }
     }
@@ -172,7 +177,8 @@ fn main() {
     for i in 0..runs {
         eprintln!("restore round {} of {runs} …", i + 1);
         let d = restores.join(format!("pgkeep-{i}"));
-        r_pgkeep.push(timed(&mut pgk(&["restore", "--to", d.to_str().expect("utf-8")]), "pgkeep restore"));
+        let to = d.to_str().expect("utf-8");
+        r_pgkeep.push(timed(&mut pgk(&["restore", "--to", to, "--jobs", &jobs]), "pgkeep restore"));
         let _ = std::fs::remove_dir_all(&d);
         let d = env.owned_dir(&format!("restore-pbr-{i}"));
         r_pbr.push(timed(
