@@ -2,8 +2,10 @@
 //! 127.0.0.1, from the testkit) of a cluster with a table of --table-gb (default 2) GB of
 //! random bytes, against the same backup into a local repository in the same run (the peer:
 //! what the multipart machinery adds). Peak RSS is the wait4 rusage of the pgkeep process.
+//! `--pgbench-scale N` adds pgbench tables (many relation files of compressible pages, so many
+//! writers of both kinds, bundles and large objects, are open at once).
 //!
-//!   cargo build --release -p pgkeep -p pgkeep-bench && target/release/s3-memory [--table-gb 2] [--jobs N] [--server moto|s3s-fs]
+//!   cargo build --release -p pgkeep -p pgkeep-bench && target/release/s3-memory [--table-gb 2] [--pgbench-scale 0] [--jobs N] [--server moto|s3s-fs]
 //!
 //! Target: peak RSS of the S3 backup < 200 MB, whatever the database size.
 
@@ -17,6 +19,7 @@ const TARGET_MB: u64 = 200;
 
 fn main() {
     let table_gb: u64 = arg("--table-gb", 2);
+    let pgbench_scale: u32 = arg("--pgbench-scale", 0);
     let jobs: usize = arg("--jobs", pgkeep::config::default_jobs());
     let pgkeep = pgkeep_release_binary();
     let env = TestEnv::new(pgkeep.to_str().expect("utf-8 path"));
@@ -54,6 +57,10 @@ fn main() {
     let local = local.display().to_string();
     timed(&mut pgk(&local, &["init"]), "pgkeep init (local)");
 
+    if pgbench_scale > 0 {
+        eprintln!("loading pgbench scale {pgbench_scale} …");
+        pg.pgbench(&["-i", "-s", &pgbench_scale.to_string(), "-q"]);
+    }
     eprintln!("loading {table_gb} GB of random bytes …");
     pg.sql("CREATE EXTENSION IF NOT EXISTS pgcrypto");
     let rows = table_gb * 1024 * 1024 * 1024 / 1000;

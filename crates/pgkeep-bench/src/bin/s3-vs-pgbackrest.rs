@@ -5,18 +5,23 @@
 //! with a CA made here, because pgBackRest speaks S3 over TLS only; pgkeep goes through the
 //! same TLS hop (its `[s3] ca_file`), so both pay the same transport. pgBackRest 2.45 does not
 //! match IP addresses in a certificate, so it runs with `repo1-storage-verify-tls=n`. Measured:
+//! Both tools use zstd level 1 and [`PROCESSES`] workers (pgBackRest `process-max`, pgkeep
+//! `--jobs` for backup and restore, `archive_push_jobs`).
 //! - full backup MiB/s (pgbench at --scale plus --random-mb MB of random bytes), best of --runs;
 //! - restore MiB/s of that backup (materialisation only, no recovery);
 //! - archive-push segments/s of --segments real 16 MiB segments with --latency-ms per request,
 //!   driven as PostgreSQL drives archive_command (one call at a time, in order, `.ready` renamed
 //!   to `.done` after each success): pgkeep with `archive_async`, pgBackRest with
 //!   `archive-async=y process-max=4`;
+//! - peak RSS of every pgkeep backup (wait4 rusage) against acceptance 7's 200 MB;
 //! - PITR replay time: a restore to an LSN --segments segments past the backup, started, timed
 //!   until promoted, with the same latency: pgkeep's `archive_get_queue` prefetch against
 //!   pgBackRest's async archive-get.
 //!
 //!   cargo build --release -p pgkeep -p pgkeep-bench
 //!   target/release/s3-vs-pgbackrest [--scale 50] [--random-mb 300] [--runs 1] [--segments 64] [--latency-ms 100] [--server s3s-fs|moto]
+//!
+//! `--segments 0` stops after the backups and restores (no WAL measurements).
 //!
 //! Needs Debian's `pgbackrest` and `stunnel4` (`apt-get install pgbackrest stunnel4`), the venv of
 //! scripts/setup.sh (boto3 creates the bucket) and, for the s3s-fs server,
@@ -35,6 +40,10 @@ use pgkeep_testkit::{ClusterOptions, FaultProxy, MotoServer, TestCluster, TestEn
 const BUCKET: &str = "bench";
 const ACCESS_KEY: &str = "AKIAPGKEEPBENCH00001";
 const SECRET_KEY: &str = "pgkeepBenchSecret0000000000000000000000";
+/// Workers of either tool: pgBackRest's process-max, pgkeep's --jobs (and archive_push_jobs).
+const PROCESSES: usize = 4;
+/// Issue 9, acceptance 7: peak RSS of a backup to S3.
+const RSS_TARGET_MB: u64 = 200;
 
 fn main() {
     let scale: u32 = arg("--scale", 50);
@@ -68,7 +77,7 @@ fn main() {
     // Each run gets its own spool: the cluster's archiver and the push measurement must not share one.
     let pgkeep_text = |spool_name: &str| {
         format!(
-            "archive_async = true\narchive_push_jobs = 4\narchive_get_queue = 8\nspool_dir = \"{}\"\n\n[s3]\nendpoint = \"https://127.0.0.1:{}\"\nregion = \"us-east-1\"\nca_file = \"{}\"\nforce_path_style = true\n",
+            "archive_async = true\narchive_push_jobs = {PROCESSES}\narchive_get_queue = 8\nspool_dir = \"{}\"\n\n[s3]\nendpoint = \"https://127.0.0.1:{}\"\nregion = \"us-east-1\"\nca_file = \"{}\"\nforce_path_style = true\n",
             spool.join(spool_name).display(),
             tls.port,
             tls.ca.display()
@@ -103,7 +112,7 @@ fn main() {
     let pg = pg;
     let pbr_text = |pg1_path: &Path, repo_path: &str, run: &str| {
         format!(
-            "[global]\nrepo1-type=s3\nrepo1-path={repo_path}\nrepo1-s3-bucket={BUCKET}\nrepo1-s3-endpoint=127.0.0.1\nrepo1-storage-port={}\nrepo1-s3-region=us-east-1\nrepo1-s3-key={ACCESS_KEY}\nrepo1-s3-key-secret={SECRET_KEY}\nrepo1-s3-uri-style=path\nrepo1-storage-verify-tls=n\nlock-path={d}/lock-{run}\nlog-path={d}/log\nspool-path={d}/spool-{run}\nlog-level-console=warn\nlog-level-file=off\ncompress-type=zst\ncompress-level=1\nprocess-max=4\narchive-async=y\narchive-check=n\nstart-fast=y\n\n[bench]\npg1-path={}\npg1-socket-path={}\npg1-port={}\npg1-user={}\n",
+            "[global]\nrepo1-type=s3\nrepo1-path={repo_path}\nrepo1-s3-bucket={BUCKET}\nrepo1-s3-endpoint=127.0.0.1\nrepo1-storage-port={}\nrepo1-s3-region=us-east-1\nrepo1-s3-key={ACCESS_KEY}\nrepo1-s3-key-secret={SECRET_KEY}\nrepo1-s3-uri-style=path\nrepo1-storage-verify-tls=n\nlock-path={d}/lock-{run}\nlog-path={d}/log\nspool-path={d}/spool-{run}\nlog-level-console=warn\nlog-level-file=off\ncompress-type=zst\ncompress-level=1\nprocess-max={PROCESSES}\narchive-async=y\narchive-check=n\nstart-fast=y\n\n[bench]\npg1-path={}\npg1-socket-path={}\npg1-port={}\npg1-user={}\n",
             tls.port,
             pg1_path.display(),
             pg.inst.socket_dir.display(),
@@ -148,16 +157,17 @@ fn main() {
     pg.sql("CHECKPOINT");
     let db_bytes = pg.int("SELECT sum(pg_database_size(oid))::bigint FROM pg_database") as u64;
 
+    let jobs = PROCESSES.to_string();
     // Backups, alternating which tool goes first so neither always meets a cache the other warmed.
     let (mut b_pgkeep, mut b_pbr) = (Vec::new(), Vec::new());
-    timed(&mut pgk(&["backup"]), "pgkeep backup (warm-up)");
+    timed(&mut pgk(&["backup", "--jobs", &jobs]), "pgkeep backup (warm-up)");
     for i in 0..runs {
         eprintln!("backup round {} of {runs} …", i + 1);
         if i % 2 == 0 {
             b_pbr.push(timed(&mut pbr(&pbr_conf, &["--type=full", "backup"]), "pgbackrest backup"));
-            b_pgkeep.push(timed(&mut pgk(&["backup"]), "pgkeep backup"));
+            b_pgkeep.push(timed(&mut pgk(&["backup", "--jobs", &jobs]), "pgkeep backup"));
         } else {
-            b_pgkeep.push(timed(&mut pgk(&["backup"]), "pgkeep backup"));
+            b_pgkeep.push(timed(&mut pgk(&["backup", "--jobs", &jobs]), "pgkeep backup"));
             b_pbr.push(timed(&mut pbr(&pbr_conf, &["--type=full", "backup"]), "pgbackrest backup"));
         }
     }
@@ -167,7 +177,8 @@ fn main() {
     for i in 0..runs {
         eprintln!("restore round {} of {runs} …", i + 1);
         let d = restores.join(format!("pgkeep-{i}"));
-        r_pgkeep.push(timed(&mut pgk(&["restore", "--to", d.to_str().expect("utf-8")]), "pgkeep restore"));
+        let to = d.to_str().expect("utf-8");
+        r_pgkeep.push(timed(&mut pgk(&["restore", "--to", to, "--jobs", &jobs]), "pgkeep restore"));
         let _ = std::fs::remove_dir_all(&d);
         let d = env.owned_dir(&format!("restore-pbr-{i}"));
         r_pbr.push(timed(
@@ -175,6 +186,33 @@ fn main() {
             "pgbackrest restore",
         ));
         let _ = std::fs::remove_dir_all(&d);
+    }
+
+    let mb = |r: Run| mib_per_s(db_bytes, r.wall);
+    let ratio = |ours: Duration, theirs: Duration| theirs.as_secs_f64() / ours.as_secs_f64();
+    let (bk, bp) = (best(&b_pgkeep), best(&b_pbr));
+    let (rk, rp) = (best(&r_pgkeep), best(&r_pbr));
+    println!("S3 server: {} behind TLS (stunnel) and the testkit proxy, same for both tools", s3.name());
+    println!("database: {:.0} MiB", db_bytes as f64 / 1_048_576.0);
+    let show = |what: &str, ours: Run, theirs: Run| {
+        for (tool, r) in [("pgkeep", ours), ("pgBackRest", theirs)] {
+            let (secs, rate, rss) = (r.wall.as_secs_f64(), mb(r), r.max_rss_kib / 1024);
+            println!("{what:<8} {tool:<10} {secs:7.1} s {rate:7.1} MiB/s  peak RSS {rss} MiB");
+        }
+    };
+    show("backup", bk, bp);
+    show("restore", rk, rp);
+    // Acceptance 7 in this run too: many relation files, pgbench's compressible pages, TLS.
+    let rss_mb = b_pgkeep.iter().map(|r| r.max_rss_kib).max().unwrap_or(0) / 1024;
+    println!(
+        "target: peak RSS of every pgkeep backup < {RSS_TARGET_MB} MB: {rss_mb} MB — {}",
+        if rss_mb < RSS_TARGET_MB { "met" } else { "MISSED" }
+    );
+    println!("ratios (pgkeep speed / pgBackRest speed; higher is better for pgkeep):");
+    println!("  backup        {:.2}x (target >= 2.0)", ratio(bk.wall, bp.wall));
+    println!("  restore       {:.2}x (target >= 1.5)", ratio(rk.wall, rp.wall));
+    if segments == 0 {
+        return;
     }
 
     // WAL past the backups for the replay: random bytes do not compress, like real WAL.
@@ -262,25 +300,6 @@ fn main() {
     });
     proxy.set_latency(Duration::ZERO);
 
-    let mb = |r: Run| mib_per_s(db_bytes, r.wall);
-    let (bk, bp) = (best(&b_pgkeep), best(&b_pbr));
-    let (rk, rp) = (best(&r_pgkeep), best(&r_pbr));
-    println!("S3 server: {} behind TLS (stunnel) and the testkit proxy, same for both tools", s3.name());
-    println!("database: {:.0} MiB", db_bytes as f64 / 1_048_576.0);
-    println!(
-        "backup   pgkeep     {:7.1} s {:7.1} MiB/s  peak RSS {} MiB",
-        bk.wall.as_secs_f64(),
-        mb(bk),
-        bk.max_rss_kib / 1024
-    );
-    println!("backup   pgBackRest {:7.1} s {:7.1} MiB/s", bp.wall.as_secs_f64(), mb(bp));
-    println!(
-        "restore  pgkeep     {:7.1} s {:7.1} MiB/s  peak RSS {} MiB",
-        rk.wall.as_secs_f64(),
-        mb(rk),
-        rk.max_rss_kib / 1024
-    );
-    println!("restore  pgBackRest {:7.1} s {:7.1} MiB/s", rp.wall.as_secs_f64(), mb(rp));
     let n = push_names.len() as f64;
     println!(
         "archive-push, {} segments, {} ms per request: pgkeep {:.2} seg/s, pgBackRest (async, process-max 4) {:.2} seg/s",
@@ -295,10 +314,6 @@ fn main() {
         replay_pgkeep.as_secs_f64(),
         replay_pbr.as_secs_f64()
     );
-    let ratio = |ours: Duration, theirs: Duration| theirs.as_secs_f64() / ours.as_secs_f64();
-    println!("ratios (pgkeep speed / pgBackRest speed; higher is better for pgkeep):");
-    println!("  backup        {:.2}x (target >= 2.0)", ratio(bk.wall, bp.wall));
-    println!("  restore       {:.2}x (target >= 1.5)", ratio(rk.wall, rp.wall));
     println!("  archive-push  {:.2}x (target >= 1.0)", ratio(push_pgkeep, push_pbr));
     println!("  PITR replay   {:.2}x (target >= 1.0)", ratio(replay_pgkeep, replay_pbr));
 }

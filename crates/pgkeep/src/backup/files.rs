@@ -88,7 +88,13 @@ pub fn copy_files(params: &CopyParams<'_>, tasks: &[FileTask]) -> crate::Result<
         failed: AtomicBool::new(false),
         out: Mutex::new(CopyOutcome::default()),
     };
-    let jobs = params.jobs.clamp(1, tasks.len().max(1));
+    let mut jobs = params.jobs.clamp(1, tasks.len().max(1));
+    if let Some(limit) = params.storage.writer_threads_limit().filter(|l| jobs > *l) {
+        // More would let every buffer of the object-store part budget sit in bundles that
+        // wait for their worker's large file, which would then wait for a buffer forever.
+        tracing::info!("copying with {limit} workers instead of {jobs}: the most an object store's part budget serves");
+        jobs = limit;
+    }
     let results: Vec<crate::Result<()>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..jobs).map(|_| s.spawn(|| worker(&shared))).collect();
         handles

@@ -14,6 +14,8 @@ pub mod manifest;
 #[cfg_attr(not(any(feature = "s3", feature = "azure", feature = "gcs")), allow(dead_code))]
 mod multipart;
 pub mod objects;
+#[cfg_attr(not(any(feature = "s3", feature = "azure", feature = "gcs")), allow(dead_code))]
+pub mod part_pool;
 pub(crate) mod remote;
 pub mod s3;
 pub mod seal;

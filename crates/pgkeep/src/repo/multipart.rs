@@ -3,11 +3,10 @@
 //! can be aborted later instead of leaking storage (object stores keep the parts of an
 //! unfinished upload, and bill for them, until it is completed or aborted).
 //!
-//! Memory: a writer fills one part buffer ([`PART_SIZE`]) while at most [`PARTS_IN_FLIGHT`] of
-//! its parts are being sent, and all writers of a process together send at most
-//! [`PARTS_BUDGET`] parts at a time; so part buffers take at most
-//! `PARTS_BUDGET × PART_SIZE` (64 MiB) in flight plus one filling buffer per open writer
-//! (a backup worker has at most two open: a bundle and a large file's own object).
+//! Memory: every part, filling or being sent, is a buffer of the process-wide pool
+//! (repo/part_pool.rs), so all writers together buffer at most its budget; a writer keeps at
+//! most [`PARTS_IN_FLIGHT`] of its parts in flight, so one large object does not take every
+//! buffer while other writers wait.
 //!
 //! Records: before the first part goes up, `uploads/<run>/<n>` (layout.rs) holds the key and
 //! upload id; it is deleted once the upload is completed or aborted. `pgkeep backup` (the
@@ -19,29 +18,26 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, OnceLock};
 
+use bytes::Bytes;
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path as ObjPath;
-use object_store::{Attributes, MultipartId, PutMultipartOptions, PutPayload};
+use object_store::{Attributes, MultipartId, PutMultipartOptions};
 use serde::{Deserialize, Serialize};
-use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use super::layout;
+use super::part_pool::{self, PartPool};
 use super::storage::{Storage, StorageError};
 
-/// Size of the parts a streaming writer sends; S3 needs at least 5 MiB per part.
-pub(crate) const PART_SIZE: usize = 8 * 1024 * 1024;
 /// Parts of one writer being sent while it fills the next.
-pub(crate) const PARTS_IN_FLIGHT: usize = 2;
-/// Parts of all writers of one repository handle being sent at once.
-pub(crate) const PARTS_BUDGET: usize = 8;
+pub(crate) const PARTS_IN_FLIGHT: usize = 4;
 
 /// The multipart side of an object store: the store without the repository prefix (keys are
-/// prefixed here), the prefix, and the part budget shared by every clone of the repository handle.
+/// prefixed here), the prefix, and the pool part buffers come from.
 pub(crate) struct MultipartTarget {
     store: Arc<dyn MultipartStore>,
     prefix: String,
-    budget: Arc<Semaphore>,
+    pool: Arc<PartPool>,
 }
 
 impl std::fmt::Debug for MultipartTarget {
@@ -52,7 +48,12 @@ impl std::fmt::Debug for MultipartTarget {
 
 impl MultipartTarget {
     pub(crate) fn new(store: Arc<dyn MultipartStore>, prefix: &str) -> MultipartTarget {
-        MultipartTarget { store, prefix: prefix.to_string(), budget: Arc::new(Semaphore::new(PARTS_BUDGET)) }
+        MultipartTarget { store, prefix: prefix.to_string(), pool: part_pool::global().clone() }
+    }
+
+    /// Where writers of this store take their buffers.
+    pub(crate) fn pool(&self) -> &Arc<PartPool> {
+        &self.pool
     }
 
     fn path(&self, key: &str) -> ObjPath {
@@ -134,21 +135,18 @@ impl Upload {
         })
     }
 
-    /// Send one part in the background; blocks while this writer has [`PARTS_IN_FLIGHT`] parts
-    /// in flight or the process-wide budget is used up. An earlier part's failure surfaces here.
-    pub(crate) fn put_part(&mut self, data: Vec<u8>) -> Result<(), StorageError> {
+    /// Send one part (a pool buffer's bytes: the buffer returns to the pool once the part is
+    /// sent) in the background; blocks while this writer has [`PARTS_IN_FLIGHT`] parts in
+    /// flight. An earlier part's failure surfaces here.
+    pub(crate) fn put_part(&mut self, data: Bytes) -> Result<(), StorageError> {
         while self.in_flight.len() >= PARTS_IN_FLIGHT {
             self.wait_oldest()?;
         }
         let mp = self.storage.multipart().expect("multipart target");
-        let rt = self.storage.runtime().clone();
-        let permit = rt.block_on(mp.budget.clone().acquire_owned()).expect("the budget is never closed");
         let (store, path, id) = (mp.store.clone(), self.path.clone(), self.id.clone());
         let idx = self.done.len() + self.in_flight.len();
-        self.in_flight.push_back(rt.spawn(async move {
-            let _permit = permit;
-            store.put_part(&path, &id, idx, PutPayload::from(data)).await
-        }));
+        self.in_flight
+            .push_back(self.storage.runtime().spawn(async move { store.put_part(&path, &id, idx, data.into()).await }));
         Ok(())
     }
 

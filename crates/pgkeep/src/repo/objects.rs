@@ -139,6 +139,9 @@ impl Objects {
     pub fn remove_stale_staging_under(&self, prefix: &str) -> Result<usize, StorageError> {
         self.raw.remove_stale_staging_under(prefix)
     }
+    pub fn writer_threads_limit(&self) -> Option<usize> {
+        self.raw.writer_threads_limit()
+    }
     pub fn features(&self) -> Features {
         self.raw.features()
     }

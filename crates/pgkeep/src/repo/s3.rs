@@ -70,6 +70,15 @@ impl std::fmt::Display for S3Location {
     }
 }
 
+/// Whether requests to `endpoint` (None: AWS, always HTTPS) hash their payload into the SigV4
+/// signature. Over TLS they do not (UNSIGNED-PAYLOAD, as AWS SDKs do over HTTPS): TLS already
+/// authenticates every byte, every frame carries its own checksums, and SHA-256 would be a
+/// second full pass over all data sent. Plain HTTP (an emulator, a private network) signs it.
+#[cfg_attr(not(feature = "s3"), allow(dead_code))]
+fn signs_payload(endpoint: Option<&str>) -> bool {
+    endpoint.is_some_and(|e| e.starts_with("http://"))
+}
+
 #[cfg(feature = "s3")]
 pub(crate) use client::open;
 
@@ -156,7 +165,11 @@ mod client {
             }
         }
         let retry = remote::retry_config(s.max_retries, s.retry_timeout);
-        let mut b = AmazonS3Builder::new().with_bucket_name(&loc.bucket).with_region(&region).with_retry(retry.clone());
+        let mut b = AmazonS3Builder::new()
+            .with_bucket_name(&loc.bucket)
+            .with_region(&region)
+            .with_retry(retry.clone())
+            .with_unsigned_payload(!super::signs_payload(endpoint.as_deref()));
         match endpoint {
             Some(ep) => {
                 if s.force_path_style == Some(false) {
@@ -270,5 +283,12 @@ mod tests {
         assert!(S3Location::parse("s3://My_Bucket/x").is_err());
         assert!(S3Location::parse("s3://bucket/a/../b").is_err());
         assert!(S3Location::parse("s3://bucket/a//b").is_err());
+    }
+
+    #[test]
+    fn payload_is_signed_only_without_tls() {
+        assert!(signs_payload(Some("http://127.0.0.1:9000")));
+        assert!(!signs_payload(Some("https://minio.internal:9000")));
+        assert!(!signs_payload(None), "AWS is reached over HTTPS");
     }
 }

@@ -30,7 +30,8 @@ use tokio::runtime::Handle;
 
 use super::azure::{AzureLocation, AzureSettings};
 use super::gcs::{GcsLocation, GcsSettings};
-use super::multipart::{MultipartTarget, Upload, PART_SIZE};
+use super::multipart::{MultipartTarget, Upload};
+use super::part_pool::PartBuf;
 use super::remote::Remote;
 use super::s3::{S3Location, S3Settings};
 use crate::fsutil;
@@ -292,6 +293,12 @@ impl Storage {
     /// The multipart side of an object store; None for local repositories.
     pub(crate) fn multipart(&self) -> Option<&MultipartTarget> {
         self.remote.as_ref().map(|r| r.multipart())
+    }
+
+    /// How many threads may write objects at once (each may keep one writer's partly filled
+    /// part while it writes another object, see repo/part_pool.rs); None: no limit (local).
+    pub fn writer_threads_limit(&self) -> Option<usize> {
+        self.multipart().map(|_| super::part_pool::MAX_WRITER_THREADS)
     }
 
     /// Run a request again after a dropped connection or a timeout, within the store's retry
@@ -614,7 +621,7 @@ impl Storage {
                 let (file, staging) = create_staging(&dest).map_err(|e| io_err(&self.location, "write", key, &e))?;
                 Sink::File { file: io::BufWriter::with_capacity(1024 * 1024, file), staging, dest }
             }
-            None => Sink::Parts { buf: Vec::with_capacity(64 * 1024), upload: None },
+            None => Sink::Parts { buf: None, upload: None },
         };
         Ok(ObjectWriter { storage: self.clone(), key: key.to_string(), sink, written: 0, done: false })
     }
@@ -838,8 +845,17 @@ pub struct ObjectWriter {
 }
 
 enum Sink {
-    File { file: io::BufWriter<std::fs::File>, staging: PathBuf, dest: PathBuf },
-    Parts { buf: Vec<u8>, upload: Option<Box<Upload>> },
+    File {
+        file: io::BufWriter<std::fs::File>,
+        staging: PathBuf,
+        dest: PathBuf,
+    },
+    /// `buf`: the part being filled, a buffer of the process-wide pool (repo/part_pool.rs),
+    /// taken at the first byte after the previous part went out.
+    Parts {
+        buf: Option<PartBuf>,
+        upload: Option<Box<Upload>>,
+    },
 }
 
 /// A new staging file `<dest>#<digits>` (object_store's naming, so listings never show it),
@@ -904,15 +920,12 @@ fn remove_if_unlocked(path: &Path) -> io::Result<bool> {
 impl ObjectWriter {
     fn flush_part(&mut self) -> io::Result<()> {
         let Sink::Parts { buf, upload } = &mut self.sink else { return Ok(()) };
-        if buf.is_empty() {
-            return Ok(());
-        }
+        let Some(data) = buf.take().filter(|b| !b.is_empty()) else { return Ok(()) };
         let st = &self.storage;
         if upload.is_none() {
             *upload = Some(Box::new(Upload::begin(st, &self.key, st.attributes()).map_err(io::Error::other)?));
         }
-        let data = std::mem::replace(buf, Vec::with_capacity(PART_SIZE));
-        upload.as_mut().expect("upload was just created").put_part(data).map_err(io::Error::other)
+        upload.as_mut().expect("upload was just created").put_part(data.into_bytes()).map_err(io::Error::other)
     }
 
     /// Bytes written so far.
@@ -941,9 +954,9 @@ impl ObjectWriter {
                 st.finish_owner(&key)?;
             }
             Sink::Parts { upload: None, buf } => {
-                let data = std::mem::take(buf);
+                let data = buf.take().map(PartBuf::into_bytes).unwrap_or_default();
                 self.done = true;
-                st.put(&key, Bytes::from(data))?;
+                st.put(&key, data)?;
             }
             Sink::Parts { upload: Some(_), .. } => {
                 self.flush_part().map_err(ioe)?;
@@ -962,17 +975,16 @@ impl io::Write for ObjectWriter {
         match &mut self.sink {
             Sink::File { file, .. } => file.write_all(data)?,
             Sink::Parts { .. } => {
-                // Parts are cut at exactly PART_SIZE, so a buffer never grows past one part.
                 let mut rest = data;
                 while let Sink::Parts { buf, .. } = &mut self.sink {
-                    let n = (PART_SIZE - buf.len()).min(rest.len());
-                    buf.extend_from_slice(&rest[..n]);
-                    rest = &rest[n..];
-                    if buf.len() >= PART_SIZE {
-                        self.flush_part()?;
-                    }
                     if rest.is_empty() {
                         break;
+                    }
+                    let pool = self.storage.multipart().expect("parts only on object stores").pool();
+                    let part = buf.get_or_insert_with(|| pool.take());
+                    rest = &rest[part.fill(rest)..];
+                    if part.is_full() {
+                        self.flush_part()?;
                     }
                 }
             }
