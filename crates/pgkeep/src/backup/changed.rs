@@ -81,10 +81,6 @@ impl WalEnd {
         self.put(EndState::At(to));
     }
 
-    pub fn abandon(&self) {
-        self.put(EndState::Abandoned);
-    }
-
     fn put(&self, s: EndState) {
         *self.state.lock().unwrap_or_else(|e| e.into_inner()) = s;
         self.changed.notify_all();
@@ -98,6 +94,18 @@ impl WalEnd {
     fn wait_unknown(&self, timeout: Duration) {
         let guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let _ = self.changed.wait_timeout_while(guard, timeout, |s| *s == EndState::Unknown);
+    }
+}
+
+/// Abandons the walk when dropped before its end was set: whatever path leaves the backup
+/// early, a walk waiting for the archive stops instead of waiting forever.
+pub struct AbandonUnlessSet<'a>(pub &'a WalEnd);
+
+impl Drop for AbandonUnlessSet<'_> {
+    fn drop(&mut self) {
+        if self.0.get() == EndState::Unknown {
+            self.0.put(EndState::Abandoned);
+        }
     }
 }
 
@@ -254,14 +262,14 @@ impl Fetch<'_> {
 
     /// A segment's bytes as a reader: the archived copy (its frame's sizes and CRC are checked
     /// when read to the end; the decoder checks every page header and record CRC, so the
-    /// frame's BLAKE3 is not needed, and a segment that ends in a switch is not read to its
+    /// frame's BLAKE3 is not computed, and a segment that ends in a switch is not read to its
     /// end), else pg_wal's file once the end is known; `None` to wait for the archive.
     fn open(&self, name: &str, end: EndState) -> Result<Option<Box<dyn Read + Send>>, String> {
         let key = crate::repo::layout::wal_key(name);
         match self.repo.storage().get(&key) {
             Ok(framed) => {
                 let len = framed.len() as u64;
-                let r = FrameReader::new(std::io::Cursor::new(framed), len, &format!("archived segment {name}"))
+                let r = FrameReader::unhashed(std::io::Cursor::new(framed), len, &format!("archived segment {name}"))
                     .map_err(|e| e.to_string())?;
                 Ok(Some(Box::new(r)))
             }

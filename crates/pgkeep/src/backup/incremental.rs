@@ -72,8 +72,8 @@ pub struct Reference {
 /// The newest complete files backup (`incr`) or full files backup (`diff`) of this cluster;
 /// None when there is none (the backup is then taken full).
 pub fn choose_reference(repo: &Repository, kind: BackupType) -> crate::Result<Option<Reference>> {
-    let complete = catalog::complete(repo)?;
-    let found = complete.iter().rev().find(|s| s.driver == "files" && (kind == BackupType::Incr || s.kind == "full"));
+    let found =
+        catalog::newest_complete(repo, |s| s.driver == "files" && (kind == BackupType::Incr || s.kind == "full"))?;
     let Some(summary) = found else { return Ok(None) };
     let manifest = repo.manifest(&summary.id)?;
     manifest.validate().map_err(|p| {

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::thread::ScopedJoinHandle;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -163,19 +164,60 @@ pub fn run(inputs: BackupInputs<'_>) -> crate::Result<BackupReport> {
         }
     }
 
-    let taken: Vec<String> = repo.storage().list_dirs(layout::BACKUP_PREFIX)?;
-    let backup_id = id::new_id(Utc::now(), &taken);
-    let marker = StartedMarker {
-        id: backup_id.clone(),
-        started_at: Utc::now(),
-        host: crate::hostname(),
-        pid: std::process::id(),
-        driver: "files".into(),
-    };
-    repo.put_json(&layout::backup_started_key(&backup_id), &marker)?;
+    // The WAL walk of an incremental starts now, on the segments already archived, so that it
+    // overlaps everything up to the end of the checkpoint; it learns where to stop when
+    // pg_backup_start returns.
+    let walk_end = changed::WalEnd::unknown();
+    let walk_range =
+        reference.as_ref().filter(|_| inputs.options.incremental_by == IncrementalBy::Wal).map(|r| WalRange {
+            from: r.manifest.start_lsn,
+            from_timeline: r.manifest.timeline,
+            to_timeline: server.timeline,
+            seg_size: server.wal_segment_size,
+            pg_major: server.major,
+            system_identifier: server.system_identifier,
+        });
+    let wal_dir = pgdata.join("pg_wal");
+    std::thread::scope(|sc| {
+        let walker = walk_range.as_ref().map(|range| sc.spawn(|| changed::walk(repo, &wal_dir, range, &walk_end)));
+        let _abandon = changed::AbandonUnlessSet(&walk_end);
+        let taken: Vec<String> = repo.storage().list_dirs(layout::BACKUP_PREFIX)?;
+        let backup_id = id::new_id(Utc::now(), &taken);
+        let marker = StartedMarker {
+            id: backup_id.clone(),
+            started_at: Utc::now(),
+            host: crate::hostname(),
+            pid: std::process::id(),
+            driver: "files".into(),
+        };
+        repo.put_json(&layout::backup_started_key(&backup_id), &marker)?;
 
-    let what = What { id: &backup_id, opts: inputs.options, reference: reference.as_ref(), began };
-    let result = take(repo, &server, client, &pgdata, &what, progress.as_ref());
+        let what = What {
+            id: &backup_id,
+            opts: inputs.options,
+            reference: reference.as_ref(),
+            began,
+            walk: walker.map(|w| (w, &walk_end)),
+        };
+        finish(
+            repo,
+            &backup_id,
+            take(repo, &server, client, &pgdata, what, progress.as_ref()),
+            removed_incomplete,
+            began,
+        )
+    })
+}
+
+/// The report of a backup that succeeded; or, after a failure (not a kill), the backup's
+/// objects removed: nothing usable is ever listed.
+fn finish(
+    repo: &Repository,
+    backup_id: &str,
+    result: crate::Result<BackupReport>,
+    removed_incomplete: Vec<String>,
+    began: Instant,
+) -> crate::Result<BackupReport> {
     match result {
         Ok(mut report) => {
             report.removed_incomplete = removed_incomplete;
@@ -183,8 +225,7 @@ pub fn run(inputs: BackupInputs<'_>) -> crate::Result<BackupReport> {
             Ok(report)
         }
         Err(e) => {
-            // A failed (not killed) backup cleans up after itself; nothing usable was listed.
-            let _ = repo.storage().delete_prefix(&layout::backup_dir(&backup_id));
+            let _ = repo.storage().delete_prefix(&layout::backup_dir(backup_id));
             Err(e)
         }
     }
@@ -268,6 +309,8 @@ struct What<'a> {
     reference: Option<&'a Reference>,
     /// When the command began (the `prepare` phase ends where `take` begins).
     began: Instant,
+    /// The incremental's WAL walk, running, and where it learns its end.
+    walk: Option<(ScopedJoinHandle<'a, changed::ChangeSet>, &'a changed::WalEnd)>,
 }
 
 fn take(
@@ -275,7 +318,7 @@ fn take(
     server: &ServerInfo,
     client: PgClient,
     pgdata: &Path,
-    what: &What<'_>,
+    what: What<'_>,
     progress: &dyn Progress,
 ) -> crate::Result<BackupReport> {
     let mut clock = PhaseClock::since(what.began);
@@ -285,43 +328,26 @@ fn take(
     let label = opts.label.clone().unwrap_or_else(|| format!("pgkeep backup {backup_id}"));
     let tablespaces_sql = rt.block_on(ServerInfo::tablespaces(&client))?;
     progress.phase("checkpoint (pg_backup_start)", None);
-    // The WAL walk of an incremental starts now, on the segments already archived, so that it
-    // overlaps the checkpoint; it learns where to stop when pg_backup_start returns.
-    let walk_end = changed::WalEnd::unknown();
-    let walk_range = reference.filter(|_| opts.incremental_by == IncrementalBy::Wal).map(|r| WalRange {
-        from: r.manifest.start_lsn,
-        from_timeline: r.manifest.timeline,
-        to_timeline: server.timeline,
-        seg_size: server.wal_segment_size,
-        pg_major: server.major,
-        system_identifier: server.system_identifier,
-    });
-    let wal_dir = pgdata.join("pg_wal");
-    let (session, start, plan, changes) = std::thread::scope(|sc| -> crate::Result<_> {
-        let walker = walk_range.as_ref().map(|range| sc.spawn(|| changed::walk(repo, &wal_dir, range, &walk_end)));
-        let started = rt.block_on(BackupSession::start(client, server.major, &label, opts.fast_checkpoint));
-        match &started {
-            Ok((_, start)) => walk_end.set(start.lsn),
-            Err(_) => walk_end.abandon(),
-        }
-        let (session, start) = started?;
+    let (walker, walk_end) = what.walk.unzip();
+    let started = rt.block_on(BackupSession::start(client, server.major, &label, opts.fast_checkpoint));
+    if let (Ok((_, start)), Some(end)) = (&started, walk_end) {
+        end.set(start.lsn);
+    }
+    let (session, start) = started?;
+    progress.finish_phase();
+    clock.end("checkpoint");
+    // From here on, returning early drops `session`, which ends the server-side backup.
+    let mut plan = BackupPlan::build(pgdata)
+        .map_err(|e| BackupError::Read { path: pgdata.display().to_string(), detail: e.to_string() })?;
+    clock.end("list_files");
+    let changes = walker.map(|w| {
+        progress.phase("changed blocks (WAL walk)", None);
+        let changes = w.join().expect("the WAL walk does not panic");
         progress.finish_phase();
-        clock.end("checkpoint");
-        // From here on, returning early drops `session`, which ends the server-side backup.
-        let plan = BackupPlan::build(pgdata)
-            .map_err(|e| BackupError::Read { path: pgdata.display().to_string(), detail: e.to_string() })?;
-        clock.end("list_files");
-        let changes = walker.map(|w| {
-            progress.phase("changed blocks (WAL walk)", None);
-            let changes = w.join().expect("the WAL walk does not panic");
-            progress.finish_phase();
-            clock.end("wal_walk");
-            changes
-        });
-        Ok((session, start, plan, changes))
-    })?;
+        clock.end("wal_walk");
+        changes
+    });
     let window_start = Instant::now();
-    let mut plan = plan;
     let mut reads = ReadReport::default();
     if let Some(r) = reference {
         reads = choose_reads(pgdata, &mut plan, r, changes, opts.incremental_by)?;
@@ -522,7 +548,7 @@ pub fn confirm_wal(
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(20));
         }
-        repo.get_framed(&key).map_err(|e| BackupError::WalDamaged {
+        repo.check_framed(&key).map_err(|e| BackupError::WalDamaged {
             id: backup_id.into(),
             segment: name.clone(),
             detail: e.to_string(),

@@ -118,6 +118,27 @@ pub fn complete(repo: &Repository) -> crate::Result<Vec<ManifestSummary>> {
     Ok(out)
 }
 
+/// The newest complete backup that `wanted` accepts, reading manifests newest first and
+/// stopping at it (a repository of many backups is not read whole to find the last one).
+/// Damaged ones are skipped with the same warning as [`complete`].
+pub fn newest_complete(
+    repo: &Repository,
+    wanted: impl Fn(&ManifestSummary) -> bool,
+) -> crate::Result<Option<ManifestSummary>> {
+    let mut ids = repo.storage().list_dirs(layout::BACKUP_PREFIX)?;
+    ids.sort();
+    for id in ids.iter().rev() {
+        match read_record(repo, &layout::manifest_key(id)) {
+            Ok(Some(s)) if wanted(&s) => return Ok(Some(s)),
+            Ok(_) => {}
+            Err(why) => tracing::warn!(
+                "backup {id} is damaged and skipped (the manifest cannot be read: {why}); hint: `pgkeep expire --backup {id}` removes it"
+            ),
+        }
+    }
+    Ok(None)
+}
+
 /// Why a record cannot be read, in one line for `list` and messages (the error's own hint is
 /// dropped: the caller says what to do with a damaged backup).
 pub fn reason(e: &crate::Error) -> String {

@@ -173,6 +173,14 @@ impl Repository {
         Ok(frame::decode(&framed, &format!("repository object '{key}'"))?)
     }
 
+    /// Read an object and check it whole (sizes, CRC, BLAKE3) without keeping its content: a
+    /// 16 MiB segment is decoded through a small buffer, not into a fresh 16 MiB one.
+    pub fn check_framed(&self, key: &str) -> crate::Result<FrameSummary> {
+        let framed = self.objects.get(key)?;
+        let what = format!("repository object '{key}'");
+        Ok(frame::copy(&framed[..], framed.len() as u64, &mut std::io::sink(), &what)?)
+    }
+
     pub fn put_json<T: Serialize>(&self, key: &str, value: &T) -> crate::Result<FrameSummary> {
         let json = serde_json::to_vec_pretty(value).map_err(|e| crate::Error::other(e.to_string()))?;
         self.put_framed(key, &json)

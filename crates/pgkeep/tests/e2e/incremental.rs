@@ -248,6 +248,13 @@ fn incremental_walk_overlaps_the_checkpoint_and_reads_unarchived_wal_from_pg_wal
     assert!(pending >= 1, "segments of the change wait for the archiver ({pending} .ready)");
     let expected = fingerprint(&s.pg);
 
+    // A backup that fails before it learns its start (pg_backup_start refuses a label over
+    // 1024 bytes) stops the walk waiting for the archive: it fails, it does not hang.
+    let long = "x".repeat(2000);
+    let failed = s.pgkeep(["backup", "--type", "incr", "--label", &long]).fails();
+    let errors: Vec<&str> = failed.stderr.lines().filter(|l| l.starts_with("pgkeep: error:")).collect();
+    assert!(errors.len() == 1 && errors[0].contains("label too long"), "{}", failed.stderr);
+
     let i = backup(&s, "incr");
     assert!(i.get("wal_walk_detail").is_none(), "the walk vouched for every block: {i:#}");
     assert!(i["whole_file_reasons"].get("wal gap").is_none(), "{i:#}");
