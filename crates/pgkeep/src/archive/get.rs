@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use super::ArchiveError;
 use crate::repo::frame;
+use crate::repo::seal::read_full;
 use crate::repo::{layout, RepoInfo, Repository, StorageError};
 
 /// The exit status for "the repository was opened and holds no such file": PostgreSQL treats
@@ -213,20 +214,6 @@ fn read_back(mut f: &std::fs::File) -> std::io::Result<Vec<u8>> {
     let mut out = Vec::new();
     f.read_to_end(&mut out)?;
     Ok(out)
-}
-
-/// Fill `buf` unless the reader ends first; the count read.
-fn read_full(r: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 /// The checks archive-push made before storing the file, repeated on the way out.

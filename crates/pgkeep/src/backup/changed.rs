@@ -18,6 +18,7 @@ use pgkeep_wal::{
 
 use super::relfile::{RelFork, VISIBILITYMAP_FORKNUM};
 use crate::repo::frame::FrameReader;
+use crate::repo::seal::read_full;
 use crate::repo::Repository;
 use crate::wal::archived::fetch_plain;
 
@@ -312,20 +313,6 @@ impl Fetch<'_> {
         }
         Ok(true)
     }
-}
-
-/// Fill `buf` as far as the reader allows; the number of bytes read.
-fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 fn note(set: &mut ChangeSet, rec: &pgkeep_wal::DecodedRecord) -> Result<(), String> {

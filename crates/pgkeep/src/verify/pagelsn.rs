@@ -20,7 +20,6 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -29,6 +28,7 @@ use pgkeep_wal::Lsn;
 
 use super::VerifyError;
 use crate::progress::Progress;
+use crate::repo::seal::read_full;
 
 /// Pages kept per file above the lower bound (the count beyond the end of WAL is exact below
 /// this; above it the report says "at least").
@@ -272,19 +272,6 @@ fn scan_file(
         }
     }
     Ok(s)
-}
-
-fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        match f.read(&mut buf[done..]) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(done)
 }
 
 #[cfg(test)]
