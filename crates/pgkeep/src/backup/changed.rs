@@ -172,12 +172,14 @@ pub fn walk(repo: &Repository, wal_dir: &Path, range: &WalRange, end: &WalEnd) -
                 set.uncertain = Some((UNDECODABLE, format!("the WAL before {at} was skipped while still needed")));
                 return true;
             }
+            // Read once per chunk: an end learnt in the middle of one only means a few more
+            // records are noted, which is safe.
+            let to = match end.get() {
+                EndState::At(to) => to,
+                EndState::Abandoned => return true,
+                EndState::Unknown => Lsn(u64::MAX),
+            };
             loop {
-                let to = match end.get() {
-                    EndState::At(to) => to,
-                    EndState::Abandoned => return true,
-                    EndState::Unknown => Lsn(u64::MAX),
-                };
                 if dec.next_lsn() >= to {
                     return true;
                 }
