@@ -106,12 +106,7 @@ pub fn complete(repo: &Repository) -> crate::Result<Vec<ManifestSummary>> {
     for e in list(repo)? {
         match (e.state, e.summary) {
             (BackupState::Complete, Some(s)) => out.push(s),
-            (BackupState::Damaged, _) => tracing::warn!(
-                "backup {} is damaged and skipped ({}); hint: `pgkeep expire --backup {}` removes it",
-                e.id,
-                e.damaged.unwrap_or_default(),
-                e.id
-            ),
+            (BackupState::Damaged, _) => warn_skipped(&e.id, &e.damaged.unwrap_or_default()),
             _ => {}
         }
     }
@@ -131,12 +126,15 @@ pub fn newest_complete(
         match read_record(repo, &layout::manifest_key(id)) {
             Ok(Some(s)) if wanted(&s) => return Ok(Some(s)),
             Ok(_) => {}
-            Err(why) => tracing::warn!(
-                "backup {id} is damaged and skipped (the manifest cannot be read: {why}); hint: `pgkeep expire --backup {id}` removes it"
-            ),
+            Err(why) => warn_skipped(id, &format!("the manifest cannot be read: {why}")),
         }
     }
     Ok(None)
+}
+
+/// A damaged backup left out of a choice, and how to remove it.
+fn warn_skipped(id: &str, detail: &str) {
+    tracing::warn!("backup {id} is damaged and skipped ({detail}); hint: `pgkeep expire --backup {id}` removes it");
 }
 
 /// Why a record cannot be read, in one line for `list` and messages (the error's own hint is
