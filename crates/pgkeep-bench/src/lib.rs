@@ -46,14 +46,16 @@ pub fn timed(cmd: &mut Command, what: &str) -> Run {
     let mut status: libc::c_int = 0;
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     let done = std::sync::atomic::AtomicBool::new(false);
-    let (rc, hwm) = std::thread::scope(|s| {
+    let (rc, wall, hwm) = std::thread::scope(|s| {
         let sampler = s.spawn(|| sample_hwm(pid, &done));
         // SAFETY: waiting for our own child; status and usage are valid out-pointers.
         let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        // Read the clock before joining the sampler: it may sleep up to one interval before it
+        // sees `done`, which would add as much as 5 ms to a call that takes a few.
+        let wall = started.elapsed();
         done.store(true, std::sync::atomic::Ordering::Relaxed);
-        (rc, sampler.join().expect("sampler"))
+        (rc, wall, sampler.join().expect("sampler"))
     });
-    let wall = started.elapsed();
     assert_eq!(rc, pid, "{what}: wait4 failed");
     let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
     if !ok {

@@ -10,7 +10,7 @@
 //!    recovery with `restore_command = cp` from a local directory holding the same segments: how
 //!    fast PostgreSQL replays them when fetching is free, which bounds what any queue can gain.
 //!
-//!   cargo build --release -p pgkeep -p pgkeep-bench && target/release/wal-transport [--rounds 15] [--segments 64] [--latency-ms 100]
+//!   cargo build --release -p pgkeep -p pgkeep-bench && target/release/wal-transport [--rounds 15] [--segments 64] [--latency-ms 100] [--only per-call|replay]
 
 use std::path::Path;
 use std::process::Command;
@@ -23,9 +23,14 @@ fn main() {
     let rounds: usize = arg("--rounds", 15);
     let segments: u64 = arg("--segments", 64);
     let latency_ms: u64 = arg("--latency-ms", 100);
+    let only: String = arg("--only", String::new());
     let pgkeep = pgkeep_release_binary();
-    per_call(&pgkeep, rounds);
-    replay(&pgkeep, segments, latency_ms);
+    if only != "replay" {
+        per_call(&pgkeep, rounds);
+    }
+    if only != "per-call" {
+        replay(&pgkeep, segments, latency_ms);
+    }
 }
 
 fn sh(script: &str, cwd: &Path) -> Command {
