@@ -1,7 +1,8 @@
 //! Object framing: every object in a repository is `header | payload | trailer`.
 //!
 //! ```text
-//! header  16 bytes  "PGKF" | version u8 (1) | compression u8 (0 none, 1 zstd) | encryption u8 (0)
+//! header  16 bytes  "PGKF" | version u8 (1) | compression u8 (0 none, 1 zstd, 2 zstd frames)
+//!                   | encryption u8 (0)
 //!                   | reserved u8 | reserved u64
 //! payload           the (compressed) content
 //! trailer 60 bytes  plain_size u64 LE | payload_size u64 LE | blake3(plain) [32]
@@ -65,10 +66,17 @@ impl FrameError {
 }
 
 fn header(c: Compression) -> [u8; HEADER_LEN] {
+    header_with_code(c.code())
+}
+
+/// Compression code 2: zstd frames one after another, compressed independently (in parallel).
+const ZSTD_FRAMES: u8 = 2;
+
+fn header_with_code(code: u8) -> [u8; HEADER_LEN] {
     let mut h = [0u8; HEADER_LEN];
     h[..4].copy_from_slice(MAGIC);
     h[4] = VERSION;
-    h[5] = c.code();
+    h[5] = code;
     h
 }
 
@@ -132,7 +140,7 @@ fn parse_header(h: &[u8], what: &str) -> Result<u8, FrameError> {
         return Err(FrameError::damaged(what, "reserved header bytes are not zero"));
     }
     match h[5] {
-        0 | 1 => Ok(h[5]),
+        0 | 1 | ZSTD_FRAMES => Ok(h[5]),
         c => Err(FrameError::damaged(what, format!("unknown compression code {c}"))),
     }
 }
@@ -211,10 +219,11 @@ impl<W: Write> Write for FrameWriter<W> {
     }
 }
 
-/// A frame in three parts, so a large object can be stored without concatenating it.
+/// A frame in parts (header, the payload's pieces, trailer), so a large object can be stored
+/// without concatenating it.
 pub struct Encoded {
     pub header: [u8; HEADER_LEN],
-    pub payload: Vec<u8>,
+    pub payload: Vec<Vec<u8>>,
     pub trailer: [u8; TRAILER_LEN],
     pub summary: FrameSummary,
 }
@@ -223,37 +232,51 @@ impl Encoded {
     pub fn to_vec(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.summary.framed_size as usize);
         out.extend_from_slice(&self.header);
-        out.extend_from_slice(&self.payload);
+        for piece in &self.payload {
+            out.extend_from_slice(piece);
+        }
         out.extend_from_slice(&self.trailer);
         out
     }
 
     pub fn into_parts(self) -> Vec<bytes::Bytes> {
-        vec![
-            bytes::Bytes::copy_from_slice(&self.header),
-            bytes::Bytes::from(self.payload),
-            bytes::Bytes::copy_from_slice(&self.trailer),
-        ]
+        let mut parts = vec![bytes::Bytes::copy_from_slice(&self.header)];
+        parts.extend(self.payload.into_iter().map(bytes::Bytes::from));
+        parts.push(bytes::Bytes::copy_from_slice(&self.trailer));
+        parts
     }
 }
 
-/// From this size on, `encode` hashes on a second thread and compresses with two zstd workers.
+/// From this size on, `encode` hashes on a second thread and compresses in pieces.
 const PARALLEL_MIN: usize = 1024 * 1024;
 
-/// Frame an object held in memory (WAL segments, JSON). Large objects are compressed one-shot
-/// by two zstd workers while the BLAKE3 is computed on another thread: archive_command
-/// latency bounds how fast a busy server can archive.
+/// At most this many pieces (and compressing threads) for one object.
+const MAX_PIECES: usize = 8;
+
+/// Frame an object held in memory (WAL segments, JSON). A large object is cut into one piece
+/// per core (at least two), each compressed into its own zstd frame on its own thread, while
+/// the BLAKE3 is computed on another: archive_command latency bounds how fast a busy server
+/// can archive. Independent frames rather than zstd's own workers: those copy the input into
+/// a buffer of their own and allocate per job, which cost a fifth of a push's CPU here.
 pub fn encode_parts(plain: &[u8], compression: Compression) -> Encoded {
     let parallel = plain.len() >= PARALLEL_MIN;
     let hash = || -> [u8; 32] { blake3::hash(plain).into() };
-    let compress = || -> Option<Vec<u8>> {
+    let compress = || -> Option<Vec<Vec<u8>>> {
         let Compression::Zstd(level) = compression else { return None };
-        let mut c = zstd::bulk::Compressor::new(level).ok()?;
-        if parallel {
-            // Best effort: without worker support zstd compresses on this thread.
-            let _ = c.set_parameter(zstd::stream::raw::CParameter::NbWorkers(2));
+        if !parallel {
+            return Some(vec![zstd::bulk::compress(plain, level).ok()?]);
         }
-        c.compress(plain).ok()
+        let pieces = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, MAX_PIECES);
+        let piece_len = plain.len().div_ceil(pieces);
+        std::thread::scope(|s| {
+            let workers: Vec<_> = plain
+                .chunks(piece_len)
+                .skip(1)
+                .map(|piece| s.spawn(move || zstd::bulk::compress(piece, level).ok()))
+                .collect();
+            let first = zstd::bulk::compress(&plain[..piece_len.min(plain.len())], level).ok();
+            std::iter::once(first).chain(workers.into_iter().map(|w| w.join().ok().flatten())).collect()
+        })
     };
     let (digest, compressed) = if parallel {
         std::thread::scope(|s| {
@@ -266,16 +289,15 @@ pub fn encode_parts(plain: &[u8], compression: Compression) -> Encoded {
     };
     // zstd only fails on allocation or parameter errors; store uncompressed rather than fail.
     let (header, payload) = match compressed {
-        Some(c) => (header(compression), c),
-        None => (header(Compression::None), plain.to_vec()),
+        Some(pieces) if pieces.len() > 1 => (header_with_code(ZSTD_FRAMES), pieces),
+        Some(pieces) => (header(compression), pieces),
+        None => (header(Compression::None), vec![plain.to_vec()]),
     };
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&header), &payload);
-    let trailer = trailer(plain.len() as u64, payload.len() as u64, &digest, crc);
-    let summary = FrameSummary {
-        plain_size: plain.len() as u64,
-        framed_size: payload.len() as u64 + FRAME_OVERHEAD,
-        blake3: digest,
-    };
+    let crc = payload.iter().fold(crc32c::crc32c(&header), |crc, piece| crc32c::crc32c_append(crc, piece));
+    let payload_len: u64 = payload.iter().map(|p| p.len() as u64).sum();
+    let trailer = trailer(plain.len() as u64, payload_len, &digest, crc);
+    let summary =
+        FrameSummary { plain_size: plain.len() as u64, framed_size: payload_len + FRAME_OVERHEAD, blake3: digest };
     Encoded { header, payload, trailer, summary }
 }
 
@@ -375,10 +397,7 @@ fn copy_checked<R: Read, W: Write>(
             io::copy(&mut payload, &mut v).map_err(|e| io_or_damaged(e, what))?;
         }
         _ => {
-            let mut dec =
-                zstd::stream::read::Decoder::with_buffer(io::BufReader::with_capacity(128 * 1024, &mut payload))
-                    .map_err(|e| io_or_damaged(e, what))?
-                    .single_frame();
+            let mut dec = zstd_decoder(io::BufReader::with_capacity(128 * 1024, &mut payload), compression, what)?;
             io::copy(&mut dec, &mut v).map_err(|e| io_or_damaged(e, what))?;
             // Bytes after the zstd frame end inside the payload mean a damaged object.
             let mut rest = dec.finish();
@@ -396,6 +415,17 @@ fn copy_checked<R: Read, W: Write>(
     let digest: Option<[u8; 32]> = v.hasher.map(|h| h.finalize().into());
     let t = check_trailer(&mut r, payload_len, plain_n, stored_crc, digest, what)?;
     Ok(FrameSummary { plain_size: plain_n, framed_size: framed_len, blake3: digest.unwrap_or(t.blake3) })
+}
+
+/// A decoder of a zstd payload: one frame (code 1), or frames one after another to the end of
+/// the payload (code 2). Either way, bytes that do not decode are damage.
+fn zstd_decoder<R: io::BufRead>(
+    r: R,
+    code: u8,
+    what: &str,
+) -> Result<zstd::stream::read::Decoder<'static, R>, FrameError> {
+    let dec = zstd::stream::read::Decoder::with_buffer(r).map_err(|e| io_or_damaged(e, what))?;
+    Ok(if code == ZSTD_FRAMES { dec } else { dec.single_frame() })
 }
 
 /// Reads a frame's header: its compression code, payload length, and a reader of the rest
@@ -493,11 +523,11 @@ impl<R: Read> FrameReader<R> {
         let payload = crc_reader.take(payload_len);
         let body = match compression {
             0 => Body::Plain(payload),
-            _ => Body::Zstd(Box::new(
-                zstd::stream::read::Decoder::with_buffer(io::BufReader::with_capacity(128 * 1024, payload))
-                    .map_err(|e| io_or_damaged(e, what))?
-                    .single_frame(),
-            )),
+            _ => Body::Zstd(Box::new(zstd_decoder(
+                io::BufReader::with_capacity(128 * 1024, payload),
+                compression,
+                what,
+            )?)),
         };
         Ok(FrameReader { what: what.to_string(), body: Some(body), payload_len, hasher, n: 0, summary: None })
     }
@@ -672,6 +702,33 @@ mod tests {
                 assert!(res.is_err(), "flip at {i} of {} ({c:?}) went unnoticed", f.len());
             }
         }
+    }
+
+    #[test]
+    fn a_large_object_is_compressed_in_pieces_and_every_reader_checks_all_of_them() {
+        // 3 MiB of varied, compressible bytes: more than one piece whatever the core count.
+        let data: Vec<u8> = (0..3u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 27) as u8).collect();
+        let e = encode_parts(&data, Compression::Zstd(1));
+        assert!(e.payload.len() >= 2, "{} pieces", e.payload.len());
+        assert_eq!(e.header[5], ZSTD_FRAMES);
+        let f = e.to_vec();
+        assert!(f.len() < data.len(), "compressed");
+        assert_eq!(decode(&f, "obj").unwrap(), data);
+        let mut out = Vec::new();
+        FrameReader::new(&f[..], f.len() as u64, "obj").unwrap().read_to_end(&mut out).unwrap();
+        assert_eq!(out, data);
+        // A byte flipped in each piece, and the pieces cut apart: all damage.
+        let mut at = HEADER_LEN;
+        for piece in &e.payload {
+            let mut g = f.clone();
+            g[at + piece.len() / 2] ^= 0x01;
+            assert!(decode(&g, "obj").is_err(), "flip in the piece at {at}");
+            at += piece.len();
+        }
+        let first = e.payload[0].len();
+        let mut cut = f[..HEADER_LEN + first].to_vec();
+        cut.extend_from_slice(&f[f.len() - TRAILER_LEN..]);
+        assert!(decode(&cut, "obj").is_err(), "the first piece alone");
     }
 
     #[test]
