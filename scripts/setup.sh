@@ -7,6 +7,7 @@
 #   - btrfs-progs and xfsprogs (snapshot tests on loop-mounted file systems)
 #   - strace (tests trace archive-push's fsync calls and the order of expire's unlink, fsync and
 #     snapshot deletion)
+#   - openssl (the CA and certificate of the TLS terminator an `https://` S3 endpoint test uses)
 #   - cargo-nextest (the test runner) and cargo-deb (the packaging test), if the toolchain
 #     lacks them; systemd-analyze (Debian's `systemd`) to check the packaged units
 #   - a Python venv with moto[server] (fake EC2 and S3 APIs for the EBS and s3:// tests) at
@@ -43,6 +44,8 @@ if [ "$DEMO_ONLY" -eq 0 ]; then
     command -v mkfs.xfs >/dev/null 2>&1 || missing+=(xfsprogs)
     command -v mkfs.ext4 >/dev/null 2>&1 || missing+=(e2fsprogs)
     command -v strace >/dev/null 2>&1 || missing+=(strace)
+    # the testkit's TLS terminator makes a private CA and a server certificate with it
+    command -v openssl >/dev/null 2>&1 || missing+=(openssl)
     /usr/bin/python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
     # packaging tests: systemd-analyze verify on the units
     command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)

@@ -16,6 +16,7 @@ pub mod prom;
 pub mod proxy;
 pub mod s3;
 pub mod s3s;
+pub mod tls;
 pub mod volumes;
 
 pub use azurite::Azurite;
@@ -27,6 +28,7 @@ pub use load::{Committed, Load, Op};
 pub use moto::MotoServer;
 pub use proxy::FaultProxy;
 pub use s3::{S3Server, S3Store};
+pub use tls::TlsTerminator;
 pub use volumes::{cluster_at, require_root, Mounts};
 
 /// Objects an oracle dumped into `dir` as files (`%` for `/` in names): (key, bytes), sorted.

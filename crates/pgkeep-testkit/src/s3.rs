@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::moto::{boto_python, MotoServer};
 use crate::proxy::FaultProxy;
 use crate::s3s::S3sFsServer;
+use crate::tls::TlsTerminator;
 use crate::TestEnv;
 
 /// The secret access key pgkeep signs with: distinctive, so a test can grep every output and
@@ -37,6 +38,9 @@ pub struct S3Store {
     pub aws_config: PathBuf,
     /// The fault proxy the config file's `endpoint` points at, when started behind one.
     pub proxy: Option<FaultProxy>,
+    /// The TLS terminator the config file's `endpoint` points at (with `ca_file`), when
+    /// started behind one.
+    pub tls: Option<TlsTerminator>,
 }
 
 impl S3Store {
@@ -60,6 +64,25 @@ impl S3Store {
     /// (`store.proxy`); boto3 (the tests' view) still talks to moto directly.
     pub fn start_behind_proxy(env: &TestEnv, bucket: &str, extra_s3_settings: &str) -> S3Store {
         Self::start_inner(env, bucket, extra_s3_settings, true, S3Server::Moto)
+    }
+
+    /// Like [`S3Store::start_with`], with pgkeep reaching moto over TLS through a
+    /// [`TlsTerminator`] (`store.tls`) whose private CA the config's `ca_file` names: an
+    /// on-premises store behind its own CA. boto3 still talks to moto directly.
+    pub fn start_behind_tls(env: &TestEnv, bucket: &str, extra_s3_settings: &str) -> S3Store {
+        let mut store = Self::start_inner(env, bucket, extra_s3_settings, false, S3Server::Moto);
+        let tls = TlsTerminator::start(env, store.moto.port);
+        std::fs::write(
+            &store.config,
+            format!(
+                "[s3]\nendpoint = \"{}\"\nregion = \"us-east-1\"\nca_file = \"{}\"\n{extra_s3_settings}\n",
+                tls.endpoint(),
+                tls.ca.display()
+            ),
+        )
+        .expect("write config");
+        store.tls = Some(tls);
+        store
     }
 
     fn start_inner(
@@ -99,7 +122,7 @@ impl S3Store {
         )
         .expect("write config");
         pgkeep::fsutil::set_mode(&config, 0o644).expect("chmod config");
-        S3Store { moto, s3s, bucket: bucket.to_string(), config, credentials, aws_config, proxy }
+        S3Store { moto, s3s, bucket: bucket.to_string(), config, credentials, aws_config, proxy, tls: None }
     }
 
     /// Run a boto3 snippet (`s3()` is a client) against the server holding the bucket.

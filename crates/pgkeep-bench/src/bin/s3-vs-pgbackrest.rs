@@ -1,8 +1,8 @@
 //! Issue 9, acceptance 8: pgkeep against pgBackRest on the same S3 server in the same run.
 //!
 //! One S3 server on 127.0.0.1 (s3s-fs when installed, else moto_server), behind the testkit's
-//! fault proxy (which adds the per-request latency of the WAL measurements) and behind stunnel
-//! with a CA made here, because pgBackRest speaks S3 over TLS only; pgkeep goes through the
+//! fault proxy (which adds the per-request latency of the WAL measurements) and behind the
+//! testkit's TLS terminator with a CA made here, because pgBackRest speaks S3 over TLS only; pgkeep goes through the
 //! same TLS hop (its `[s3] ca_file`), so both pay the same transport. pgBackRest 2.45 does not
 //! match IP addresses in a certificate, so it runs with `repo1-storage-verify-tls=n`. Measured:
 //! Both tools use zstd level 1 and [`PROCESSES`] workers (pgBackRest `process-max`, pgkeep
@@ -23,7 +23,7 @@
 //!
 //! `--segments 0` stops after the backups and restores (no WAL measurements).
 //!
-//! Needs Debian's `pgbackrest` and `stunnel4` (`apt-get install pgbackrest stunnel4`), the venv of
+//! Needs Debian's `pgbackrest` (`apt-get install pgbackrest`) and `openssl`, the venv of
 //! scripts/setup.sh (boto3 creates the bucket) and, for the s3s-fs server,
 //! `cargo install s3s-fs --version 0.14.1 --features binary --root /opt/s3s`.
 //! Targets: backup >= 2x pgBackRest, restore >= 1.5x, archive-push >= 1x pgBackRest async,
@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use pgkeep::pg::instance::{free_port, run_as};
 use pgkeep_bench::{arg, best, mib_per_s, pgkeep_release_binary, timed, Run};
-use pgkeep_testkit::{ClusterOptions, FaultProxy, MotoServer, TestCluster, TestEnv};
+use pgkeep_testkit::{ClusterOptions, FaultProxy, MotoServer, TestCluster, TestEnv, TlsTerminator};
 
 const BUCKET: &str = "bench";
 const ACCESS_KEY: &str = "AKIAPGKEEPBENCH00001";
@@ -61,7 +61,7 @@ fn main() {
 
     let s3 = S3Server::start(&env, &server);
     let proxy = FaultProxy::start(s3.port());
-    let tls = Stunnel::start(&env, proxy.port());
+    let tls = TlsTerminator::start(&env, proxy.port());
     eprintln!("S3 server: {} on port {}, TLS on {}, proxy on {}", s3.name(), s3.port(), tls.port, proxy.port());
 
     let dir = env.owned_dir("bench");
@@ -192,7 +192,10 @@ fn main() {
     let ratio = |ours: Duration, theirs: Duration| theirs.as_secs_f64() / ours.as_secs_f64();
     let (bk, bp) = (best(&b_pgkeep), best(&b_pbr));
     let (rk, rp) = (best(&r_pgkeep), best(&r_pbr));
-    println!("S3 server: {} behind TLS (stunnel) and the testkit proxy, same for both tools", s3.name());
+    println!(
+        "S3 server: {} behind TLS (the testkit's terminator) and the testkit proxy, same for both tools",
+        s3.name()
+    );
     println!("database: {:.0} MiB", db_bytes as f64 / 1_048_576.0);
     let show = |what: &str, ours: Run, theirs: Run| {
         for (tool, r) in [("pgkeep", ours), ("pgBackRest", theirs)] {
@@ -467,86 +470,6 @@ impl Drop for S3Server {
             let _ = child.wait();
         }
     }
-}
-
-/// stunnel terminating TLS (a self-signed CA made here) in front of a plain-HTTP port.
-struct Stunnel {
-    child: Child,
-    port: u16,
-    ca: PathBuf,
-}
-
-impl Stunnel {
-    fn start(env: &TestEnv, upstream: u16) -> Stunnel {
-        let dir = env.owned_dir("tls");
-        let (cert, key, ca) = (dir.join("cert.pem"), dir.join("key.pem"), dir.join("ca.pem"));
-        // A CA and a leaf it signs: rustls refuses a self-signed certificate used as a server's.
-        let ext = dir.join("leaf.ext");
-        write(
-            &ext,
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-        );
-        let ca_key = dir.join("ca.key");
-        let csr = dir.join("leaf.csr");
-        let steps: Vec<Vec<std::ffi::OsString>> = vec![
-            os(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=pgkeep-bench-ca"])
-                .into_iter()
-                .chain(os(&[
-                    "-addext",
-                    "basicConstraints=critical,CA:TRUE",
-                    "-addext",
-                    "keyUsage=critical,keyCertSign",
-                ]))
-                .chain(["-keyout".into(), ca_key.clone().into(), "-out".into(), ca.clone().into()])
-                .collect(),
-            os(&["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1"])
-                .into_iter()
-                .chain(["-keyout".into(), key.clone().into(), "-out".into(), csr.clone().into()])
-                .collect(),
-            os(&["x509", "-req", "-days", "2", "-CAcreateserial"])
-                .into_iter()
-                .chain(["-in".into(), csr.into(), "-CA".into(), ca.clone().into(), "-CAkey".into(), ca_key.into()])
-                .chain(["-extfile".into(), ext.into(), "-out".into(), cert.clone().into()])
-                .collect(),
-        ];
-        for args in steps {
-            let ok = Command::new("openssl").args(&args).stdout(Stdio::null()).stderr(Stdio::null()).status();
-            assert!(ok.is_ok_and(|s| s.success()), "openssl {args:?} failed");
-        }
-        for f in [&cert, &key, &ca] {
-            pgkeep::fsutil::set_mode(f, 0o644).expect("chmod");
-        }
-        let port = free_port();
-        let conf = dir.join("stunnel.conf");
-        write(
-            &conf,
-            &format!(
-                "foreground = yes\npid =\n[s3]\naccept = 127.0.0.1:{port}\nconnect = 127.0.0.1:{upstream}\ncert = {}\nkey = {}\n",
-                cert.display(),
-                key.display()
-            ),
-        );
-        let log = std::fs::File::create(dir.join("stunnel.log")).expect("log");
-        let child = Command::new("stunnel")
-            .arg(&conf)
-            .stdout(log.try_clone().expect("log fd"))
-            .stderr(log)
-            .spawn()
-            .expect("start stunnel (apt-get install stunnel4)");
-        wait_listening(port, "stunnel");
-        Stunnel { child, port, ca }
-    }
-}
-
-impl Drop for Stunnel {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn os(args: &[&str]) -> Vec<std::ffi::OsString> {
-    args.iter().map(|a| a.into()).collect()
 }
 
 fn wait_listening(port: u16, what: &str) {

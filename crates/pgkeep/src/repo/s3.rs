@@ -153,13 +153,19 @@ mod client {
             let pem = std::fs::read(ca).map_err(|e| {
                 bad(loc, format!("cannot read ca_file {}: {e}", ca.display()), "fix [s3] ca_file in the config file")
             })?;
-            let certs = Certificate::from_pem_bundle(&pem).map_err(|e| {
+            let unusable = |detail: String| {
                 bad(
                     loc,
-                    format!("ca_file {} holds no usable PEM certificate: {e}", ca.display()),
+                    format!("ca_file {} holds no usable PEM certificate: {detail}", ca.display()),
                     "[s3] ca_file must be a PEM file of the CA that signed the store's certificate",
                 )
-            })?;
+            };
+            let certs = Certificate::from_pem_bundle(&pem).map_err(|e| unusable(e.to_string()))?;
+            // A file without a single PEM block parses as an empty bundle: refuse it here, or
+            // every request would fail later on an untrusted certificate.
+            if certs.is_empty() {
+                return Err(unusable("no BEGIN CERTIFICATE block".to_string()));
+            }
             for c in certs {
                 options = options.with_root_certificate(c);
             }

@@ -1047,6 +1047,7 @@ fn hint_for(kind: io::ErrorKind) -> &'static str {
 
 const REMOTE_HINT: &str =
     "check that the object store is reachable (the [s3] endpoint, the network) and that the bucket exists; requests were retried";
+const TLS_TRUST_HINT: &str = "the store's TLS certificate is not trusted here: if a private CA signed it, name that CA's PEM file in the config ([s3] ca_file); otherwise check the endpoint's host name";
 const REMOTE_AUTH_HINT: &str = "give this OS user AWS credentials (an instance role, AWS_PROFILE with ~/.aws/credentials, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY) whose policy allows s3:GetObject, s3:PutObject, s3:DeleteObject and s3:ListBucket; `pgkeep check` names the credential source";
 
 /// (unreachable, refused) hints of the object store at `location`.
@@ -1079,10 +1080,13 @@ fn os_err(location: &str, op: &'static str, key: &str, e: object_store::Error) -
             StorageError::AlreadyExists { location: location.to_string(), key: key.to_string() }
         }
         other => {
+            let detail = one_line(&other);
             let hint = match &other {
                 object_store::Error::Unauthenticated { .. } | object_store::Error::PermissionDenied { .. } => {
                     remote_hints(location).1
                 }
+                // rustls's words for a server certificate this host does not trust.
+                object_store::Error::Generic { .. } if detail.contains("invalid peer certificate") => TLS_TRUST_HINT,
                 object_store::Error::Generic { store, .. } if *store != "LocalFileSystem" => remote_hints(location).0,
                 _ => hint_for(io_kind_of(&other)),
             };
@@ -1090,7 +1094,7 @@ fn os_err(location: &str, op: &'static str, key: &str, e: object_store::Error) -
                 location: location.to_string(),
                 op,
                 key: key.to_string(),
-                detail: one_line(&other),
+                detail,
                 hint: hint.to_string(),
             }
         }
