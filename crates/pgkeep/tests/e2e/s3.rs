@@ -216,7 +216,8 @@ fn s3_store_that_ignores_if_none_match_is_refused() {
 /// `[s3] endpoint = "https://…"` with `ca_file`: a store behind a private CA (the testkit's TLS
 /// terminator in front of moto). Over TLS pgkeep sends unsigned payloads (TLS protects them):
 /// init's conditional-create probe, a backup with a multipart object, archive-push and
-/// archive-get all go through it, and the restored copy has every row. A `ca_file` of a CA
+/// archive-get all go through it, and the restored copy has every row; `--jobs 16` copies with
+/// the 10 workers an object store's part budget serves. A `ca_file` of a CA
 /// that did not sign the server's certificate fails with one line naming the store; one that
 /// holds no certificate is one configuration error.
 #[test]
@@ -228,7 +229,10 @@ fn s3_over_tls_behind_a_private_ca_backs_up_archives_and_restores() {
     assert_eq!(check["ok"], true, "{check}");
     // ~25 MB of hex: a data object larger than one 8 MiB part even compressed.
     s.pg.sql("CREATE TABLE big AS SELECT g, md5(random()::text) || md5(random()::text) AS pad FROM generate_series(1, 300000) g");
-    let backup = s.json(s.cmd(&["backup"]));
+    // More workers than the part budget serves: capped, so no worker waits for a buffer forever.
+    let o = s.ok(s.cmd(&["-v", "backup", "--jobs", "16", "--json"]));
+    assert!(o.stderr.contains("copying with 10 workers instead of 16"), "{}", o.stderr);
+    let backup: serde_json::Value = serde_json::from_str(&o.stdout).expect("backup report");
     let id = backup["id"].as_str().expect("backup id").to_string();
     let sizes: Vec<u64> = s.store.keys(&format!("tls/backup/{id}/data/")).iter().map(|k| s.store.head(k).0).collect();
     assert!(sizes.iter().any(|size| *size > 8 << 20), "a multipart object: {sizes:?}");
