@@ -168,10 +168,14 @@ impl<'p> SegmentValidator<'p> {
                     // Complete the carried page, then read it: the reader never needs bytes
                     // of two pages at once.
                     let page_end = (self.carry_off / XLOG_BLCKSZ + 1) * XLOG_BLCKSZ;
-                    let take = (page_end - off).min(chunk.len());
+                    // The carry never reaches past its page; were it to, take all (no stall).
+                    let take = match page_end.saturating_sub(off).min(chunk.len()) {
+                        0 => chunk.len(),
+                        n => n,
+                    };
                     self.carry.extend_from_slice(&chunk[..take]);
                     (off, chunk) = (off + take, &chunk[take..]);
-                    if off == page_end {
+                    if off >= page_end {
                         self.read_carry();
                     }
                 }
