@@ -30,6 +30,9 @@
 //! - `fn validate_partial_segment(..same..) -> Result<SegmentSummary, SegmentError>` for a
 //!   `.partial`, where the WAL may stop early ([`SegmentSummary::partial_end`] says where and
 //!   whether the rest is zero-filled).
+//! - [`SegmentValidator`]: the same checks fed in chunks (`new`/`partial(expect, previous)`,
+//!   `feed(&[u8])`, `finish() -> Result<SegmentSummary, SegmentError>`), with exactly the
+//!   verdicts of the two functions above, which are this validator fed once.
 //! - [`SegmentExpectations`] `{ tli, segno, seg_size, system_identifier: Option<u64>,
 //!   pg_major: Option<u32> }` (or `SegmentExpectations::from_file_name(name, seg_size)`).
 //! - [`SegmentError`] names the offset or LSN: `BadMagic`, `PageAddress`, `Timeline`,
@@ -103,5 +106,5 @@ pub use record::{DecodedBkpBlock, RecordError, RelFileNode, XLogRecord};
 pub use rmgr::{CheckPoint, RecordKind, RmgrDataError, StorageChange};
 pub use validate::{
     validate_partial_segment, validate_segment, LeadingContinuation, PartialEnd, RestorePointInfo, SegmentError,
-    SegmentExpectations, SegmentSummary,
+    SegmentExpectations, SegmentSummary, SegmentValidator,
 };

@@ -8,15 +8,16 @@
 
 use crate::bytes::{i64_at, u32_at};
 use crate::decoder::DecodeError;
-use crate::file_name::{is_valid_wal_seg_size, parse_wal_file_name, WalFileName};
+use crate::file_name::{parse_wal_file_name, WalFileName};
 use crate::lsn::{maxalign, Lsn, TimeLineID, TimestampTz, XLogSegNo};
-use crate::page::{
-    PageError, PageRules, PageValidator, XLogPageHeaderData, SIZE_OF_XLOG_LONG_PHD, SIZE_OF_XLOG_SHORT_PHD, XLOG_BLCKSZ,
-};
+use crate::page::{PageError, PageRules, XLogPageHeaderData, SIZE_OF_XLOG_SHORT_PHD, XLOG_BLCKSZ};
 use crate::reader::{Pending, Reader, Source, Step};
-use crate::record::{check_record_prefix, decode_body, XLogRecord};
+use crate::record::XLogRecord;
 use crate::rmgr::{xact, xlog, RM_XACT_ID, RM_XLOG_ID};
 use crate::version::{self, PgVersion};
+
+mod stream;
+pub use stream::SegmentValidator;
 
 /// What the segment must be.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -241,8 +242,35 @@ fn is_zero(b: &[u8]) -> bool {
     b.chunks(256).all(|c| c.iter().fold(0u8, |a, &x| a | x) == 0)
 }
 
+/// The bytes of a segment from offset `base` to the end of what was read: all of it for a
+/// segment validated whole, the part kept by a [`SegmentValidator`] fed in chunks (the checks
+/// that look back never need bytes before it). Offsets are from the segment's start.
+#[derive(Clone, Copy)]
+struct Window<'a> {
+    base: usize,
+    bytes: &'a [u8],
+}
+
+impl<'a> Window<'a> {
+    fn len(&self) -> usize {
+        self.base + self.bytes.len()
+    }
+
+    /// `data.get(range)`; `None` also for a range that starts before `base`.
+    fn get(&self, r: std::ops::Range<usize>) -> Option<&'a [u8]> {
+        let start = r.start.checked_sub(self.base)?;
+        let end = r.end.checked_sub(self.base)?;
+        self.bytes.get(start..end)
+    }
+
+    /// `&data[from..]`, empty before `base` or past the end.
+    fn from(&self, from: usize) -> &'a [u8] {
+        from.checked_sub(self.base).and_then(|s| self.bytes.get(s..)).unwrap_or(&[])
+    }
+}
+
 /// A decode failure in a complete segment, as the segment error to report.
-fn full_segment_error(e: DecodeError, data: &[u8], seg_start: u64, pending_start: Option<u64>) -> SegmentError {
+fn full_segment_error(e: DecodeError, data: Window<'_>, seg_start: u64, pending_start: Option<u64>) -> SegmentError {
     let page_rest_zero = |lsn: Lsn| {
         let off = lsn.0.saturating_sub(seg_start) as usize;
         let end = (off / XLOG_BLCKSZ + 1) * XLOG_BLCKSZ;
@@ -380,7 +408,7 @@ impl Stats {
 /// After a switch record PostgreSQL 15 leaves the rest of the segment zero; older servers
 /// wrote empty pages with headers. Accept either, nothing else.
 fn check_after_switch(
-    data: &[u8],
+    data: Window<'_>,
     seg_start: u64,
     switch: Lsn,
     switch_end: u64,
@@ -401,8 +429,10 @@ fn check_after_switch(
         }
         page += XLOG_BLCKSZ;
     }
+    // Pages before the window were checked with an earlier one.
+    page = page.max(data.base);
     while page < data.len() {
-        let p = &data[page..(page + XLOG_BLCKSZ).min(data.len())];
+        let p = data.get(page..(page + XLOG_BLCKSZ).min(data.len())).unwrap_or(&[]);
         if !is_zero(p) {
             let empty_page = XLogPageHeaderData::parse(p).is_some_and(|h| {
                 h.xlp_magic == version.xlog_page_magic
@@ -423,7 +453,7 @@ fn check_after_switch(
 /// may look like WAL written for this position — that would make the stop damage, not the
 /// end of what was written.
 fn check_nothing_after(
-    data: &[u8],
+    data: Window<'_>,
     seg_start: u64,
     fail_page: Lsn,
     err: &DecodeError,
@@ -433,7 +463,7 @@ fn check_nothing_after(
     // A record wholly on its page that fails its CRC, followed by more data on that page.
     if let DecodeError::Crc { lsn } = err {
         let off = lsn.0.saturating_sub(seg_start) as usize;
-        if let Some(tot) = u32_at(data, off) {
+        if let Some(tot) = data.get(off..off + 4).and_then(|b| u32_at(b, 0)) {
             let rec_end = off + tot as usize;
             let page_end = off - off % XLOG_BLCKSZ + XLOG_BLCKSZ;
             if rec_end <= page_end {
@@ -447,7 +477,7 @@ fn check_nothing_after(
     }
     let mut page = stop_page + XLOG_BLCKSZ;
     while page < data.len() {
-        if let Some(h) = XLogPageHeaderData::parse(&data[page..]) {
+        if let Some(h) = XLogPageHeaderData::parse(data.from(page)) {
             if h.xlp_magic == version.xlog_page_magic && h.xlp_pageaddr.0 == seg_start + page as u64 {
                 return Err(SegmentError::DataAfterEnd { offset: page as u32, end: err.lsn() });
             }
@@ -463,201 +493,7 @@ fn validate(
     previous: Option<&[u8]>,
     partial: bool,
 ) -> Result<SegmentSummary, SegmentError> {
-    let seg_size = expect.seg_size;
-    if !is_valid_wal_seg_size(seg_size) {
-        return Err(SegmentError::InvalidSegmentSize(seg_size));
-    }
-    let len_ok = if partial {
-        data.len() >= SIZE_OF_XLOG_LONG_PHD && data.len() <= seg_size as usize
-    } else {
-        data.len() == seg_size as usize
-    };
-    if !len_ok {
-        return Err(SegmentError::WrongLength { len: data.len(), expected: seg_size });
-    }
-    let want = match expect.pg_major {
-        Some(m) => Some(version::by_major(m).ok_or(SegmentError::UnknownMajor { major: m })?),
-        None => None,
-    };
-    let seg_start = expect
-        .segno
-        .checked_mul(seg_size as u64)
-        .filter(|s| s.checked_add(seg_size as u64).is_some())
-        .ok_or(SegmentError::InvalidSegmentNumber(expect.segno))?;
-    let seg_end = seg_start + seg_size as u64;
-
-    // The first page on its own, so the identity errors (magic, system, size) come first.
-    let mut first = PageValidator::new(PageRules {
-        seg_size,
-        version: want,
-        system_identifier: expect.system_identifier,
-        max_tli: Some(expect.tli),
-    });
-    let p0 = first.check(data, Lsn(seg_start)).map_err(|e| page_error(e, seg_start))?;
-    let (Some(version), Some(sysid)) = (first.version(), first.system_identifier()) else {
-        return Err(SegmentError::PageHeader { offset: 0, detail: "first page header not understood".into() });
-    };
-    let rules =
-        PageRules { seg_size, version: Some(version), system_identifier: Some(sysid), max_tli: Some(expect.tli) };
-
-    let mut note = None;
-    let mut from_prev_bytes = 0usize;
-    let mut reader = None;
-    if p0.contrecord {
-        if let (Some(prev), Some(prev_start)) = (previous, seg_start.checked_sub(seg_size as u64)) {
-            match scan_previous(prev, prev_start, &rules) {
-                PrevOutcome::InRecord(r) => {
-                    if let Pending::Record { got, .. } = r.pending() {
-                        from_prev_bytes = got.len();
-                    }
-                    reader = Some(*r);
-                }
-                PrevOutcome::EndsCleanly(at) => {
-                    return Err(SegmentError::ContinuationMismatch {
-                        detail: format!(
-                            "segment begins inside a record, but the previous segment's wal ends at a record boundary ({at})"
-                        ),
-                    })
-                }
-                PrevOutcome::Unusable(why) => note = Some(why),
-            }
-        }
-    }
-    let mut reader = reader.unwrap_or_else(|| Reader::at_page(rules.clone(), seg_start));
-    reader.skipped = 0;
-    reader.tli_range = None;
-
-    let src = Source { start: seg_start, data };
-    let mut stats = Stats::default();
-    let mut blocks = Vec::new();
-    let mut leading = LeadingContinuation::None;
-    let mut last_end: Option<u64> = None;
-    let mut switch: Option<(Lsn, u64)> = None;
-    let mut failure: Option<DecodeError> = None;
-    loop {
-        match reader.next(&src) {
-            Ok(Step::Record(raw)) => {
-                let lsn = Lsn(raw.lsn);
-                let layout = decode_body(raw.bytes, version, &mut blocks)
-                    .map_err(|reason| SegmentError::InvalidRecord { lsn, reason: reason.to_string() })?;
-                last_end = Some(raw.end);
-                if raw.lsn < seg_start {
-                    leading = LeadingContinuation::Verified { record: lsn };
-                    continue;
-                }
-                let main = raw.bytes.get(layout.main_data.clone()).unwrap_or(&[]);
-                let fpis = blocks.iter().filter(|b| b.has_image).count() as u64;
-                stats.note(lsn, &raw.header, main, fpis);
-                if raw.header.xl_rmid == RM_XLOG_ID && raw.header.rmgr_info() == xlog::XLOG_SWITCH {
-                    switch = Some((lsn, raw.end));
-                    break;
-                }
-            }
-            Ok(Step::NeedMore) => break,
-            Err(e) => {
-                failure = Some(e);
-                break;
-            }
-        }
-    }
-
-    let mut continues_into_next = false;
-    let mut unverified = reader.skipped;
-    if p0.contrecord && leading == LeadingContinuation::None {
-        leading = LeadingContinuation::Unverified { bytes: reader.skipped };
-    }
-    let mut partial_end = None;
-    let pending_start = match reader.pending() {
-        Pending::Record { start, .. } => Some(start),
-        _ => None,
-    };
-    if let Some(e) = failure {
-        if !partial {
-            return Err(full_segment_error(e, data, seg_start, pending_start));
-        }
-        let stop = pending_start.map(Lsn).unwrap_or(e.lsn());
-        // The page the reader was on when it gave up (for a record spanning pages, the
-        // page where it failed, not where it began).
-        let fail_page = Lsn(reader.min_needed().max(e.lsn().0)).page_start();
-        check_nothing_after(data, seg_start, fail_page, &e, version)?;
-        let stop_off = stop.0.saturating_sub(seg_start) as usize;
-        let page_end = (stop_off / XLOG_BLCKSZ + 1) * XLOG_BLCKSZ;
-        let zero_filled = e.is_end_of_wal()
-            && match pending_start {
-                // A record cut short at a page that was never written.
-                Some(_) => true,
-                None => data.get(stop_off..page_end.min(data.len())).is_some_and(is_zero),
-            };
-        partial_end = Some(PartialEnd {
-            end_of_wal: Lsn(last_end.unwrap_or(seg_start).max(seg_start)),
-            stopped_at: stop,
-            zero_filled,
-            reason: e.to_string(),
-        });
-    } else if let Some((lsn, end)) = switch {
-        check_after_switch(data, seg_start, lsn, end, version)?;
-    } else {
-        match reader.pending() {
-            Pending::Record { start, total, got } if data.len() == seg_size as usize => {
-                continues_into_next = true;
-                if start >= seg_start {
-                    // Its CRC needs the next segment, but its headers must already add up.
-                    check_record_prefix(got, total, version).map_err(|reason| SegmentError::InvalidRecord {
-                        lsn: Lsn(start),
-                        reason: reason.to_string(),
-                    })?;
-                    unverified += got.len() as u64;
-                } else {
-                    let here = got.len().saturating_sub(from_prev_bytes) as u64;
-                    unverified += here;
-                    leading = LeadingContinuation::Unverified { bytes: here };
-                }
-            }
-            Pending::Skipping if data.len() == seg_size as usize => continues_into_next = true,
-            Pending::None if reader.next >= seg_end => {}
-            pending => {
-                // A .partial file shorter than a segment ends here.
-                let stopped_at = match pending {
-                    Pending::Record { start, .. } => Lsn(start),
-                    _ => Lsn(reader.next.min(seg_start + data.len() as u64)),
-                };
-                partial_end = Some(PartialEnd {
-                    end_of_wal: Lsn(last_end.unwrap_or(seg_start).max(seg_start)),
-                    stopped_at,
-                    zero_filled: false,
-                    reason: format!("the file ends at offset {}", data.len()),
-                });
-            }
-        }
-    }
-    let end_of_valid_wal =
-        if continues_into_next { Lsn(seg_end) } else { Lsn(last_end.unwrap_or(seg_start).max(seg_start)) };
-    let (lo, hi) = reader.tli_range.unwrap_or((p0.xlp_tli, p0.xlp_tli));
-    Ok(SegmentSummary {
-        tli: expect.tli,
-        segno: expect.segno,
-        start: Lsn(seg_start),
-        pg_major: version.major,
-        system_identifier: sysid,
-        page_timelines: (lo.min(p0.xlp_tli), hi.max(p0.xlp_tli)),
-        first_record: stats.first,
-        last_record: stats.last,
-        end_of_valid_wal,
-        records: stats.records,
-        ends_with_switch: switch.is_some(),
-        continues_into_next,
-        leading,
-        unverified_bytes: unverified,
-        commits: stats.commits,
-        aborts: stats.aborts,
-        first_commit_time: stats.first_commit,
-        last_commit_time: stats.last_commit,
-        checkpoints: stats.checkpoints,
-        last_checkpoint: stats.last_checkpoint,
-        restore_points: stats.restore_points,
-        full_page_images: stats.fpis,
-        partial,
-        partial_end,
-        note,
-    })
+    let mut v = SegmentValidator::with(expect, previous, partial);
+    v.feed(data);
+    v.finish()
 }

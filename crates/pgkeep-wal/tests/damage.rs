@@ -5,9 +5,7 @@ mod common;
 
 use common::*;
 use pgkeep_wal::page::{SIZE_OF_XLOG_LONG_PHD, SIZE_OF_XLOG_SHORT_PHD, XLOG_BLCKSZ};
-use pgkeep_wal::{
-    validate_partial_segment, validate_segment, LeadingContinuation, Lsn, SegmentError, SegmentExpectations, WalDecoder,
-};
+use pgkeep_wal::{LeadingContinuation, Lsn, SegmentError, SegmentExpectations, WalDecoder};
 
 /// A small deterministic generator (xorshift64*), so failures reproduce.
 struct Rng(u64);
@@ -276,11 +274,13 @@ fn random_byte_flips_inside_records_are_all_detected() {
         assert!(bytes.len() > 50_000, "{name}: {} record bytes", bytes.len());
         let mut rng = Rng(0x5EED_0000 + d.len() as u64 + bytes.len() as u64);
         let mut bad = d.clone();
-        for _ in 0..flips {
+        for i in 0..flips {
             let (off, rec) = bytes[rng.below(bytes.len())];
             let x = rng.byte_nonzero();
             bad[off] ^= x;
-            let r = validate_segment(&bad, &strict(name), None);
+            let r = pgkeep_wal::validate_segment(&bad, &strict(name), None);
+            let size = [CHUNK_SIZES[i % CHUNK_SIZES.len()]];
+            assert_streamed_same_in(&size, &bad, &strict(name), None, false, &r);
             assert!(r.is_err(), "{name}: flip {x:02X} at offset {off} (record {rec}) went unnoticed");
             bad[off] ^= x;
         }
@@ -289,9 +289,14 @@ fn random_byte_flips_inside_records_are_all_detected() {
 }
 
 fn no_panic_on(data: &[u8], e: &SegmentExpectations, rng: &mut Rng) {
-    let _ = validate_segment(data, e, None);
-    let _ = validate_partial_segment(data, e, None);
-    let _ = validate_segment(data, e, Some(data));
+    // One chunk size per call, in turn: the streaming validator must agree on garbage too.
+    let size = [CHUNK_SIZES[rng.below(CHUNK_SIZES.len())]];
+    let whole = pgkeep_wal::validate_segment(data, e, None);
+    assert_streamed_same_in(&size, data, e, None, false, &whole);
+    let whole = pgkeep_wal::validate_partial_segment(data, e, None);
+    assert_streamed_same_in(&size, data, e, None, true, &whole);
+    let whole = pgkeep_wal::validate_segment(data, e, Some(data));
+    assert_streamed_same_in(&size, data, e, Some(data), false, &whole);
     let start = Lsn::segment_start(e.segno, e.seg_size);
     let mut dec = WalDecoder::new(start, e.seg_size).unwrap();
     let mut pos = 0;

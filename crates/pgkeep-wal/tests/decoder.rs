@@ -4,10 +4,7 @@
 mod common;
 
 use common::*;
-use pgkeep_wal::{
-    validate_partial_segment, validate_segment, DecodeError, DecoderOptions, Lsn, RecordKind, SegmentError,
-    SegmentExpectations, WalDecoder,
-};
+use pgkeep_wal::{DecodeError, DecoderOptions, Lsn, RecordKind, SegmentError, SegmentExpectations, WalDecoder};
 
 fn all_timeline1() -> (Vec<u8>, Lsn) {
     let names = timeline_segments(1);

@@ -3,10 +3,7 @@
 mod common;
 
 use common::*;
-use pgkeep_wal::{
-    parse_backup_label, parse_timeline_history, validate_partial_segment, validate_segment, LeadingContinuation, Lsn,
-    RecordKind, WalFileName,
-};
+use pgkeep_wal::{parse_backup_label, parse_timeline_history, LeadingContinuation, Lsn, RecordKind, WalFileName};
 
 fn summary(name: &str) -> pgkeep_wal::SegmentSummary {
     validate_segment(&read(name), &expect(name), None).unwrap_or_else(|e| panic!("{name}: {e}"))

@@ -184,3 +184,66 @@ impl SegBuilder {
         self.record(0, 0x40, 0, &[])
     }
 }
+
+/// Chunk sizes the streaming validator is fed in: single bytes, odd sizes, a page less one,
+/// a page, and more than a chunk of archive-get's pipeline.
+pub const CHUNK_SIZES: [usize; 5] = [1, 7, 8191, 8192, 65537];
+
+/// Feeds `data` to a [`pgkeep_wal::SegmentValidator`] in chunks of every size of
+/// [`CHUNK_SIZES`] and asserts each verdict equals `whole` (same summary, same error).
+pub fn assert_streamed_same(
+    data: &[u8],
+    expect: &SegmentExpectations,
+    previous: Option<&[u8]>,
+    partial: bool,
+    whole: &Result<pgkeep_wal::SegmentSummary, pgkeep_wal::SegmentError>,
+) {
+    assert_streamed_same_in(&CHUNK_SIZES, data, expect, previous, partial, whole);
+}
+
+/// [`assert_streamed_same`] with the given chunk sizes (loops over many damaged copies take
+/// one size per copy, in turn, to stay fast).
+pub fn assert_streamed_same_in(
+    sizes: &[usize],
+    data: &[u8],
+    expect: &SegmentExpectations,
+    previous: Option<&[u8]>,
+    partial: bool,
+    whole: &Result<pgkeep_wal::SegmentSummary, pgkeep_wal::SegmentError>,
+) {
+    for &size in sizes {
+        let mut v = if partial {
+            pgkeep_wal::SegmentValidator::partial(expect, previous)
+        } else {
+            pgkeep_wal::SegmentValidator::new(expect, previous)
+        };
+        for chunk in data.chunks(size) {
+            v.feed(chunk);
+        }
+        let streamed = v.finish();
+        assert_eq!(&streamed, whole, "fed in chunks of {size} bytes (partial: {partial})");
+    }
+}
+
+/// `pgkeep_wal::validate_segment`, checked against the streaming validator on the way: every
+/// test that validates a fixture or a damaged copy also proves the two agree.
+pub fn validate_segment(
+    data: &[u8],
+    expect: &SegmentExpectations,
+    previous: Option<&[u8]>,
+) -> Result<pgkeep_wal::SegmentSummary, pgkeep_wal::SegmentError> {
+    let whole = pgkeep_wal::validate_segment(data, expect, previous);
+    assert_streamed_same(data, expect, previous, false, &whole);
+    whole
+}
+
+/// `pgkeep_wal::validate_partial_segment`, checked against the streaming validator likewise.
+pub fn validate_partial_segment(
+    data: &[u8],
+    expect: &SegmentExpectations,
+    previous: Option<&[u8]>,
+) -> Result<pgkeep_wal::SegmentSummary, pgkeep_wal::SegmentError> {
+    let whole = pgkeep_wal::validate_partial_segment(data, expect, previous);
+    assert_streamed_same(data, expect, previous, true, &whole);
+    whole
+}

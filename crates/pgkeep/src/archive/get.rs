@@ -74,6 +74,7 @@ pub enum Sink {
 /// Decoded bytes move between the decoding and the hashing/writing thread in chunks this
 /// large, in at most this many recycled buffers: small enough to stay in cache, so no 16 MiB
 /// buffer is ever allocated and faulted in page by page (that was a third of a fetch's CPU).
+/// 32–128 KiB chunks saved up to 240 page faults but no CPU (more hand-overs).
 const CHUNK: usize = 256 * 1024;
 const BUFFERS: usize = 4;
 
@@ -97,7 +98,8 @@ pub fn fetch_checked_into(
     };
     let damaged = |detail: String| ArchiveError::Damaged { name: name.to_string(), detail };
     let key = layout::wal_key(name);
-    let framed = match repo.storage().get(&key) {
+    // Mapped on a local repository: 1200 fewer page faults than reading 5 MB into fresh memory.
+    let framed = match repo.storage().get_mapped(&key) {
         Ok(b) => b,
         Err(StorageError::NotFound { .. }) if !occupied(repo, &key) => return Ok(None),
         Err(StorageError::NotFound { .. }) => {
@@ -107,7 +109,9 @@ pub fn fetch_checked_into(
     };
     let what = format!("archived {name}");
     let trailer = frame::trailer_of(&framed, &what).map_err(|e| damaged(e.to_string()))?;
-    let (streamed, sink) = stream(&framed, &what, trailer.plain_size, sink);
+    let validator = super::segment_validator(info, kind);
+    let streaming = validator.is_some();
+    let (streamed, sink, verdict) = stream(&framed, &what, trailer.plain_size, sink, validator);
     drop(framed);
     let size = match streamed {
         Streamed::Damaged(detail) => return Err(damaged(detail).into()),
@@ -118,11 +122,14 @@ pub fn fetch_checked_into(
         Streamed::Hashed(_) => trailer.plain_size,
         Streamed::WriteFailed(e) => return Err(write_failed(e).into()),
     };
-    // The record checks read back what was written: page-cache pages, mapped at once.
-    let checked = match &sink {
-        Sink::Memory(plain) => validate(info, kind, plain),
-        Sink::File(_) if size == 0 => validate(info, kind, &[]),
-        Sink::File(f) => {
+    // Segments were validated as they were decoded; other files (a timeline history) are
+    // checked from what was written: page-cache pages, mapped at once.
+    let checked = match (&sink, verdict) {
+        (_, Some(verdict)) => verdict.map_err(|e| e.to_string()),
+        _ if streaming => Err("the segment was not validated to its end".to_string()),
+        (Sink::Memory(plain), None) => validate(info, kind, plain),
+        (Sink::File(_), None) if size == 0 => validate(info, kind, &[]),
+        (Sink::File(f), None) => {
             // SAFETY: the temp is this process's own file under a name only pgkeep uses, not
             // written by anyone while mapped; a file system that cannot map it is read instead.
             match unsafe { memmap2::MmapOptions::new().populate().map(f) } {
@@ -142,20 +149,31 @@ enum Streamed {
     WriteFailed(std::io::Error),
 }
 
-/// Decode `framed` on this thread while another hashes and writes the chunks: the two
-/// overlap on the cores there are. Stops at `limit` bytes (the trailer's size), so a forged
-/// payload cannot fill the disk.
-fn stream(framed: &[u8], what: &str, limit: u64, mut sink: Sink) -> (Streamed, Sink) {
+type Verdict = Option<Result<(), pgkeep_wal::SegmentError>>;
+
+/// Decode `framed` on this thread while another hashes, writes and validates the chunks: the
+/// two overlap on the cores there are (validating on a third thread measured slower on two
+/// cores). Stops at `limit` bytes (the trailer's size), so a forged payload cannot fill the
+/// disk. The verdict is the validator's, when one was given and saw every chunk.
+fn stream(
+    framed: &[u8],
+    what: &str,
+    limit: u64,
+    mut sink: Sink,
+    mut validator: Option<pgkeep_wal::SegmentValidator<'static>>,
+) -> (Streamed, Sink, Verdict) {
+    // The reader still CRCs what it reads: the frame's CRC covers the stored (compressed)
+    // bytes, which the BLAKE3 of the decoded content does not, and costs ~2 % of a call.
     let mut reader = match frame::FrameReader::unhashed(framed, framed.len() as u64, what) {
         Ok(r) => r,
-        Err(e) => return (Streamed::Damaged(e.to_string()), sink),
+        Err(e) => return (Streamed::Damaged(e.to_string()), sink, None),
     };
     let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(BUFFERS);
     let (free_tx, free_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(BUFFERS);
     for _ in 0..BUFFERS {
         let _ = free_tx.send(Vec::new());
     }
-    let streamed = std::thread::scope(|s| {
+    let (streamed, verdict) = std::thread::scope(|s| {
         let sink = &mut sink;
         let writer = s.spawn(move || {
             let mut hasher = blake3::Hasher::new();
@@ -171,10 +189,13 @@ fn stream(framed: &[u8], what: &str, limit: u64, mut sink: Sink) -> (Streamed, S
                         }
                     };
                 }
+                if let Some(v) = &mut validator {
+                    v.feed(&buf);
+                }
                 // The decoder may have stopped already: then the buffer is not needed.
                 let _ = free_tx.send(buf);
             }
-            (<[u8; 32]>::from(hasher.finalize()), failed)
+            (<[u8; 32]>::from(hasher.finalize()), failed, validator.map(|v| v.finish().map(drop)))
         });
         let mut decoded = 0u64;
         let outcome = loop {
@@ -196,15 +217,14 @@ fn stream(framed: &[u8], what: &str, limit: u64, mut sink: Sink) -> (Streamed, S
             }
         };
         drop(full_tx);
-        let written = writer.join();
-        match (outcome, written) {
-            (Err(detail), _) => Streamed::Damaged(detail),
-            (Ok(()), Err(_)) => Streamed::Damaged("the writing thread panicked".to_string()),
-            (Ok(()), Ok((_, Some(e)))) => Streamed::WriteFailed(e),
-            (Ok(()), Ok((digest, None))) => Streamed::Hashed(digest),
+        match (outcome, writer.join()) {
+            (Err(detail), _) => (Streamed::Damaged(detail), None),
+            (Ok(()), Err(_)) => (Streamed::Damaged("the writing thread panicked".to_string()), None),
+            (Ok(()), Ok((_, Some(e), _))) => (Streamed::WriteFailed(e), None),
+            (Ok(()), Ok((digest, None, verdict))) => (Streamed::Hashed(digest), verdict),
         }
     });
-    (streamed, sink)
+    (streamed, sink, verdict)
 }
 
 /// The whole file from its start.

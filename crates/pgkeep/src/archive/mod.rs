@@ -40,9 +40,30 @@ fn check_segment(
     data: &[u8],
     previous: Option<&[u8]>,
 ) -> Result<(), pgkeep_wal::SegmentError> {
+    let Some(mut v) = segment_validator_with(info, kind, previous) else {
+        return Ok(());
+    };
+    v.feed(data);
+    v.finish().map(|_| ())
+}
+
+/// [`check_segment`] fed chunk by chunk (no previous segment, as archive-get has none):
+/// `None` for a file that is not a segment or `.partial`.
+fn segment_validator(
+    info: &crate::repo::RepoInfo,
+    kind: pgkeep_wal::WalFileName,
+) -> Option<pgkeep_wal::SegmentValidator<'static>> {
+    segment_validator_with(info, kind, None)
+}
+
+fn segment_validator_with<'p>(
+    info: &crate::repo::RepoInfo,
+    kind: pgkeep_wal::WalFileName,
+    previous: Option<&'p [u8]>,
+) -> Option<pgkeep_wal::SegmentValidator<'p>> {
     let (pgkeep_wal::WalFileName::Segment { tli, segno } | pgkeep_wal::WalFileName::Partial { tli, segno }) = kind
     else {
-        return Ok(());
+        return None;
     };
     let expect = pgkeep_wal::SegmentExpectations {
         tli,
@@ -51,10 +72,9 @@ fn check_segment(
         system_identifier: Some(info.system_identifier_u64()),
         pg_major: Some(info.pg_major),
     };
-    let res = if matches!(kind, pgkeep_wal::WalFileName::Partial { .. }) {
-        pgkeep_wal::validate_partial_segment(data, &expect, previous)
+    Some(if matches!(kind, pgkeep_wal::WalFileName::Partial { .. }) {
+        pgkeep_wal::SegmentValidator::partial(&expect, previous)
     } else {
-        pgkeep_wal::validate_segment(data, &expect, previous)
-    };
-    res.map(|_| ())
+        pgkeep_wal::SegmentValidator::new(&expect, previous)
+    })
 }

@@ -77,6 +77,13 @@ impl Objects {
         self.open(key, stored)
     }
 
+    /// `get` that may return a mapping of a local object ([`Storage::get_mapped`]); a sealed
+    /// object is opened into memory as by `get`.
+    pub fn get_mapped(&self, key: &str) -> Result<Bytes, StorageError> {
+        let stored = self.raw.get_mapped(key)?;
+        self.open(key, stored)
+    }
+
     /// A byte range of the plaintext. Sealed objects are opened from their start (the chunks
     /// before the range are authenticated and dropped): no caller reads ranges of large
     /// sealed objects today.

@@ -635,6 +635,24 @@ impl Storage {
         res.map_err(|e| os_err(&self.location, "read", key, e))
     }
 
+    /// `get` for a caller that only reads the bytes: on a local repository the object file is
+    /// mapped read-only instead of read, so its page-cache pages are used in place rather than
+    /// copied into fresh memory that faults in page by page. Objects are only ever replaced by
+    /// rename and removed by unlink, which leave a mapping intact. Anything the mapping cannot
+    /// serve (no such file, not a regular file, a file system without mmap) takes `get`,
+    /// which reports it as it always does.
+    pub fn get_mapped(&self, key: &str) -> Result<Bytes, StorageError> {
+        if let Some(local) = &self.local {
+            let mapped =
+                std::fs::File::open(local.root.join(key)).ok().filter(|f| f.metadata().is_ok_and(|m| m.is_file()));
+            // SAFETY: read-only, of a file pgkeep never writes in place (see above).
+            if let Some(map) = mapped.and_then(|f| unsafe { memmap2::MmapOptions::new().populate().map(&f) }.ok()) {
+                return Ok(Bytes::from_owner(map));
+            }
+        }
+        self.get(key)
+    }
+
     pub fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StorageError> {
         let path = Self::path(key);
         self.rt.block_on(self.store.get_range(&path, range)).map_err(|e| os_err(&self.location, "read", key, e))
@@ -1171,6 +1189,30 @@ mod tests {
         st.put_parts("a/k", parts("three")).unwrap();
         assert_eq!(st.get("a/k").unwrap(), "three");
         assert_eq!(names(&dir.path().join("a")), ["k"]);
+    }
+
+    #[test]
+    fn a_mapped_get_reads_what_get_reads_and_fails_as_get_fails() {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let st = Storage::open(&RepoLocation::Local(dir.path().to_path_buf()), rt.handle().clone(), false).unwrap();
+        let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+        st.put_new("w/big", Bytes::from(big.clone())).unwrap();
+        st.put_new("w/empty", Bytes::new()).unwrap();
+        assert_eq!(st.get_mapped("w/big").unwrap(), big);
+        assert_eq!(st.get_mapped("w/empty").unwrap(), "");
+        // The mapping stays valid when the object is replaced (rename) or removed (unlink).
+        let mapped = st.get_mapped("w/big").unwrap();
+        st.put_parts("w/big", vec![Bytes::from_static(b"replaced")]).unwrap();
+        st.delete("w/big").unwrap();
+        assert_eq!(mapped, big);
+        // What a mapping cannot serve is reported as `get` reports it.
+        fs::create_dir(dir.path().join("w/dir")).unwrap();
+        for key in ["w/missing", "w/dir"] {
+            let (mapped, read) = (st.get_mapped(key).unwrap_err(), st.get(key).unwrap_err());
+            assert!(mapped.is_not_found() && read.is_not_found(), "{key}: {mapped} / {read}");
+            assert_eq!(mapped.to_string(), read.to_string());
+        }
     }
 
     #[test]
