@@ -66,6 +66,11 @@ impl S3Store {
         Self::start_inner(env, bucket, extra_s3_settings, true, S3Server::Moto)
     }
 
+    /// Like [`S3Store::start_behind_proxy`], on the given S3 implementation.
+    pub fn start_on_behind_proxy(env: &TestEnv, server: S3Server, bucket: &str, extra_s3_settings: &str) -> S3Store {
+        Self::start_inner(env, bucket, extra_s3_settings, true, server)
+    }
+
     /// Like [`S3Store::start_with`], with pgkeep reaching moto over TLS through a
     /// [`TlsTerminator`] (`store.tls`) whose private CA the config's `ca_file` names: an
     /// on-premises store behind its own CA. boto3 still talks to moto directly.

@@ -4,32 +4,41 @@
 //!    rounds interleaved, medians: `archive-push` against `cp SEG DIR && sync -f DIR/SEG`
 //!    (target ≤ 1.15×), `archive-get` against `cp` without a prefetch hit (≤ 1.5×) and with one
 //!    (≤ 0.2×). Every command runs through `sh -c`, as PostgreSQL runs archive_command.
-//! 2. PITR replay of at least `--segments` archived segments from S3 (moto) behind the testkit's
-//!    fault proxy adding `--latency-ms` to every request: the same restore with
-//!    `archive_get_queue = 8` and with `= 0` (target ≥ 4× faster with the queue), and the same
-//!    recovery with `restore_command = cp` from a local directory holding the same segments: how
-//!    fast PostgreSQL replays them when fetching is free, which bounds what any queue can gain.
+//! 2. PITR replay of at least `--segments` archived segments from S3 (s3s-fs, or moto with
+//!    `--server moto`) behind the testkit's fault proxy adding `--latency-ms` to every request:
+//!    the same restore with `archive_get_queue = 8` and with `= 0` (target ≥ 4× faster with the
+//!    queue), and the same recovery with `restore_command = cp` from a local directory holding
+//!    the same segments: how fast PostgreSQL replays them when fetching is free, which bounds
+//!    what any queue can gain. Two workloads, one after the other on one cluster: WAL with
+//!    nothing to apply (logical messages) first, while the base backup is small, then row
+//!    inserts.
 //!
-//!   cargo build --release -p pgkeep -p pgkeep-bench && target/release/wal-transport [--rounds 15] [--segments 64] [--latency-ms 100] [--only per-call|replay]
+//!   cargo build --release -p pgkeep -p pgkeep-bench && target/release/wal-transport [--rounds 15] [--segments 64] [--latency-ms 100] [--only per-call|replay] [--server s3s-fs|moto]
 
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use pgkeep_bench::{arg, pgkeep_release_binary, timed};
-use pgkeep_testkit::{ClusterOptions, S3Store, TestCluster, TestEnv};
+use pgkeep_testkit::{ClusterOptions, S3Server, S3Store, TestCluster, TestEnv};
 
 fn main() {
     let rounds: usize = arg("--rounds", 15);
     let segments: u64 = arg("--segments", 64);
     let latency_ms: u64 = arg("--latency-ms", 100);
+    // s3s-fs (Rust) by default: moto (Python) serves one object at a time, and at 8 MB a
+    // segment its throughput, not the latency, bounded what the queue could fetch.
+    let server = match arg("--server", String::from("s3s-fs")).as_str() {
+        "moto" => S3Server::Moto,
+        _ => S3Server::S3sFs,
+    };
     let only: String = arg("--only", String::new());
     let pgkeep = pgkeep_release_binary();
     if only != "replay" {
         per_call(&pgkeep, rounds);
     }
     if only != "per-call" {
-        replay(&pgkeep, segments, latency_ms);
+        replay(&pgkeep, server, segments, latency_ms);
     }
 }
 
@@ -186,9 +195,9 @@ fn ratio(a: Duration, b: Duration) -> f64 {
     a.as_secs_f64() / b.as_secs_f64()
 }
 
-fn replay(pgkeep: &Path, segments: u64, latency_ms: u64) {
+fn replay(pgkeep: &Path, server: S3Server, segments: u64, latency_ms: u64) {
     let env = TestEnv::new(pgkeep.to_str().expect("utf-8 path"));
-    let store = S3Store::start_behind_proxy(&env, "replay", "");
+    let store = S3Store::start_on_behind_proxy(&env, server, "replay", "");
     let proxy = store.proxy.as_ref().expect("proxy");
     let s3_table = std::fs::read_to_string(&store.config).expect("config");
     let spool = env.owned_dir("spool");
@@ -234,11 +243,6 @@ fn replay(pgkeep: &Path, segments: u64, latency_ms: u64) {
     };
     timed(&mut pgk(&push_cfg, &["init"]), "init");
     let workloads = [
-        // ~100-byte rows, ~150 000 records a segment: PostgreSQL's replay takes longer to apply
-        // them than a fetch takes, so the replay, not the transport, bounds the ratio (the
-        // local-cp line shows by how much). Wider rows were tried: replaying them costs as much
-        // (the end-of-recovery checkpoint writes the table they grow).
-        ("row inserts (~100-byte rows)", "t", "INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 200000) g"),
         // Sixteen 1 MiB logical-decoding messages a segment: WAL that recovery reads and
         // CRC-checks but applies nothing from, so what is left is the transport itself, where
         // the queue hides the per-request latency.
@@ -248,6 +252,11 @@ fn replay(pgkeep: &Path, segments: u64, latency_ms: u64) {
             "SELECT pg_logical_emit_message(false, 'pgkeep-bench', \
              (SELECT string_agg(md5(random()::text), '') FROM generate_series(1, 32768))) FROM generate_series(1, 16)",
         ),
+        // ~100-byte rows, ~150 000 records a segment: PostgreSQL's replay takes longer to apply
+        // them than a fetch takes, so the replay, not the transport, bounds the ratio (the
+        // local-cp line shows by how much). Wider rows were tried: replaying them costs as much
+        // (the end-of-recovery checkpoint writes the table they grow).
+        ("row inserts (~100-byte rows)", "t", "INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 200000) g"),
     ];
     for (label, table, write_wal) in workloads {
         timed(&mut pgk(&push_cfg, &["backup"]), "backup");
