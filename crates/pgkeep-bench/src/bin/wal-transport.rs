@@ -254,8 +254,8 @@ fn replay(pgkeep: &Path, server: S3Server, segments: u64, latency_ms: u64) {
         ),
         // ~100-byte rows, ~150 000 records a segment: PostgreSQL's replay takes longer to apply
         // them than a fetch takes, so the replay, not the transport, bounds the ratio (the
-        // local-cp line shows by how much). Wider rows were tried: replaying them costs as much
-        // (the end-of-recovery checkpoint writes the table they grow).
+        // local-cp line shows by how much). ~1 KB rows were tried: their recovery from a local
+        // directory took as long (9.2 s against 8.7 s for 64 segments).
         ("row inserts (~100-byte rows)", "t", "INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 200000) g"),
     ];
     for (label, table, write_wal) in workloads {

@@ -109,7 +109,7 @@ pub fn fetch_checked_into(
     };
     let what = format!("archived {name}");
     let trailer = frame::trailer_of(&framed, &what).map_err(|e| damaged(e.to_string()))?;
-    let validator = super::segment_validator(info, kind);
+    let validator = super::segment_validator(info, kind, None);
     let streaming = validator.is_some();
     let (streamed, sink, verdict) = stream(&framed, &what, trailer.plain_size, sink, validator);
     drop(framed);

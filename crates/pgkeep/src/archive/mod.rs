@@ -40,23 +40,16 @@ fn check_segment(
     data: &[u8],
     previous: Option<&[u8]>,
 ) -> Result<(), pgkeep_wal::SegmentError> {
-    let Some(mut v) = segment_validator_with(info, kind, previous) else {
+    let Some(mut v) = segment_validator(info, kind, previous) else {
         return Ok(());
     };
     v.feed(data);
     v.finish().map(|_| ())
 }
 
-/// [`check_segment`] fed chunk by chunk (no previous segment, as archive-get has none):
-/// `None` for a file that is not a segment or `.partial`.
-fn segment_validator(
-    info: &crate::repo::RepoInfo,
-    kind: pgkeep_wal::WalFileName,
-) -> Option<pgkeep_wal::SegmentValidator<'static>> {
-    segment_validator_with(info, kind, None)
-}
-
-fn segment_validator_with<'p>(
+/// [`check_segment`] to be fed chunk by chunk (archive-get feeds it as it decodes, with no
+/// previous segment): `None` for a file that is not a segment or `.partial`.
+fn segment_validator<'p>(
     info: &crate::repo::RepoInfo,
     kind: pgkeep_wal::WalFileName,
     previous: Option<&'p [u8]>,

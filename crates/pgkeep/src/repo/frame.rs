@@ -268,13 +268,12 @@ pub fn encode_parts(plain: &[u8], compression: Compression) -> Encoded {
         }
         let pieces = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, MAX_PIECES);
         let piece_len = plain.len().div_ceil(pieces);
+        // The first piece on this thread, the others on their own.
+        let (first, rest) = plain.split_at(piece_len);
         std::thread::scope(|s| {
-            let workers: Vec<_> = plain
-                .chunks(piece_len)
-                .skip(1)
-                .map(|piece| s.spawn(move || zstd::bulk::compress(piece, level).ok()))
-                .collect();
-            let first = zstd::bulk::compress(&plain[..piece_len.min(plain.len())], level).ok();
+            let workers: Vec<_> =
+                rest.chunks(piece_len).map(|piece| s.spawn(move || zstd::bulk::compress(piece, level).ok())).collect();
+            let first = zstd::bulk::compress(first, level).ok();
             std::iter::once(first).chain(workers.into_iter().map(|w| w.join().ok().flatten())).collect()
         })
     };
