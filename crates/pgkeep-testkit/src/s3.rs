@@ -17,6 +17,14 @@ use crate::TestEnv;
 pub const SECRET_KEY: &str = "pgkeepTestSecret+9f3b2c7d1e5a4b6c8d0e";
 pub const ACCESS_KEY: &str = "AKIAPGKEEPTEST000001";
 
+/// What pgkeep reaches the server through (the tests' boto3 always talks to it directly).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Front {
+    Direct,
+    Proxy,
+    Tls,
+}
+
 /// Which S3 implementation serves the bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum S3Server {
@@ -52,51 +60,33 @@ impl S3Store {
 
     /// Like [`S3Store::start`], with more `[s3]` lines in the config file.
     pub fn start_with(env: &TestEnv, bucket: &str, extra_s3_settings: &str) -> S3Store {
-        Self::start_inner(env, bucket, extra_s3_settings, false, S3Server::Moto)
+        Self::start_inner(env, bucket, extra_s3_settings, Front::Direct, S3Server::Moto)
     }
 
     /// Like [`S3Store::start_with`], on the given S3 implementation.
     pub fn start_on(env: &TestEnv, server: S3Server, bucket: &str, extra_s3_settings: &str) -> S3Store {
-        Self::start_inner(env, bucket, extra_s3_settings, false, server)
+        Self::start_inner(env, bucket, extra_s3_settings, Front::Direct, server)
     }
 
     /// Like [`S3Store::start_with`], with pgkeep reaching moto through a [`FaultProxy`]
     /// (`store.proxy`); boto3 (the tests' view) still talks to moto directly.
     pub fn start_behind_proxy(env: &TestEnv, bucket: &str, extra_s3_settings: &str) -> S3Store {
-        Self::start_inner(env, bucket, extra_s3_settings, true, S3Server::Moto)
+        Self::start_inner(env, bucket, extra_s3_settings, Front::Proxy, S3Server::Moto)
     }
 
     /// Like [`S3Store::start_behind_proxy`], on the given S3 implementation.
     pub fn start_on_behind_proxy(env: &TestEnv, server: S3Server, bucket: &str, extra_s3_settings: &str) -> S3Store {
-        Self::start_inner(env, bucket, extra_s3_settings, true, server)
+        Self::start_inner(env, bucket, extra_s3_settings, Front::Proxy, server)
     }
 
     /// Like [`S3Store::start_with`], with pgkeep reaching moto over TLS through a
     /// [`TlsTerminator`] (`store.tls`) whose private CA the config's `ca_file` names: an
     /// on-premises store behind its own CA. boto3 still talks to moto directly.
     pub fn start_behind_tls(env: &TestEnv, bucket: &str, extra_s3_settings: &str) -> S3Store {
-        let mut store = Self::start_inner(env, bucket, extra_s3_settings, false, S3Server::Moto);
-        let tls = TlsTerminator::start(env, store.moto.port);
-        std::fs::write(
-            &store.config,
-            format!(
-                "[s3]\nendpoint = \"{}\"\nregion = \"us-east-1\"\nca_file = \"{}\"\n{extra_s3_settings}\n",
-                tls.endpoint(),
-                tls.ca.display()
-            ),
-        )
-        .expect("write config");
-        store.tls = Some(tls);
-        store
+        Self::start_inner(env, bucket, extra_s3_settings, Front::Tls, S3Server::Moto)
     }
 
-    fn start_inner(
-        env: &TestEnv,
-        bucket: &str,
-        extra_s3_settings: &str,
-        behind_proxy: bool,
-        server: S3Server,
-    ) -> S3Store {
+    fn start_inner(env: &TestEnv, bucket: &str, extra_s3_settings: &str, front: Front, server: S3Server) -> S3Store {
         let moto = MotoServer::start(env.root());
         let s3s =
             (server == S3Server::S3sFs).then(|| S3sFsServer::start(env.root(), ACCESS_KEY, SECRET_KEY, &[bucket]));
@@ -104,8 +94,14 @@ impl S3Store {
             Some(s) => (s.port, s.endpoint.clone()),
             None => (moto.port, moto.endpoint.clone()),
         };
-        let proxy = behind_proxy.then(|| FaultProxy::start(port));
-        let endpoint = proxy.as_ref().map_or(direct, FaultProxy::endpoint);
+        let proxy = (front == Front::Proxy).then(|| FaultProxy::start(port));
+        let tls = (front == Front::Tls).then(|| TlsTerminator::start(env, port));
+        let endpoint = match (&proxy, &tls) {
+            (Some(p), _) => p.endpoint(),
+            (_, Some(t)) => t.endpoint(),
+            _ => direct,
+        };
+        let ca_file = tls.as_ref().map(|t| format!("ca_file = \"{}\"\n", t.ca.display())).unwrap_or_default();
         if s3s.is_none() {
             moto.python(&format!("s3().create_bucket(Bucket='{bucket}')"));
         }
@@ -123,11 +119,11 @@ impl S3Store {
         let config = env.path("pgkeep-s3.toml");
         std::fs::write(
             &config,
-            format!("[s3]\nendpoint = \"{endpoint}\"\nregion = \"us-east-1\"\n{extra_s3_settings}\n"),
+            format!("[s3]\nendpoint = \"{endpoint}\"\nregion = \"us-east-1\"\n{ca_file}{extra_s3_settings}\n"),
         )
         .expect("write config");
         pgkeep::fsutil::set_mode(&config, 0o644).expect("chmod config");
-        S3Store { moto, s3s, bucket: bucket.to_string(), config, credentials, aws_config, proxy, tls: None }
+        S3Store { moto, s3s, bucket: bucket.to_string(), config, credentials, aws_config, proxy, tls }
     }
 
     /// Run a boto3 snippet (`s3()` is a client) against the server holding the bucket.

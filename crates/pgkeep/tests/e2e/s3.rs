@@ -250,15 +250,14 @@ fn s3_over_tls_behind_a_private_ca_backs_up_archives_and_restores() {
     // Another CA: the server's certificate does not verify.
     let other = s.env.owned_dir("other-ca");
     let (_, _, other_ca) = pgkeep_testkit::tls::certificates(&other, "not-the-store-ca");
-    let tls = s.store.tls.as_ref().expect("tls");
-    let wrong = s.env.path("wrong-ca.toml");
+    // The store's own config with another ca_file.
+    let store_ca = s.store.tls.as_ref().expect("tls").ca.display().to_string();
     let s3_table = |ca: &Path| {
-        format!(
-            "[s3]\nendpoint = \"{}\"\nregion = \"us-east-1\"\nca_file = \"{}\"\nmax_retries = 1\n",
-            tls.endpoint(),
-            ca.display()
-        )
+        let config = std::fs::read_to_string(&s.store.config).unwrap();
+        assert!(config.contains(&format!("ca_file = \"{store_ca}\"")), "{config}");
+        config.replace(&store_ca, &ca.display().to_string())
     };
+    let wrong = s.env.path("wrong-ca.toml");
     std::fs::write(&wrong, s3_table(&other_ca)).unwrap();
     let o = s.keep(s.cmd_with(&wrong, &["list"]).fails());
     let line = o.one_error_line();
